@@ -1,0 +1,56 @@
+# dmcourse: the two commands of the README are `make book` and `make test`.
+# Both create .venv with the exact tested versions (constraints.txt) on first use.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV ?= .venv
+BIN := $(VENV)/bin
+INSTALLED := $(VENV)/.installed
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: help env book test test-fast browser-deps release stamp check-notebooks constraints benchmarks clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+
+$(INSTALLED): requirements.txt requirements-dev.txt constraints.txt pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade "pip>=24"
+	$(BIN)/python -m pip install -q -c constraints.txt -r requirements-dev.txt -e .
+	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
+	touch $@
+
+env: $(INSTALLED)  ## create .venv with the pinned versions
+
+book: $(INSTALLED)  ## execute every notebook and write _build/html (clean build)
+	rm -rf _build
+	set -o pipefail; $(BIN)/jupyter-book build . -W -n --keep-going 2>&1 | tee _build.log
+	mv _build.log _build/build.log
+
+browser-deps:  ## Debian's Chromium for the browser test
+	@command -v chromium >/dev/null || { apt-get update -q && apt-get install -y -q chromium; }
+
+test: book browser-deps  ## build the book, then run the whole test suite against that build
+	$(BIN)/python -m pytest
+
+test-fast: $(INSTALLED)  ## unit tests only (no book build, no browser, no grading round trips)
+	$(BIN)/python -m pytest -m "not book and not browser and not slow"
+
+release: $(INSTALLED)  ## regenerate exercises/ from solutions/ with nbgrader
+	$(BIN)/python tools/notebooks.py stamp
+	cd . && for d in solutions/*/; do a=$$(basename $$d); $(BIN)/nbgrader generate_assignment $$a --force --log-level=WARN || exit 1; done
+	rm -f gradebook.db
+
+stamp: $(INSTALLED)  ## add the Colab setup cell + GPU metadata to every notebook, strip outputs
+	$(BIN)/python tools/notebooks.py stamp
+
+check-notebooks: $(INSTALLED)  ## fail if a notebook lacks its setup cell or carries outputs
+	$(BIN)/python tools/notebooks.py check
+
+constraints:  ## re-pin constraints.txt from the current .venv
+	{ sed -n '1,3p' constraints.txt; $(BIN)/pip freeze --exclude-editable | sed 's/+cpu//'; } > constraints.new && mv constraints.new constraints.txt
+
+benchmarks: $(INSTALLED)  ## run every benchmark script (prints tables; not tests)
+	for b in benchmarks/*.py; do $(BIN)/python $$b || exit 1; done
+
+clean:  ## remove build outputs (keeps .venv)
+	rm -rf _build gradebook.db submitted autograded feedback

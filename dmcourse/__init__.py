@@ -1,0 +1,21 @@
+"""dmcourse: the helper package of the course "Dense models vs Mixture-of-Experts".
+
+Each module holds one idea of the course; chapters build a small version inline, check that the
+module computes the same thing, and use the module from then on.
+"""
+
+from dmcourse.device import DeviceInfo, device_info, in_colab, pick_device, pick_dtype, seed_everything
+from dmcourse.timing import Timing, time_fn
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DeviceInfo",
+    "Timing",
+    "device_info",
+    "in_colab",
+    "pick_device",
+    "pick_dtype",
+    "seed_everything",
+    "time_fn",
+]

@@ -1,0 +1,45 @@
+"""The course's matplotlib style and the stamp every measured figure carries."""
+
+from __future__ import annotations
+
+import datetime as _dt
+
+import matplotlib as mpl
+import matplotlib.pyplot as plt
+
+COLORS: dict[str, str] = {
+    "dense": "#1f5fa8",  # blue: dense models
+    "moe": "#d1495b",  # red: Mixture-of-Experts
+    "measured": "#2e8540",  # green: measured points
+    "datasheet": "#7a7a7a",  # grey: datasheet figures
+    "accent": "#edae49",
+}
+
+STYLE: dict[str, object] = {
+    "figure.figsize": (6.4, 3.8),
+    "figure.dpi": 110,
+    "savefig.dpi": 110,
+    "axes.grid": True,
+    "grid.alpha": 0.3,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "axes.titlesize": 11,
+    "axes.labelsize": 10,
+    "legend.fontsize": 9,
+    "legend.frameon": False,
+    "axes.prop_cycle": mpl.cycler(color=list(COLORS.values())),
+}
+
+
+def use_style() -> None:
+    """Apply the course style to all following figures."""
+    mpl.rcParams.update(STYLE)
+
+
+def stamp(ax: plt.Axes, device: str, date: _dt.date | None = None) -> None:
+    """Write "measured on <device>, <date>" in the corner of ``ax``: a measured figure names both."""
+    date = date or _dt.date.today()
+    ax.text(
+        0.99, 0.01, f"measured on {device}, {date.isoformat()}", transform=ax.transAxes,
+        ha="right", va="bottom", fontsize=7, color=COLORS["datasheet"],
+    )

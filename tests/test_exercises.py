@@ -1,0 +1,63 @@
+"""Every assignment round-trips through nbgrader: release in sync, solution full marks, blank zero."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from conftest import ROOT, assignments
+from dmcourse.grading import course
+
+HIDDEN = re.compile(r"### BEGIN HIDDEN TESTS\n(.*?)### END HIDDEN TESTS", re.S)
+
+
+def _comparable(path: Path) -> list[tuple[str, str, dict]]:
+    nb = nbformat.read(path, as_version=4)
+    return [(c.cell_type, c.source, dict(c.metadata)) for c in nb.cells]
+
+
+def _submit(root: Path, assignment: str, student: str, source_dir: Path) -> None:
+    dest = root / "submitted" / student / assignment
+    dest.mkdir(parents=True)
+    for nb in source_dir.glob("*.ipynb"):
+        shutil.copy2(nb, dest / nb.name)
+
+
+@pytest.mark.parametrize("assignment", assignments())
+def test_release_is_generated_from_solutions(course_copy: Path, assignment: str) -> None:
+    committed = {p.name: _comparable(p) for p in (ROOT / "exercises" / assignment).glob("*.ipynb")}
+    assert committed, f"exercises/{assignment} has no notebook: run `make release`"
+    shutil.rmtree(course_copy / "exercises" / assignment)
+    course.generate(course_copy, assignment)
+    regenerated = {p.name: _comparable(p) for p in (course_copy / "exercises" / assignment).glob("*.ipynb")}
+    assert regenerated == committed, f"exercises/{assignment} is out of sync with solutions/: run `make release`"
+
+
+@pytest.mark.parametrize("assignment", assignments())
+def test_hidden_tests_never_reach_students(assignment: str) -> None:
+    released = "\n".join(p.read_text() for p in (ROOT / "exercises" / assignment).rglob("*") if p.is_file())
+    hidden_lines = []
+    for nb_path in (ROOT / "solutions" / assignment).glob("*.ipynb"):
+        for cell in nbformat.read(nb_path, as_version=4).cells:
+            for block in HIDDEN.findall(cell.source):
+                hidden_lines += [ln.strip() for ln in block.splitlines() if len(ln.strip()) > 12]
+    assert hidden_lines, f"solutions/{assignment} has no hidden tests"
+    leaked = [ln for ln in hidden_lines if ln in released]
+    assert not leaked, f"hidden-test lines appear in exercises/{assignment}: {leaked[:3]}"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("assignment", assignments())
+def test_solution_full_marks_and_blank_release_zero(course_copy: Path, assignment: str) -> None:
+    _submit(course_copy, assignment, "solution", course_copy / "solutions" / assignment)
+    _submit(course_copy, assignment, "blank", course_copy / "exercises" / assignment)
+    course.generate(course_copy, assignment)  # registers the assignment in the gradebook
+    full = course.autograde(course_copy, assignment, "solution")
+    assert full.max_score > 0, f"{assignment} has no autograded points"
+    assert full.score == full.max_score, f"the solution of {assignment} scores {full.score}/{full.max_score}"
+    blank = course.autograde(course_copy, assignment, "blank")
+    assert blank.score == 0, f"the untouched release of {assignment} scores {blank.score}/{blank.max_score}"
