@@ -6,6 +6,8 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
+# Tools that nbgrader and jupyter-book start as subprocesses (alembic, jupyter) come from .venv too.
+export PATH := $(abspath $(BIN)):$(PATH)
 
 .PHONY: help env book test test-fast browser-deps release stamp check-notebooks constraints benchmarks clean
 
@@ -37,7 +39,7 @@ test-fast: $(INSTALLED)  ## unit tests only (no book build, no browser, no gradi
 
 release: $(INSTALLED)  ## regenerate exercises/ from solutions/ with nbgrader
 	$(BIN)/python tools/notebooks.py stamp
-	cd . && for d in solutions/*/; do a=$$(basename $$d); $(BIN)/nbgrader generate_assignment $$a --force --log-level=WARN || exit 1; done
+	for d in solutions/*/; do $(BIN)/nbgrader generate_assignment $$(basename $$d) --force --log-level=WARN || exit 1; done
 	rm -f gradebook.db
 
 stamp: $(INSTALLED)  ## add the Colab setup cell + GPU metadata to every notebook, strip outputs
