@@ -1,0 +1,27 @@
+"""`pip install git+<repo>` gives readers every module and data file of the package."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT
+
+
+@pytest.mark.slow
+def test_wheel_carries_every_package_file(tmp_path: Path) -> None:
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
+                    "-w", str(tmp_path), str(ROOT)], check=True, timeout=300)
+    wheel = next(tmp_path.glob("dmcourse-*.whl"))
+    names = set(zipfile.ZipFile(wheel).namelist())
+    tracked = subprocess.run(["git", "ls-files", "dmcourse"], cwd=ROOT, capture_output=True, text=True, check=True)
+    expected = {p for p in tracked.stdout.split() if not p.endswith((".pyc",))}
+    missing = sorted(expected - names)
+    assert not missing, f"files of the package missing from the wheel (pyproject package-data?): {missing}"
+    metadata = next(n for n in names if n.endswith("METADATA"))
+    requires = [ln for ln in zipfile.ZipFile(wheel).read(metadata).decode().splitlines() if ln.startswith("Requires-Dist")]
+    assert any("torch>=" in r for r in requires) and not any("==" in r for r in requires)
