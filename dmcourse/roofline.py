@@ -344,3 +344,357 @@ def measure_matmul(
         what=f"matmul {precision}", value=flops / timing.median_s, unit="FLOP/s", work=flops, timing=timing,
         settings={"precision": precision, "size": size},
     )
+
+
+# --------------------------------------------------------------------------------------------
+# The model
+# --------------------------------------------------------------------------------------------
+
+def gemm_flops(m: int, k: int, n: int) -> int:
+    """FLOPs of ``(m, k) @ (k, n)``: ``2 * m * k * n`` (one multiply and one add per term)."""
+    for name, value in (("m", m), ("k", k), ("n", n)):
+        _check_positive_int(name, value)
+    return 2 * m * k * n
+
+
+def gemm_bytes(m: int, k: int, n: int, bytes_per_element: float) -> float:
+    """Bytes a GEMM ``(m, k) @ (k, n) -> (m, n)`` must move at least: every operand once,
+    ``bytes_per_element * (m*k + k*n + m*n)`` (A and B read, C written)."""
+    for name, value in (("m", m), ("k", k), ("n", n)):
+        _check_positive_int(name, value)
+    bytes_per_element = _check_positive("bytes_per_element", bytes_per_element)
+    return bytes_per_element * (m * k + k * n + m * n)
+
+
+def gemm_intensity(m: int, k: int, n: int, bytes_per_element: float) -> float:
+    """Arithmetic intensity of ``(m, k) @ (k, n)`` in FLOP/byte: :func:`gemm_flops` / :func:`gemm_bytes`."""
+    return gemm_flops(m, k, n) / gemm_bytes(m, k, n, bytes_per_element)
+
+
+def ridge_point(peak_flops: float, bandwidth: float) -> float:
+    """The intensity (FLOP/byte) where the two roofs meet: ``peak_flops / bandwidth``. Below it a
+    kernel is memory-bound, above it compute-bound."""
+    return _check_positive("peak_flops", peak_flops) / _check_positive("bandwidth", bandwidth)
+
+
+def attainable_flops(intensity: float, peak_flops: float, bandwidth: float) -> float:
+    """The roofline: ``min(peak_flops, intensity * bandwidth)`` in FLOP/s, for ``intensity`` in
+    FLOP/byte, ``peak_flops`` in FLOP/s and ``bandwidth`` in bytes/s."""
+    intensity = _check_positive("intensity", intensity)
+    return min(_check_positive("peak_flops", peak_flops), intensity * _check_positive("bandwidth", bandwidth))
+
+
+def is_memory_bound(intensity: float, peak_flops: float, bandwidth: float) -> bool:
+    """True when ``intensity`` lies below the ridge point (the bandwidth roof is the lower one)."""
+    return _check_positive("intensity", intensity) < ridge_point(peak_flops, bandwidth)
+
+
+def roofline_time(flops: float, nbytes: float, peak_flops: float, bandwidth: float) -> float:
+    """Least time (s) for work of ``flops`` FLOPs moving ``nbytes`` bytes:
+    ``max(flops / peak_flops, nbytes / bandwidth)`` -- the same statement as the min rule,
+    ``flops / attainable_flops(flops / nbytes, ...)``."""
+    if isinstance(flops, bool) or not isinstance(flops, (int, float)) or not math.isfinite(flops) or flops < 0:
+        raise ValueError(f"flops must be a finite number >= 0, got {flops!r}")
+    nbytes = _check_positive("nbytes", nbytes)
+    return max(flops / _check_positive("peak_flops", peak_flops), nbytes / _check_positive("bandwidth", bandwidth))
+
+
+def critical_batch_size(
+    peak_flops: float, bandwidth: float, bytes_per_element: float, k: int | None = None, n: int | None = None,
+) -> float:
+    """The token count M from which ``(M, k) @ (k, n)`` becomes compute-bound (intensity >= ridge).
+
+    With ``k`` and ``n`` the GEMM is counted exactly (all three operands):
+    ``M = R s k n / (2 k n - R s (k + n))`` with ``R`` the ridge point and ``s`` the bytes per
+    element; ``math.inf`` when even M -> infinity stays below the ridge. Without them, only the
+    weights are counted (the large-layer limit): ``M = R s / 2``.
+    """
+    ridge = ridge_point(peak_flops, bandwidth)
+    s = _check_positive("bytes_per_element", bytes_per_element)
+    if k is None and n is None:
+        return ridge * s / 2
+    if k is None or n is None:
+        raise ValueError(f"give both k and n or neither, got k={k!r}, n={n!r}")
+    k, n = _check_positive_int("k", k), _check_positive_int("n", n)
+    denominator = 2 * k * n - ridge * s * (k + n)
+    return math.inf if denominator <= 0 else ridge * s * k * n / denominator
+
+
+def expected_experts_touched(n_experts: int, top_k: int, tokens: int) -> float:
+    """Expected number of distinct experts that ``tokens`` tokens select, each choosing ``top_k``
+    distinct experts out of ``n_experts`` uniformly and independently of the others:
+    ``E * (1 - (1 - k/E) ** B)``.
+
+    (One token leaves a given expert out with probability ``1 - k/E``; B independent tokens all
+    leave it out with probability ``(1 - k/E) ** B``; sum over the E experts.)
+    """
+    n_experts = _check_positive_int("n_experts", n_experts)
+    top_k = _check_positive_int("top_k", top_k)
+    if top_k > n_experts:
+        raise ValueError(f"top_k={top_k} exceeds n_experts={n_experts}")
+    tokens = _check_positive_int("tokens", tokens, 0)
+    return n_experts * (1.0 - (1.0 - top_k / n_experts) ** tokens)
+
+
+@dataclass(frozen=True)
+class DecodeStep:
+    """FLOPs and bytes of one decode step (one new token for each of ``batch`` sequences)."""
+
+    batch: int
+    flops: float
+    nbytes: float
+    weight_bytes: float
+    experts_touched: float
+
+    @property
+    def intensity(self) -> float:
+        """FLOP/byte of the whole step."""
+        return self.flops / self.nbytes
+
+    def time_s(self, peak_flops: float, bandwidth: float) -> float:
+        """Roofline time of the step (s): ``max(flops / peak, bytes / bandwidth)``."""
+        return roofline_time(self.flops, self.nbytes, peak_flops, bandwidth)
+
+
+def decode_step(
+    *,
+    batch: int,
+    dense_params: int,
+    bytes_per_param: float,
+    expert_params: int = 0,
+    n_experts: int = 1,
+    top_k: int = 1,
+    kv_bytes_per_seq: float = 0.0,
+    attention_flops_per_seq: float = 0.0,
+) -> DecodeStep:
+    """The roofline's view of one decode step of a dense model or an MoE.
+
+    * ``dense_params``: parameters every token uses and that are read once per step (attention,
+      dense FFNs, shared experts, routers, the output head);
+    * ``expert_params``: parameters of the routed experts, all layers and all ``n_experts`` of
+      them; each token uses ``top_k`` experts per layer. A dense model has ``expert_params=0``;
+    * ``kv_bytes_per_seq``: bytes of KV cache each sequence reads this step (grows with its
+      context); ``attention_flops_per_seq``: FLOPs of its attention scores and mix.
+
+    FLOPs: ``batch * (2 * active_params + attention_flops_per_seq)`` with
+    ``active_params = dense_params + expert_params * top_k / n_experts``.
+    Bytes: each weight read once per step -- ``dense_params`` plus the experts the batch touches,
+    ``expert_params * expected_experts_touched(n_experts, top_k, batch) / n_experts`` (routing
+    assumed uniform; a real router that favours some experts touches fewer) -- times
+    ``bytes_per_param``, plus ``batch * kv_bytes_per_seq``. Activations are ignored (small at decode).
+    """
+    batch = _check_positive_int("batch", batch)
+    dense_params = _check_positive_int("dense_params", dense_params, 0)
+    expert_params = _check_positive_int("expert_params", expert_params, 0)
+    if dense_params + expert_params == 0:
+        raise ValueError("dense_params + expert_params must be positive: a model needs parameters")
+    bytes_per_param = _check_positive("bytes_per_param", bytes_per_param)
+    for name, value in (("kv_bytes_per_seq", kv_bytes_per_seq), ("attention_flops_per_seq", attention_flops_per_seq)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+            raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    touched = expected_experts_touched(n_experts, top_k, batch)
+    active = dense_params + expert_params * top_k / n_experts
+    weight_bytes = bytes_per_param * (dense_params + expert_params * touched / n_experts)
+    return DecodeStep(
+        batch=batch,
+        flops=batch * (2.0 * active + attention_flops_per_seq),
+        nbytes=weight_bytes + batch * kv_bytes_per_seq,
+        weight_bytes=weight_bytes,
+        experts_touched=touched,
+    )
+
+
+def decode_critical_batch(
+    peak_flops: float, bandwidth: float, *, max_batch: int = 2**24, **model: Any,
+) -> float:
+    """Smallest batch at which :func:`decode_step` (with the keyword arguments ``model``, without
+    ``batch``) is compute-bound; ``math.inf`` if none up to ``max_batch`` is. The step's intensity
+    grows with the batch, so a bisection finds it."""
+    if "batch" in model:
+        raise ValueError("decode_critical_batch searches the batch: do not pass batch")
+    ridge = ridge_point(peak_flops, bandwidth)
+    max_batch = _check_positive_int("max_batch", max_batch)
+
+    def bound(b: int) -> bool:
+        return decode_step(batch=b, **model).intensity >= ridge
+
+    if not bound(max_batch):
+        return math.inf
+    lo, hi = 0, max_batch  # bound(lo) is False (or lo == 0), bound(hi) is True
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if bound(mid) else (mid, hi)
+    return float(hi)
+
+
+# --------------------------------------------------------------------------------------------
+# Records: measure a device, write / read JSON, the command line
+# --------------------------------------------------------------------------------------------
+
+RECORD_SCHEMA = 1
+RECORD_PREFIX = "roofline_"
+
+
+def measure_ceilings(
+    device: torch.device | str | None = None,
+    *,
+    quick: bool = False,
+    precisions: Sequence[str] | None = None,
+    repeats: int | None = None,
+) -> dict[str, Measurement]:
+    """Measure the ceilings of ``device``: ``"copy"`` and ``"read"`` bandwidth and one
+    ``"matmul <precision>"`` entry per precision (default: :func:`available_precisions`).
+
+    ``quick=True`` uses small sizes (4 MiB buffers, 256 x 256 GEMMs, 3 repeats): seconds, for
+    tests and smoke runs; the figures then understate the device.
+    """
+    device = _device(device)
+    precisions = tuple(available_precisions(device) if precisions is None else precisions)
+    if not precisions:
+        raise ValueError("precisions must name at least one precision")
+    for p in precisions:
+        if p not in available_precisions(device):
+            raise ValueError(f"precision {p!r} is not available on {device}: expected one of {available_precisions(device)}")
+    if repeats is None:
+        repeats = 3 if quick else 7
+    buffer = 4 * MiB if quick else None
+    found = {
+        kind: measure_bandwidth(device, kind=kind, buffer_bytes=buffer, repeats=repeats, warmup=1 if quick else 2)
+        for kind in ("copy", "read")
+    }
+    for p in precisions:
+        found[f"matmul {p}"] = measure_matmul(
+            device, precision=p, size=256 if quick else None, repeats=repeats, warmup=1 if quick else 2)
+    return found
+
+
+def make_record(measurements: dict[str, Measurement], device: torch.device | str | None = None,
+                *, command: str = "", quick: bool = False) -> dict[str, Any]:
+    """A JSON-ready record of ``measurements`` on ``device``: device name and kind, date (UTC),
+    versions (dmcourse, torch, python, CUDA), the command that produced it, and the figures
+    (``bandwidth_bytes_per_s``: copy/read; ``matmul_flops_per_s``: per precision) with settings."""
+    import datetime
+    import platform
+
+    import dmcourse
+    from dmcourse.device import device_info
+
+    info = device_info(device)
+    bandwidth = {k: m.value for k, m in measurements.items() if m.unit == "B/s"}
+    matmul = {k.removeprefix("matmul "): m.value for k, m in measurements.items() if m.unit == "FLOP/s"}
+    return {
+        "schema": RECORD_SCHEMA,
+        "device": info.name,
+        "device_type": info.device.type,
+        "capability": list(info.capability) if info.capability else None,
+        "memory_bytes": info.memory_bytes,
+        "cpu_threads": info.cpu_threads,
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "versions": {
+            "dmcourse": dmcourse.__version__,
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            "cuda": torch.version.cuda,
+        },
+        "command": command,
+        "quick": quick,
+        "figures": {"bandwidth_bytes_per_s": bandwidth, "matmul_flops_per_s": matmul},
+        "settings": {k: {**m.settings, "repeats": len(m.timing.times_s), "median_s": m.timing.median_s,
+                         "timing": m.timing.method} for k, m in measurements.items()},
+    }
+
+
+def validate_record(record: object) -> dict[str, Any]:
+    """Return ``record`` if it is a roofline record this module can read, else raise ValueError."""
+    if not isinstance(record, dict):
+        raise ValueError(f"a roofline record is a JSON object, got {type(record).__name__}")
+    missing = {"schema", "device", "device_type", "date", "versions", "command", "figures"} - set(record)
+    if missing:
+        raise ValueError(f"roofline record lacks {sorted(missing)}")
+    if record["schema"] != RECORD_SCHEMA:
+        raise ValueError(f"roofline record schema {record['schema']!r} is not {RECORD_SCHEMA}")
+    figures = record["figures"]
+    for group in ("bandwidth_bytes_per_s", "matmul_flops_per_s"):
+        values = figures.get(group) if isinstance(figures, dict) else None
+        if not isinstance(values, dict) or not values:
+            raise ValueError(f"roofline record figures.{group} must be a non-empty object")
+        for key, value in values.items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+                raise ValueError(f"roofline record figures.{group}.{key} = {value!r} is not a positive number")
+    return record
+
+
+def read_record(path: str | os.PathLike) -> dict[str, Any]:
+    """Read and validate a JSON record written by :func:`write_record` or the command line."""
+    import json
+
+    with open(path) as f:
+        return validate_record(json.load(f))
+
+
+def write_record(record: dict[str, Any], path: str | os.PathLike) -> None:
+    """Validate ``record`` and write it as indented JSON to ``path``."""
+    import json
+
+    validate_record(record)
+    with open(path, "w") as f:
+        json.dump(record, f, indent=2)
+        f.write("\n")
+
+
+def shipped_records() -> list[dict[str, Any]]:
+    """Records shipped with the package (``dmcourse/data/roofline_*.json``), sorted by device name:
+    measurements of GPUs made with this module's command line, shown in the book beside the
+    reader's device. Empty when none has been recorded yet."""
+    from importlib import resources
+
+    data = resources.files("dmcourse") / "data"
+    if not data.is_dir():
+        return []
+    found = []
+    for entry in data.iterdir():
+        if entry.name.startswith(RECORD_PREFIX) and entry.name.endswith(".json"):
+            import json
+
+            found.append(validate_record(json.loads(entry.read_text())))
+    return sorted(found, key=lambda r: (r["device"], r["date"]))
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() else "-" for c in text.lower()).strip("-").replace("--", "-")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m dmcourse.roofline [--device cuda] [--quick] [--out FILE] [--precisions fp32 bf16]``"""
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(
+        prog="python -m dmcourse.roofline",
+        description="Measure this device's memory bandwidth and matmul throughput; write a JSON record.",
+    )
+    parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
+    parser.add_argument("--quick", action="store_true", help="small sizes: seconds, figures understate the device")
+    parser.add_argument("--precisions", nargs="+", default=None,
+                        help=f"matmul precisions among {sorted(PRECISIONS)} (default: all the device has)")
+    parser.add_argument("--repeats", type=int, default=None, help="timed repeats per figure (median reported)")
+    parser.add_argument("--out", default=None,
+                        help="output file (default: roofline_<device>_<date>.json in the current directory)")
+    args = parser.parse_args(argv)
+    argv_list = list(sys.argv[1:] if argv is None else argv)
+    try:
+        device = _device(args.device)
+        found = measure_ceilings(device, quick=args.quick, precisions=args.precisions, repeats=args.repeats)
+    except (ValueError, RuntimeError) as err:
+        parser.error(str(err))
+    record = make_record(found, device, command=" ".join(["python -m dmcourse.roofline", *argv_list]), quick=args.quick)
+    out = args.out or f"{RECORD_PREFIX}{_slug(record['device'])}_{record['date'][:10]}.json"
+    write_record(record, out)
+    for m in found.values():
+        print(m)
+    print(f"wrote {out} ({record['device']}, {record['date']})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

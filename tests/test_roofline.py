@@ -69,3 +69,147 @@ def test_precisions() -> None:
 def test_measurements_refuse_nonsense(call, match) -> None:
     with pytest.raises(ValueError, match=match):
         call()
+
+
+# ---------------------------------------------------------------------------------- the model
+
+
+def test_gemm_counts_every_operand() -> None:
+    # square n x n @ n x n: 2 n^3 FLOPs over 3 n^2 elements of s bytes each -> 2n / (3s)
+    for n, s in [(1, 4), (64, 2), (4096, 2), (1000, 4)]:
+        assert rl.gemm_intensity(n, n, n, s) == pytest.approx(2 * n / (3 * s))
+    # decode-like GEMM, one token through a (4096 -> 14336) bf16 projection
+    m, k, n, s = 1, 4096, 14336, 2
+    assert rl.gemm_flops(m, k, n) == 2 * 4096 * 14336
+    assert rl.gemm_bytes(m, k, n, s) == 2 * (4096 + 4096 * 14336 + 14336)
+    assert rl.gemm_intensity(m, k, n, s) < 1.0, "one token: about one FLOP per byte in bf16"
+
+
+def test_min_rule_and_ridge() -> None:
+    peak, bw = 100e12, 2e12
+    assert rl.ridge_point(peak, bw) == 50.0
+    assert rl.attainable_flops(10.0, peak, bw) == 20e12  # memory-bound: intensity x bandwidth
+    assert rl.attainable_flops(500.0, peak, bw) == peak  # compute-bound: the flat roof
+    assert rl.attainable_flops(50.0, peak, bw) == pytest.approx(peak)
+    assert rl.is_memory_bound(49.0, peak, bw) and not rl.is_memory_bound(51.0, peak, bw)
+    # the time form says the same thing
+    flops, nbytes = 3e12, 1e11
+    assert rl.roofline_time(flops, nbytes, peak, bw) == pytest.approx(flops / rl.attainable_flops(flops / nbytes, peak, bw))
+    assert rl.roofline_time(flops, nbytes, peak, bw) == max(flops / peak, nbytes / bw)
+
+
+def test_critical_batch_size() -> None:
+    peak, bw, s, k, n = 989e12, 3.35e12, 2, 4096, 14336
+    ridge = peak / bw
+    assert rl.critical_batch_size(peak, bw, s) == pytest.approx(ridge * s / 2)
+    m_star = rl.critical_batch_size(peak, bw, s, k, n)
+    assert m_star > ridge * s / 2, "counting activations too, it takes more tokens to reach the ridge"
+    # at the critical M the GEMM's exact intensity equals the ridge point (checked by hand, not via gemm_intensity)
+    assert 2 * m_star * k * n / (s * (m_star * k + k * n + m_star * n)) == pytest.approx(ridge)
+    assert rl.critical_batch_size(peak, bw, s, 8, 8) == math.inf, "a tiny GEMM never reaches a ridge of ~295"
+
+
+def test_expected_experts_matches_simulation() -> None:
+    gen = torch.Generator().manual_seed(0)
+    trials = 4000
+    for n_experts, top_k, tokens in [(8, 2, 1), (8, 2, 4), (64, 8, 16), (128, 8, 3), (16, 1, 40), (4, 4, 2)]:
+        # every token picks top_k distinct experts uniformly at random (the top-k of iid scores)
+        picks = torch.rand(trials, tokens, n_experts, generator=gen).topk(top_k, dim=-1).indices
+        hit = torch.zeros(trials, n_experts, dtype=torch.bool)
+        hit.scatter_(1, picks.reshape(trials, -1), True)
+        counts = hit.sum(1).double()
+        stderr = counts.std().item() / trials**0.5
+        want = rl.expected_experts_touched(n_experts, top_k, tokens)
+        assert abs(counts.mean().item() - want) <= 4 * stderr + 1e-9, (n_experts, top_k, tokens, counts.mean(), want)
+    assert rl.expected_experts_touched(8, 2, 0) == 0
+    assert rl.expected_experts_touched(8, 2, 1) == pytest.approx(2)
+    assert rl.expected_experts_touched(8, 2, 10**6) == pytest.approx(8)
+
+
+def test_decode_step_dense_and_moe() -> None:
+    p, s = 7_000_000_000, 2
+    dense = rl.decode_step(batch=1, dense_params=p, bytes_per_param=s)
+    assert dense.flops == 2 * p and dense.nbytes == s * p and dense.intensity == pytest.approx(1.0)
+    assert rl.decode_step(batch=8, dense_params=p, bytes_per_param=s).intensity == pytest.approx(8.0)
+    shared, experts, e, k = 1_000_000_000, 8_000_000_000, 8, 2
+    one = rl.decode_step(batch=1, dense_params=shared, expert_params=experts, n_experts=e, top_k=k, bytes_per_param=s)
+    active = shared + experts * k / e
+    assert one.flops == pytest.approx(2 * active) and one.nbytes == pytest.approx(s * active)
+    many = rl.decode_step(batch=4096, dense_params=shared, expert_params=experts, n_experts=e, top_k=k, bytes_per_param=s)
+    assert many.nbytes == pytest.approx(s * (shared + experts)), "a large batch touches every expert"
+    kv = rl.decode_step(batch=2, dense_params=p, bytes_per_param=s, kv_bytes_per_seq=1e9, attention_flops_per_seq=1e6)
+    assert kv.nbytes == s * p + 2e9 and kv.flops == 4 * p + 2e6 and kv.weight_bytes == s * p
+
+
+def test_decode_critical_batch() -> None:
+    peak, bw = 989e12, 3.35e12
+    model = dict(dense_params=10**8, expert_params=8 * 10**9, n_experts=64, top_k=4, bytes_per_param=2)
+    b = rl.decode_critical_batch(peak, bw, **model)
+    ridge = peak / bw
+    assert rl.decode_step(batch=int(b), **model).intensity >= ridge > rl.decode_step(batch=int(b) - 1, **model).intensity
+    dense_b = rl.decode_critical_batch(peak, bw, dense_params=10**9, bytes_per_param=2)
+    assert dense_b == math.ceil(ridge), "dense bf16: intensity = batch FLOP/byte"
+    assert b > dense_b, "an MoE needs a larger batch than a dense model to leave the memory roof"
+    assert rl.decode_critical_batch(peak, bw, dense_params=10**9, bytes_per_param=2,
+                                    kv_bytes_per_seq=1e8) == math.inf, "reading the KV cache caps the intensity"
+
+
+@pytest.mark.parametrize(("call", "match"), [
+    (lambda: rl.gemm_intensity(0, 4, 4, 2), "m"),
+    (lambda: rl.gemm_intensity(4, 4, 4, 0), "bytes_per_element"),
+    (lambda: rl.attainable_flops(-1.0, 1e12, 1e9), "intensity"),
+    (lambda: rl.attainable_flops(1.0, 0.0, 1e9), "peak_flops"),
+    (lambda: rl.ridge_point(1e12, float("inf")), "bandwidth"),
+    (lambda: rl.critical_batch_size(1e12, 1e9, 2, k=4), "both"),
+    (lambda: rl.expected_experts_touched(8, 9, 4), "top_k"),
+    (lambda: rl.expected_experts_touched(8, 2, -1), "tokens"),
+    (lambda: rl.decode_step(batch=0, dense_params=10, bytes_per_param=2), "batch"),
+    (lambda: rl.decode_step(batch=1, dense_params=0, bytes_per_param=2), "parameters"),
+    (lambda: rl.decode_step(batch=1, dense_params=10, bytes_per_param=2, kv_bytes_per_seq=-1), "kv_bytes_per_seq"),
+    (lambda: rl.roofline_time(1.0, 0.0, 1.0, 1.0), "nbytes"),
+])
+def test_model_refuses_nonsense(call, match) -> None:
+    with pytest.raises(ValueError, match=match):
+        call()
+
+
+# ---------------------------------------------------------------------------------- records and CLI
+
+
+def test_cli_writes_a_valid_record(tmp_path) -> None:
+    import json
+    import subprocess
+    import sys
+
+    out = tmp_path / "rec.json"
+    done = subprocess.run([sys.executable, "-m", "dmcourse.roofline", "--device", "cpu", "--quick",
+                           "--precisions", "fp32", "--repeats", "2", "--out", str(out)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    record = json.loads(out.read_text())
+    assert rl.read_record(out) == record
+    assert record["device_type"] == "cpu" and record["device"] and record["date"][:2] == "20"
+    assert record["command"].startswith("python -m dmcourse.roofline") and "--quick" in record["command"]
+    assert record["versions"]["torch"] == torch.__version__
+    figures = record["figures"]
+    assert set(figures["bandwidth_bytes_per_s"]) == {"copy", "read"} and set(figures["matmul_flops_per_s"]) == {"fp32"}
+    assert all(v > 0 and math.isfinite(v) for group in figures.values() for v in group.values())
+
+
+def test_cli_refuses_nonsense(tmp_path) -> None:
+    with pytest.raises(SystemExit):
+        rl.main(["--device", "cpu", "--precisions", "fp64", "--out", str(tmp_path / "x.json")])
+    assert not (tmp_path / "x.json").exists()
+
+
+def test_records_are_validated() -> None:
+    with pytest.raises(ValueError, match="lacks"):
+        rl.validate_record({"schema": 1})
+    good = {"schema": 1, "device": "X", "device_type": "cuda", "date": "2026-01-01", "versions": {},
+            "command": "", "figures": {"bandwidth_bytes_per_s": {"copy": 1e12}, "matmul_flops_per_s": {"bf16": 1e15}}}
+    assert rl.validate_record(good) is good
+    bad = {**good, "figures": {"bandwidth_bytes_per_s": {"copy": -1.0}, "matmul_flops_per_s": {"bf16": 1e15}}}
+    with pytest.raises(ValueError, match="copy"):
+        rl.validate_record(bad)
+    for record in rl.shipped_records():  # whatever is shipped must be readable
+        assert record["device_type"] == "cuda"
