@@ -4,6 +4,8 @@ Each module holds one idea of the course; chapters build a small version inline,
 module computes the same thing, and use the module from then on.
 """
 
+from dmcourse.accounting import ParamCount, count_params
+from dmcourse.configs import ModelConfig, load_preset
 from dmcourse.device import DeviceInfo, device_info, in_colab, pick_device, pick_dtype, seed_everything
 from dmcourse.timing import Timing, time_fn
 
@@ -11,9 +13,13 @@ __version__ = "0.1.0"
 
 __all__ = [
     "DeviceInfo",
+    "ModelConfig",
+    "ParamCount",
     "Timing",
+    "count_params",
     "device_info",
     "in_colab",
+    "load_preset",
     "pick_device",
     "pick_dtype",
     "seed_everything",

@@ -1,0 +1,105 @@
+"""GPU datasheet figures, kept in one place: ``dmcourse/data/gpus.json``.
+
+Every figure there is a vendor datasheet number with its source URL; wherever the book shows one
+it says "datasheet". ``memory_bytes`` is the datasheet's GB times 1e9, as printed; a program can
+allocate somewhat less (driver, ECC, CUDA context).
+
+The loader is generic: an entry must have ``name``, ``memory_bytes`` and ``source``; any other
+field (bandwidth, peak FLOP/s, ...) is kept and readable as ``spec.field`` or ``spec.get("field")``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from functools import lru_cache
+from importlib import resources
+from types import MappingProxyType
+from typing import Any, Mapping
+
+REQUIRED_FIELDS = ("name", "memory_bytes", "source")
+
+
+@dataclass(frozen=True)
+class GPUSpec:
+    """One GPU's datasheet entry. ``memory_bytes``: datasheet memory in bytes (GB x 1e9).
+    Other fields of the JSON entry are in ``data`` and readable as attributes."""
+
+    name: str
+    memory_bytes: int
+    source: str
+    data: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    def __getattr__(self, key: str) -> Any:
+        # only called for names that are not dataclass fields
+        data = object.__getattribute__(self, "data")
+        if key in data:
+            return data[key]
+        raise AttributeError(f"GPU {self.name!r} has no field {key!r} in gpus.json; fields: {sorted(data)}")
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.data.get(key, default)
+
+    @property
+    def memory_gb(self) -> float:
+        """Datasheet memory in GB (1e9 bytes)."""
+        return self.memory_bytes / 1e9
+
+    @property
+    def memory_gib(self) -> float:
+        """The same memory in GiB (2**30 bytes)."""
+        return self.memory_bytes / 2**30
+
+
+def _key(name: str) -> str:
+    return "".join(ch for ch in name.lower() if ch.isalnum())
+
+
+def parse_gpus(doc: Mapping[str, Any]) -> dict[str, GPUSpec]:
+    """Validate a gpus.json document (``{"gpus": [{...}, ...]}``) and return ``{name: GPUSpec}``
+    in file order. Raises ``ValueError`` naming the entry and field that is wrong."""
+    entries = doc.get("gpus") if isinstance(doc, Mapping) else None
+    if not isinstance(entries, list) or not entries:
+        raise ValueError("gpus.json must hold a non-empty list under 'gpus'")
+    out: dict[str, GPUSpec] = {}
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, Mapping):
+            raise ValueError(f"gpus.json entry {i} is not an object")
+        missing = [k for k in REQUIRED_FIELDS if k not in entry]
+        if missing:
+            raise ValueError(f"gpus.json entry {i} ({entry.get('name', '?')}) lacks {missing}")
+        name, mem, src = entry["name"], entry["memory_bytes"], entry["source"]
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"gpus.json entry {i}: name must be a non-empty string, got {name!r}")
+        if not isinstance(mem, int) or isinstance(mem, bool) or mem <= 0:
+            raise ValueError(f"gpus.json {name}: memory_bytes must be a positive int, got {mem!r}")
+        if not isinstance(src, str) or not src.startswith("http"):
+            raise ValueError(f"gpus.json {name}: source must be a URL, got {src!r}")
+        if _key(name) in {_key(n) for n in out}:
+            raise ValueError(f"gpus.json: duplicate GPU name {name!r}")
+        out[name] = GPUSpec(name=name, memory_bytes=mem, source=src, data=MappingProxyType(dict(entry)))
+    return out
+
+
+@lru_cache(maxsize=1)
+def _load() -> dict[str, GPUSpec]:
+    text = (resources.files("dmcourse") / "data" / "gpus.json").read_text()
+    return parse_gpus(json.loads(text))
+
+
+def gpus() -> dict[str, GPUSpec]:
+    """All GPUs in ``dmcourse/data/gpus.json``, ``{name: GPUSpec}`` in file order."""
+    return dict(_load())
+
+
+def gpu(name: str | GPUSpec) -> GPUSpec:
+    """The GPU called ``name`` (case, spaces and dashes ignored: "a100 80gb" works)."""
+    if isinstance(name, GPUSpec):
+        return name
+    if not isinstance(name, str):
+        raise ValueError(f"GPU name must be a string, got {name!r}")
+    table = _load()
+    for spec_name, spec in table.items():
+        if _key(spec_name) == _key(name):
+            return spec
+    raise ValueError(f"unknown GPU {name!r}; known (datasheet table): {', '.join(table)}")
