@@ -7,17 +7,23 @@ module computes the same thing, and use the module from then on.
 from dmcourse.accounting import ParamCount, count_params
 from dmcourse.configs import ModelConfig, load_preset
 from dmcourse.device import DeviceInfo, device_info, in_colab, pick_device, pick_dtype, seed_everything
+from dmcourse.moe import MoE, from_mixtral_block
+from dmcourse.routing import Router, Routing
 from dmcourse.timing import Timing, time_fn
 
 __version__ = "0.1.0"
 
 __all__ = [
     "DeviceInfo",
+    "MoE",
     "ModelConfig",
     "ParamCount",
+    "Router",
+    "Routing",
     "Timing",
     "count_params",
     "device_info",
+    "from_mixtral_block",
     "in_colab",
     "load_preset",
     "pick_device",

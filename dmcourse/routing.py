@@ -1,0 +1,278 @@
+"""Routers: which experts each token goes to, and with what weight.
+
+A router is a linear map from a token to one score per expert, ``logits = x @ weight.T`` with
+``weight: (n_experts, d_model)``, followed by a *scoring and selection rule*. Every rule here returns
+a :class:`Routing`: the ``k`` chosen experts per token, the weights used to combine their outputs,
+and the full ``(tokens, n_experts)`` logits and scores that load-balancing losses need.
+
+The rules (all computed in float32, whatever the dtype of the logits):
+
+* :func:`topk_softmax` -- keep the top-k logits, softmax over those k only (mask *before* softmax).
+  Numerically the same as softmax over all experts, top-k, renormalise to sum 1 (Mixtral, OLMoE,
+  Qwen3-MoE with ``norm_topk_prob=True``).
+* :func:`softmax_topk` -- softmax over all experts, then top-k, *without* renormalising by default
+  (Switch Transformer, Qwen1.5/2-MoE with ``norm_topk_prob=False``): the weights sum to less than 1.
+* :func:`sigmoid_topk` -- DeepSeek-V3: an independent sigmoid affinity per expert; the top-k (after
+  an optional per-expert *selection bias*, which does not enter the weights, and optional
+  group-limited routing) are normalised over the selected experts, then scaled.
+* :func:`noisy_topk` -- Shazeer et al. (2017): Gaussian noise with a per-token, per-expert std is
+  added to the logits, then top-k + softmax over the kept ones.
+
+:class:`Router` is the ``nn.Module`` holding the weight (and the selection bias / noise weight the
+rules need) and picking a rule by name (:data:`ROUTERS`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+ROUTERS: tuple[str, ...] = ("softmax", "softmax_topk", "sigmoid", "noisy")
+"""Names accepted by :class:`Router` (and ``MoE(router=...)``):
+``"softmax"`` -> :func:`topk_softmax`, ``"softmax_topk"`` -> :func:`softmax_topk` (no renormalisation),
+``"sigmoid"`` -> :func:`sigmoid_topk`, ``"noisy"`` -> :func:`noisy_topk`."""
+
+
+@dataclass(frozen=True)
+class Routing:
+    """The routing decision for ``T`` tokens over ``E`` experts, ``k`` experts per token.
+
+    indices: (T, k) int64 -- expert ids, distinct within a row, ordered by selection score (best first).
+    weights: (T, k) float32 -- combine weights: ``y_t = sum_j weights[t, j] * expert_{indices[t, j]}(x_t)``.
+    logits:  (T, E) -- router logits the selection was made on (the noisy ones for noisy top-k);
+             keeps its autograd graph, for router z-losses.
+    scores:  (T, E) float32 -- per-expert scores over *all* experts before selection: softmax
+             probabilities for the softmax rules and noisy top-k, sigmoid affinities for ``sigmoid``
+             (these do not sum to 1). Load-balancing losses use them.
+    """
+
+    indices: torch.Tensor
+    weights: torch.Tensor
+    logits: torch.Tensor
+    scores: torch.Tensor
+
+    @property
+    def n_tokens(self) -> int:
+        return int(self.indices.shape[0])
+
+    @property
+    def top_k(self) -> int:
+        return int(self.indices.shape[1])
+
+    @property
+    def n_experts(self) -> int:
+        return int(self.logits.shape[-1])
+
+    def tokens_per_expert(self) -> torch.Tensor:
+        """(E,) int64: how many (token, slot) assignments each expert received (sums to T * k)."""
+        return torch.bincount(self.indices.reshape(-1), minlength=self.n_experts)
+
+    def combine_matrix(self) -> torch.Tensor:
+        """(T, E) float32: the combine weight of every expert for every token (0 where not selected)."""
+        dense = torch.zeros(self.n_tokens, self.n_experts, dtype=self.weights.dtype, device=self.weights.device)
+        return dense.scatter(1, self.indices, self.weights)
+
+
+def _check_logits_k(logits: torch.Tensor, k: int) -> int:
+    if not isinstance(logits, torch.Tensor) or logits.dim() != 2 or not logits.is_floating_point():
+        shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+        raise ValueError(f"logits must be a floating (tokens, n_experts) tensor, got {shape}")
+    n_experts = logits.shape[1]
+    if n_experts < 1:
+        raise ValueError(f"logits must have at least one expert column, got shape {tuple(logits.shape)}")
+    if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= n_experts:
+        raise ValueError(f"k must be an int with 1 <= k <= n_experts={n_experts}, got {k!r}")
+    return n_experts
+
+
+def router_logits(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Router logits ``x @ weight.T``: x (T, d_model), weight (n_experts, d_model) -> (T, n_experts)."""
+    if weight.dim() != 2 or x.shape[-1] != weight.shape[1]:
+        raise ValueError(
+            f"router weight must be (n_experts, d_model={x.shape[-1]}), got {tuple(weight.shape)}"
+        )
+    return F.linear(x, weight)
+
+
+def topk_softmax(logits: torch.Tensor, k: int) -> Routing:
+    """Top-k routing with the mask *before* the softmax: keep each token's k largest logits and
+    softmax over those k only. The weights sum to 1 per token.
+
+    Identical (up to rounding) to ``softmax -> top-k -> renormalise``, since ``exp(l_i) / sum_{j in
+    top-k} exp(l_j)`` is both. logits: (T, E) -> :class:`Routing`.
+    """
+    _check_logits_k(logits, k)
+    logits32 = logits.float()
+    top_logits, indices = torch.topk(logits32, k, dim=-1)
+    return Routing(indices=indices, weights=torch.softmax(top_logits, dim=-1), logits=logits,
+                   scores=torch.softmax(logits32, dim=-1))
+
+
+def softmax_topk(logits: torch.Tensor, k: int, renormalize: bool = False) -> Routing:
+    """Softmax over all experts, then top-k of the probabilities; ``renormalize=True`` divides the k
+    kept probabilities by their sum (then equal to :func:`topk_softmax`), ``False`` keeps them as
+    they are (they sum to less than 1 unless k = E). logits: (T, E) -> :class:`Routing`.
+    """
+    _check_logits_k(logits, k)
+    probs = torch.softmax(logits.float(), dim=-1)
+    weights, indices = torch.topk(probs, k, dim=-1)
+    if renormalize:
+        weights = weights / weights.sum(dim=-1, keepdim=True)
+    return Routing(indices=indices, weights=weights, logits=logits, scores=probs)
+
+
+def sigmoid_topk(
+    logits: torch.Tensor,
+    k: int,
+    *,
+    bias: torch.Tensor | None = None,
+    n_groups: int = 1,
+    topk_groups: int = 1,
+    scale: float = 1.0,
+    normalize: bool = True,
+) -> Routing:
+    """DeepSeek-V3 routing: ``s = sigmoid(logits)`` per expert, independently.
+
+    Selection uses ``s + bias`` (``bias``: (E,), the auxiliary-loss-free balancing bias; it only
+    changes *which* experts are chosen, never their weights). With ``n_groups > 1`` the experts are
+    split into ``n_groups`` equal groups, each group is scored by the sum of its two highest
+    biased scores, and only experts in the best ``topk_groups`` groups can be chosen (DeepSeek-V3:
+    256 experts, 8 groups, 4 groups kept, k = 8). The weights are the *unbiased* scores of the
+    chosen experts, divided by their sum when ``normalize`` (the paper's normalisation over the
+    selected experts), times ``scale`` (``routed_scaling_factor``, 2.5 in DeepSeek-V3).
+
+    logits: (T, E) -> :class:`Routing` with ``scores`` = the sigmoid affinities (T, E).
+    """
+    n_experts = _check_logits_k(logits, k)
+    scores = torch.sigmoid(logits.float())
+    choice = scores
+    if bias is not None:
+        if bias.shape != (n_experts,):
+            raise ValueError(f"bias must have shape (n_experts,)=({n_experts},), got {tuple(bias.shape)}")
+        choice = scores + bias.float()
+    for name, value in (("n_groups", n_groups), ("topk_groups", topk_groups)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    if n_groups > 1:
+        if n_experts % n_groups:
+            raise ValueError(f"n_groups={n_groups} must divide n_experts={n_experts}")
+        per_group = n_experts // n_groups
+        if per_group < 2:
+            raise ValueError(f"group-limited routing needs >= 2 experts per group, got {per_group}")
+        if not 1 <= topk_groups <= n_groups or k > topk_groups * per_group:
+            raise ValueError(
+                f"topk_groups must be in [1, n_groups={n_groups}] and keep >= k={k} experts "
+                f"({per_group} per group), got topk_groups={topk_groups!r}"
+            )
+        grouped = choice.view(choice.shape[0], n_groups, per_group)
+        group_scores = grouped.topk(2, dim=-1).values.sum(dim=-1)  # (T, n_groups)
+        keep_groups = group_scores.topk(topk_groups, dim=-1).indices
+        group_mask = torch.zeros_like(group_scores, dtype=torch.bool).scatter(1, keep_groups, True)
+        expert_mask = group_mask.repeat_interleave(per_group, dim=1)
+        choice = choice.masked_fill(~expert_mask, float("-inf"))
+    indices = torch.topk(choice, k, dim=-1).indices
+    weights = scores.gather(1, indices)
+    if normalize:
+        weights = weights / weights.sum(dim=-1, keepdim=True)
+    return Routing(indices=indices, weights=weights * scale, logits=logits, scores=scores)
+
+
+def noisy_topk(
+    logits: torch.Tensor,
+    k: int,
+    noise_std: torch.Tensor | float,
+    *,
+    generator: torch.Generator | None = None,
+) -> Routing:
+    """Noisy top-k gating (Shazeer et al. 2017, eq. 3-5): ``H = logits + N(0, 1) * noise_std``,
+    then :func:`topk_softmax` on ``H``. ``noise_std`` is a float or a tensor broadcastable to
+    (T, E) -- in the paper ``softplus(x @ w_noise.T)``, learned. The noise helps exploration and
+    balance during training; at inference pass ``noise_std=0`` (or use :func:`topk_softmax`).
+
+    logits: (T, E) -> :class:`Routing` whose ``logits`` are the noisy logits ``H``.
+    """
+    _check_logits_k(logits, k)
+    if isinstance(noise_std, torch.Tensor):
+        try:
+            ok = torch.broadcast_shapes(noise_std.shape, logits.shape) == logits.shape
+        except RuntimeError:
+            ok = False
+        if not ok:
+            raise ValueError(
+                f"noise_std of shape {tuple(noise_std.shape)} does not broadcast to logits {tuple(logits.shape)}"
+            )
+    elif not isinstance(noise_std, (int, float)) or isinstance(noise_std, bool) or noise_std < 0:
+        raise ValueError(f"noise_std must be a float >= 0 or a tensor, got {noise_std!r}")
+    noise = torch.randn(logits.shape, generator=generator, dtype=torch.float32, device=logits.device)
+    return topk_softmax(logits.float() + noise * noise_std, k)
+
+
+class Router(nn.Module):
+    """A router: ``weight`` (n_experts, d_model) and a scoring rule from :data:`ROUTERS`.
+
+    forward: x (T, d_model) -> :class:`Routing`.
+
+    * ``"sigmoid"`` also holds ``bias``: an (E,) float32 *buffer* (not trained by gradients) used
+      only for selection -- DeepSeek-V3's auxiliary-loss-free balancing updates it in place.
+      ``n_groups``, ``topk_groups``, ``scale`` are passed to :func:`sigmoid_topk`.
+    * ``"noisy"`` also holds ``noise_weight`` (n_experts, d_model), initialised to zero; the noise
+      std is ``softplus(x @ noise_weight.T)`` and noise is added only in training mode.
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        n_experts: int,
+        top_k: int,
+        method: str = "softmax",
+        *,
+        n_groups: int = 1,
+        topk_groups: int = 1,
+        scale: float = 1.0,
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+    ) -> None:
+        super().__init__()
+        for name, value in (("d_model", d_model), ("n_experts", n_experts)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if not isinstance(top_k, int) or isinstance(top_k, bool) or not 1 <= top_k <= n_experts:
+            raise ValueError(f"top_k must be an int with 1 <= top_k <= n_experts={n_experts}, got {top_k!r}")
+        if method not in ROUTERS:
+            raise ValueError(f"router method must be one of {ROUTERS}, got {method!r}")
+        if method != "sigmoid" and (n_groups != 1 or topk_groups != 1 or scale != 1.0):
+            raise ValueError(f"n_groups, topk_groups and scale apply to the 'sigmoid' router only, not {method!r}")
+        self.d_model, self.n_experts, self.top_k, self.method = d_model, n_experts, top_k, method
+        self.n_groups, self.topk_groups, self.scale = n_groups, topk_groups, scale
+        self.weight = nn.Parameter(torch.empty(n_experts, d_model, dtype=dtype, device=device))
+        nn.init.kaiming_uniform_(self.weight, a=5**0.5)  # nn.Linear's default: U(-1/sqrt(d), 1/sqrt(d))
+        if method == "sigmoid":
+            self.register_buffer("bias", torch.zeros(n_experts, dtype=torch.float32, device=device))
+            # fail early on a bad group configuration rather than at the first forward
+            sigmoid_topk(torch.zeros(1, n_experts), top_k, n_groups=n_groups, topk_groups=topk_groups)
+        if method == "noisy":
+            self.noise_weight = nn.Parameter(torch.zeros(n_experts, d_model, dtype=dtype, device=device))
+
+    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None) -> Routing:
+        if x.dim() != 2 or x.shape[1] != self.d_model:
+            raise ValueError(f"router input must be (tokens, d_model={self.d_model}), got {tuple(x.shape)}")
+        logits = router_logits(x, self.weight)
+        if self.method == "softmax":
+            return topk_softmax(logits, self.top_k)
+        if self.method == "softmax_topk":
+            return softmax_topk(logits, self.top_k, renormalize=False)
+        if self.method == "sigmoid":
+            return sigmoid_topk(logits, self.top_k, bias=self.bias, n_groups=self.n_groups,
+                                topk_groups=self.topk_groups, scale=self.scale)
+        if self.training:
+            noise_std = F.softplus(router_logits(x, self.noise_weight).float())
+            return noisy_topk(logits, self.top_k, noise_std, generator=generator)
+        return topk_softmax(logits, self.top_k)
+
+    def extra_repr(self) -> str:
+        extra = f", n_groups={self.n_groups}, topk_groups={self.topk_groups}, scale={self.scale}" \
+            if self.method == "sigmoid" else ""
+        return f"d_model={self.d_model}, n_experts={self.n_experts}, top_k={self.top_k}, method={self.method!r}{extra}"
