@@ -1,0 +1,453 @@
+"""Load balancing for Mixture-of-Experts routers: losses, capacity, the bias balancer, statistics.
+
+Everything here works on plain tensors -- router logits ``(T, E)``, selected experts ``(T, k)``, an
+optional attention mask -- so it fits any router (``dmcourse.routing.Routing`` carries exactly these).
+``T`` tokens, ``E`` (= ``N`` in the papers) experts, ``k`` experts per token.
+
+**Auxiliary balancing loss** (Switch Transformer, Fedus et al. 2021, eq. 4-6):
+``loss = N * sum_i f_i * P_i`` (the caller multiplies by the coefficient ``alpha``), with ``P_i`` the
+mean router probability of expert ``i`` (differentiable) and ``f_i`` the share of tokens actually
+*assigned* to it (counted from the top-k choice, no gradient). Its minimum over ``P`` for a given
+``f`` pushes probability away from overloaded experts. How ``f_i`` is normalised differs, and changes
+the value at perfect balance (``f_i`` and ``P_i`` uniform); :func:`load_balancing_loss` makes the
+choice an explicit argument (:data:`AUX_CONVENTIONS`):
+
+==================  ================================================  =====================
+convention          ``f_i``                                            value when balanced
+==================  ================================================  =====================
+``"switch"``        tokens whose (only) expert is ``i`` / ``T``; k = 1   1
+``"hf"``            assignments to ``i`` / ``T`` (sums to ``k``)          ``k``
+``"divide_by_k"``   assignments to ``i`` / ``(k T)`` (sums to 1)          1
+==================  ================================================  =====================
+
+``"hf"`` is ``transformers``' ``load_balancing_loss_func`` (Mixtral, Qwen2/3-MoE, OLMoE, ...): given a
+tuple of per-layer logits it *pools* all layers' tokens into one ``f`` and one ``P`` (it does not
+average per-layer losses), and padding tokens (``attention_mask == 0``) are left out of both.
+``"divide_by_k"`` is the same divided by ``k`` (e.g. DeepSeek's ``f_i = N / (k T) * count_i`` without
+the ``N``, which then multiplies the sum). With ``k = 1`` all three coincide.
+
+**Router z-loss** (ST-MoE, Zoph et al. 2022, eq. 5): ``mean_t (logsumexp_i logits_ti)^2``; it keeps
+router logits small (the coefficient is 1e-3 in ST-MoE).
+
+**Sequence-wise balance loss** (DeepSeek-V3, eq. 17-20): per sequence, ``sum_i f_i P_i`` with
+``f_i = N / (k S) * count_i`` and ``P_i`` the mean over the sequence of the per-token *normalised*
+affinities ``s_ti / sum_j s_tj``; averaged over sequences. Equal to 1 at perfect balance.
+
+**Capacity** (GShard, Switch): expert ``i`` processes at most ``C = ceil(cf * T * k / E)``
+assignments; the rest are *dropped* (the token skips that expert; the residual carries it on).
+Which ones are dropped is an ordering choice, :data:`CAPACITY_ORDERS`, see :func:`capacity_mask`.
+
+**Auxiliary-loss-free balancing** (DeepSeek-V3, Wang et al. 2024): a per-expert bias ``b`` is added
+to the scores *for selection only* (the gating weights use the unbiased scores) and after each step
+``b_i += gamma * sign(mean_j load_j - load_i)`` (:func:`bias_update`; selection with the bias is
+:func:`dmcourse.routing.sigmoid_topk`).
+
+**Statistics**: :func:`load_stats` -- share per expert, max/mean, entropy, coefficient of variation.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+AUX_CONVENTIONS: tuple[str, ...] = ("switch", "hf", "divide_by_k")
+"""Normalisations of ``f_i`` accepted by :func:`load_balancing_loss` (see the module docstring)."""
+
+CAPACITY_ORDERS: tuple[str, ...] = ("position", "choice", "score")
+"""Priority orders accepted by :func:`capacity_mask`."""
+
+
+# ----------------------------------------------------------------------------------------------
+# argument checks
+
+
+def _check_int(name: str, value: object, minimum: int = 1) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+    return value
+
+
+def _check_logits(logits: object, name: str = "router_logits") -> torch.Tensor:
+    if not isinstance(logits, torch.Tensor) or not logits.is_floating_point() or logits.dim() < 2:
+        got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+        raise ValueError(f"{name} must be a floating tensor (..., n_experts) with >= 2 dims, got {got}")
+    if logits.shape[-1] < 1:
+        raise ValueError(f"{name} has no expert column: shape {tuple(logits.shape)}")
+    return logits.reshape(-1, logits.shape[-1])
+
+
+def _check_indices(indices: object, n_tokens: int | None, n_experts: int, name: str = "indices") -> torch.Tensor:
+    if not isinstance(indices, torch.Tensor) or indices.is_floating_point() or indices.is_complex() \
+            or indices.dim() < 2:
+        got = tuple(indices.shape) if isinstance(indices, torch.Tensor) else type(indices).__name__
+        raise ValueError(f"{name} must be an integer tensor (..., k) of expert ids, got {got}")
+    flat = indices.reshape(-1, indices.shape[-1]).long()
+    if n_tokens is not None and flat.shape[0] != n_tokens:
+        raise ValueError(f"{name} covers {flat.shape[0]} tokens, expected {n_tokens} (one row per token)")
+    if flat.numel() and (int(flat.min()) < 0 or int(flat.max()) >= n_experts):
+        raise ValueError(
+            f"{name} holds expert ids in [{int(flat.min())}, {int(flat.max())}], expected [0, {n_experts - 1}]"
+        )
+    return flat
+
+
+def _token_mask(attention_mask: torch.Tensor | None, n_tokens: int, device: torch.device) -> torch.Tensor:
+    """(T,) float32 weights: 1 for real tokens, 0 for padding."""
+    if attention_mask is None:
+        return torch.ones(n_tokens, dtype=torch.float32, device=device)
+    if not isinstance(attention_mask, torch.Tensor) or attention_mask.numel() != n_tokens:
+        got = tuple(attention_mask.shape) if isinstance(attention_mask, torch.Tensor) else type(attention_mask).__name__
+        raise ValueError(f"attention_mask must have one entry per token ({n_tokens}), got {got}")
+    mask = attention_mask.reshape(-1).to(device=device, dtype=torch.float32)
+    if bool(((mask != 0) & (mask != 1)).any()):
+        raise ValueError("attention_mask must hold only 0 (padding) and 1 (token)")
+    return mask
+
+
+def expert_counts(indices: torch.Tensor, n_experts: int, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Assignments per expert: indices (..., k) expert ids -> (E,) float32, summing to ``k * n_real_tokens``.
+
+    Padding tokens (``attention_mask == 0``, mask shaped like ``indices[..., 0]``) are not counted.
+    """
+    _check_int("n_experts", n_experts)
+    flat = _check_indices(indices, None, n_experts)
+    mask = _token_mask(attention_mask, flat.shape[0], flat.device)
+    weights = mask.repeat_interleave(flat.shape[1])
+    return torch.zeros(n_experts, dtype=torch.float32, device=flat.device).index_add_(0, flat.reshape(-1), weights)
+
+
+# ----------------------------------------------------------------------------------------------
+# losses
+
+
+def _as_layers(x: torch.Tensor | Sequence[torch.Tensor] | None) -> list[torch.Tensor] | None:
+    if x is None:
+        return None
+    if isinstance(x, torch.Tensor):
+        return [x]
+    if isinstance(x, (list, tuple)) and len(x) > 0:
+        return list(x)
+    raise ValueError(f"expected a tensor or a non-empty tuple/list of per-layer tensors, got {type(x).__name__}")
+
+
+def load_balancing_loss(
+    router_logits: torch.Tensor | Sequence[torch.Tensor],
+    top_k: int | None = None,
+    *,
+    convention: str,
+    indices: torch.Tensor | Sequence[torch.Tensor] | None = None,
+    attention_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Switch-style auxiliary loss ``N * sum_i f_i * P_i`` (without the coefficient alpha) -> scalar float32.
+
+    router_logits: (T, E) or (batch, seq, E), or a tuple/list of those, one per MoE layer: all layers'
+        tokens are pooled into one ``f`` and one ``P`` (what ``transformers`` does).
+    top_k: experts per token. ``f`` counts each token's ``top_k`` largest probabilities unless
+        ``indices`` gives the actual choice (``(T, k)`` per layer, e.g. a biased or capacity-limited
+        selection); then ``top_k`` may be omitted (it must equal ``k`` if given).
+    convention: ``"switch"`` (paper, top-1; 1 when balanced), ``"hf"`` (``f`` sums to k; k when
+        balanced; ``transformers``' ``load_balancing_loss_func``), ``"divide_by_k"`` (``f`` sums to 1;
+        1 when balanced). Required: the three differ by a factor ``k``.
+    attention_mask: (batch, seq) or (T,) with 1 for tokens and 0 for padding, applied to every layer;
+        padding enters neither ``f`` nor ``P``.
+
+    ``P_i`` is the mean softmax probability (float32), differentiable; ``f_i`` is not.
+    """
+    if convention not in AUX_CONVENTIONS:
+        raise ValueError(f"convention must be one of {AUX_CONVENTIONS}, got {convention!r}")
+    layers = [_check_logits(l) for l in _as_layers(router_logits)]
+    n_experts = layers[0].shape[1]
+    if any(l.shape[1] != n_experts for l in layers):
+        raise ValueError(f"every layer needs the same number of experts, got {[l.shape[1] for l in layers]}")
+    chosen = _as_layers(indices)
+    if chosen is not None and len(chosen) != len(layers):
+        raise ValueError(f"indices gives {len(chosen)} layers, router_logits {len(layers)}")
+    if chosen is not None:
+        k_given = chosen[0].shape[-1]
+        if top_k is not None and top_k != k_given:
+            raise ValueError(f"top_k={top_k!r} but indices select {k_given} experts per token")
+        top_k = k_given
+    if top_k is None:
+        raise ValueError("give top_k (or the selected indices)")
+    _check_int("top_k", top_k)
+    if top_k > n_experts:
+        raise ValueError(f"top_k must be <= n_experts={n_experts}, got {top_k}")
+    if convention == "switch" and top_k != 1:
+        raise ValueError(f"the 'switch' convention is the paper's top-1 loss; with top_k={top_k} choose "
+                         "'hf' (k at balance) or 'divide_by_k' (1 at balance)")
+
+    device = layers[0].device
+    counts = torch.zeros(n_experts, dtype=torch.float32, device=device)
+    prob_sum = torch.zeros(n_experts, dtype=torch.float32, device=device)
+    n_real = torch.zeros((), dtype=torch.float32, device=device)
+    for i, logits in enumerate(layers):
+        probs = torch.softmax(logits.float(), dim=-1)
+        mask = _token_mask(attention_mask, logits.shape[0], device)
+        if chosen is None:
+            idx = torch.topk(probs.detach(), top_k, dim=-1).indices
+        else:
+            idx = _check_indices(chosen[i], logits.shape[0], n_experts)
+            if idx.shape[1] != top_k:
+                raise ValueError(f"indices of layer {i} select {idx.shape[1]} experts per token, expected {top_k}")
+        counts = counts + expert_counts(idx, n_experts, mask)
+        prob_sum = prob_sum + (probs * mask[:, None]).sum(dim=0)
+        n_real = n_real + mask.sum()
+    if float(n_real) == 0:
+        raise ValueError("no tokens to balance: the attention mask masks every token")
+    f = counts / n_real
+    if convention == "divide_by_k":
+        f = f / top_k
+    p = prob_sum / n_real
+    return n_experts * torch.sum(f * p)
+
+
+def router_z_loss(
+    router_logits: torch.Tensor | Sequence[torch.Tensor],
+    attention_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """ST-MoE router z-loss ``mean_t (logsumexp_i logits_ti)^2`` -> scalar float32.
+
+    Computed on the *logits* (probabilities always sum to one and carry no scale). router_logits:
+    (..., E) or a tuple of per-layer tensors (the mean is over all layers' tokens);
+    attention_mask: one entry per token of a layer, 0 for padding (left out of the mean).
+    """
+    total = None
+    n_real = 0.0
+    for logits in _as_layers(router_logits):
+        flat = _check_logits(logits)
+        mask = _token_mask(attention_mask, flat.shape[0], flat.device)
+        z2 = torch.logsumexp(flat.float(), dim=-1) ** 2
+        part = (z2 * mask).sum()
+        total = part if total is None else total + part
+        n_real += float(mask.sum())
+    if n_real == 0:
+        raise ValueError("no tokens: the attention mask masks every token")
+    return total / n_real
+
+
+def sequence_wise_balance_loss(
+    scores: torch.Tensor,
+    indices: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """DeepSeek-V3's complementary sequence-wise balance loss (without its small coefficient alpha).
+
+    scores: (batch, seq, E) non-negative affinities (sigmoid scores in DeepSeek-V3; softmax
+        probabilities work too), normalised per token here: ``s'_ti = s_ti / sum_j s_tj``.
+    indices: (batch, seq, k) the experts each token was sent to.
+    attention_mask: (batch, seq), 0 for padding (left out of ``f`` and ``P`` and of ``S``).
+
+    For each sequence ``sum_i f_i P_i`` with ``f_i = E / (k S) * count_i`` and ``P_i = mean_t s'_ti``,
+    then the mean over sequences (sequences that are all padding are skipped). 1 at perfect balance.
+    -> scalar float32, differentiable through ``scores``.
+    """
+    if not isinstance(scores, torch.Tensor) or scores.dim() != 3 or not scores.is_floating_point():
+        got = tuple(scores.shape) if isinstance(scores, torch.Tensor) else type(scores).__name__
+        raise ValueError(f"scores must be a floating (batch, seq, n_experts) tensor, got {got}")
+    batch, seq, n_experts = scores.shape
+    if not isinstance(indices, torch.Tensor) or indices.dim() != 3 or tuple(indices.shape[:2]) != (batch, seq):
+        got = tuple(indices.shape) if isinstance(indices, torch.Tensor) else type(indices).__name__
+        raise ValueError(f"indices must be (batch={batch}, seq={seq}, k), got {got}")
+    k = indices.shape[-1]
+    if not 1 <= k <= n_experts:
+        raise ValueError(f"indices select k={k} experts per token, expected 1 <= k <= n_experts={n_experts}")
+    if bool((scores.detach() < 0).any()):
+        raise ValueError("scores must be non-negative affinities (sigmoid or softmax outputs), not logits")
+    idx = _check_indices(indices, batch * seq, n_experts).view(batch, seq, k)
+    mask = _token_mask(attention_mask, batch * seq, scores.device).view(batch, seq)
+    normed = scores.float() / scores.float().sum(dim=-1, keepdim=True).clamp_min(1e-20)
+    one_hot = torch.zeros(batch, seq, n_experts, dtype=torch.float32, device=scores.device)
+    one_hot.scatter_add_(2, idx, torch.ones(idx.shape, dtype=torch.float32, device=scores.device))
+    n_tok = mask.sum(dim=1)  # (batch,)
+    keep = n_tok > 0
+    if not bool(keep.any()):
+        raise ValueError("no tokens: the attention mask masks every token")
+    n_tok = n_tok.clamp_min(1.0)
+    f = n_experts / (k * n_tok[:, None]) * (one_hot * mask[..., None]).sum(dim=1)  # (batch, E)
+    p = (normed * mask[..., None]).sum(dim=1) / n_tok[:, None]  # (batch, E)
+    per_seq = (f * p).sum(dim=-1)
+    return per_seq[keep].mean()
+
+
+# ----------------------------------------------------------------------------------------------
+# capacity
+
+
+def expert_capacity(n_tokens: int, n_experts: int, top_k: int = 1, capacity_factor: float = 1.0) -> int:
+    """Assignments one expert may take: ``ceil(capacity_factor * n_tokens * top_k / n_experts)``.
+
+    ``capacity_factor = 1`` is exactly the balanced share; 1.25 gives 25 % slack (Switch's default
+    for training). -> int >= 0 (0 only when there are no tokens).
+    """
+    _check_int("n_tokens", n_tokens, 0)
+    _check_int("n_experts", n_experts)
+    _check_int("top_k", top_k)
+    if top_k > n_experts:
+        raise ValueError(f"top_k must be <= n_experts={n_experts}, got {top_k}")
+    if isinstance(capacity_factor, bool) or not isinstance(capacity_factor, (int, float)) \
+            or not math.isfinite(capacity_factor) or capacity_factor <= 0:
+        raise ValueError(f"capacity_factor must be a positive finite number, got {capacity_factor!r}")
+    # round away tiny float noise (1.25 * 96 is 120.00000000000001 in binary) before the ceiling
+    return math.ceil(round(capacity_factor * n_tokens * top_k / n_experts, 9))
+
+
+def capacity_mask(
+    indices: torch.Tensor,
+    n_experts: int,
+    capacity: int,
+    *,
+    order: str = "position",
+    weights: torch.Tensor | None = None,
+    attention_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Which assignments an expert with room for ``capacity`` keeps: indices (T, k) -> keep (T, k) bool.
+
+    Each expert takes the assignments that reach it in priority ``order`` until it holds ``capacity``;
+    later ones are dropped (the token skips that expert). Orders (:data:`CAPACITY_ORDERS`):
+
+    * ``"position"`` -- by token position, earlier tokens first (Switch/``transformers``'
+      ``SwitchTransformersTop1Router``: a cumulative sum over the sequence; Megatron-LM's
+      ``drop_policy="position"``). The choice slot does not matter: an expert appears once per token.
+    * ``"choice"`` -- first every token's 1st choice, in position order, then every 2nd choice, ...
+      (GShard's top-2 dispatch): a 1st choice is never displaced by an earlier token's 2nd choice.
+    * ``"score"`` -- larger routing ``weights`` (T, k) first, ties by position (Megatron-LM's
+      ``drop_policy="probs"``; like V-MoE's batch prioritised routing, per expert).
+
+    attention_mask: (T,) or any shape with T entries; padding tokens are never kept and use no capacity.
+    Use :func:`expert_capacity` to get ``capacity`` from a capacity factor.
+    """
+    _check_int("n_experts", n_experts)
+    _check_int("capacity", capacity, 0)
+    if order not in CAPACITY_ORDERS:
+        raise ValueError(f"order must be one of {CAPACITY_ORDERS}, got {order!r}")
+    if not isinstance(indices, torch.Tensor) or indices.dim() != 2:
+        got = tuple(indices.shape) if isinstance(indices, torch.Tensor) else type(indices).__name__
+        raise ValueError(f"indices must be (tokens, k), got {got}")
+    idx = _check_indices(indices, None, n_experts)
+    n_tokens, k = idx.shape
+    if k > 1 and bool((idx.sort(dim=1).values.diff(dim=1) == 0).any()):
+        raise ValueError("indices must name distinct experts within each token's row")
+    device = idx.device
+    flat_expert = idx.reshape(-1)
+    position = torch.arange(n_tokens, device=device).repeat_interleave(k)  # token of each flat slot
+    slot = torch.arange(k, device=device).repeat(n_tokens)
+    if order == "score":
+        if weights is None or not isinstance(weights, torch.Tensor) or tuple(weights.shape) != (n_tokens, k):
+            got = tuple(weights.shape) if isinstance(weights, torch.Tensor) else weights
+            raise ValueError(f"order='score' needs weights of shape (T, k)={(n_tokens, k)}, got {got}")
+        # stable sorts: position, then by descending weight, then group by expert
+        perm = torch.argsort(-weights.detach().float().reshape(-1), stable=True)
+    elif order == "choice":
+        perm = torch.argsort(slot * n_tokens + position, stable=True)
+    else:
+        perm = torch.arange(n_tokens * k, device=device)
+    real = _token_mask(attention_mask, n_tokens, device).bool().repeat_interleave(k)
+    # padding goes to a virtual expert E so it never uses capacity
+    expert_p = torch.where(real, flat_expert, torch.full_like(flat_expert, n_experts))[perm]
+    by_expert = torch.argsort(expert_p, stable=True)
+    sorted_expert = expert_p[by_expert]
+    counts = torch.bincount(sorted_expert, minlength=n_experts + 1)
+    starts = torch.cumsum(counts, 0) - counts
+    rank = torch.arange(sorted_expert.numel(), device=device) - starts[sorted_expert]
+    keep_sorted = (rank < capacity) & (sorted_expert < n_experts)
+    keep = torch.zeros(n_tokens * k, dtype=torch.bool, device=device)
+    keep[perm[by_expert]] = keep_sorted
+    return keep.view(n_tokens, k)
+
+
+def drop_rate(keep: torch.Tensor, attention_mask: torch.Tensor | None = None) -> float:
+    """Share of (real) assignments dropped: keep (T, k) bool -> float in [0, 1]."""
+    if not isinstance(keep, torch.Tensor) or keep.dtype != torch.bool or keep.dim() != 2:
+        raise ValueError("keep must be a (tokens, k) bool tensor from capacity_mask")
+    mask = _token_mask(attention_mask, keep.shape[0], keep.device)[:, None].expand_as(keep)
+    total = float(mask.sum())
+    if total == 0:
+        raise ValueError("no tokens: the attention mask masks every token")
+    return float(((~keep).float() * mask).sum()) / total
+
+
+# ----------------------------------------------------------------------------------------------
+# auxiliary-loss-free balancing
+
+
+def bias_update(bias: torch.Tensor, load: torch.Tensor, gamma: float) -> torch.Tensor:
+    """One DeepSeek-V3 bias step: ``bias + gamma * sign(mean(load) - load)`` -> new (E,) tensor.
+
+    bias: (E,) the selection bias; load: (E,) tokens (or shares) each expert received in the step;
+    gamma: the bias update speed (0.001 in DeepSeek-V3). Overloaded experts go down by ``gamma``,
+    underloaded ones up, experts exactly at the mean stay. Use the bias only to *select* experts,
+    never in the gating weights (:func:`dmcourse.routing.sigmoid_topk` does this).
+    """
+    if not isinstance(bias, torch.Tensor) or bias.dim() != 1:
+        raise ValueError(f"bias must be a (n_experts,) tensor, got {getattr(bias, 'shape', type(bias).__name__)}")
+    if not isinstance(load, torch.Tensor) or tuple(load.shape) != tuple(bias.shape):
+        raise ValueError(f"load must have the shape of bias {tuple(bias.shape)}, got "
+                         f"{getattr(load, 'shape', type(load).__name__)}")
+    if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not math.isfinite(gamma) or gamma < 0:
+        raise ValueError(f"gamma must be a finite number >= 0, got {gamma!r}")
+    load = load.to(device=bias.device, dtype=torch.float32)
+    return bias + (gamma * torch.sign(load.mean() - load)).to(bias.dtype)
+
+
+# ----------------------------------------------------------------------------------------------
+# statistics
+
+
+@dataclass(frozen=True)
+class LoadStats:
+    """How evenly assignments are spread over ``E`` experts.
+
+    fraction: (E,) float32, each expert's share of the assignments (sums to 1).
+    max_over_mean: largest load / mean load (1 balanced, E when one expert takes everything).
+    entropy: ``-sum_i fraction_i ln fraction_i`` in nats (``ln E`` balanced, 0 collapsed).
+    cv: coefficient of variation std/mean of the loads, population std (0 balanced, sqrt(E-1) collapsed).
+    dead: experts that received nothing.
+    """
+
+    fraction: torch.Tensor
+    max_over_mean: float
+    entropy: float
+    cv: float
+    dead: int
+
+    @property
+    def n_experts(self) -> int:
+        return int(self.fraction.numel())
+
+    @property
+    def normalized_entropy(self) -> float:
+        """entropy / ln E in [0, 1] (1 balanced); 1.0 when E = 1."""
+        return self.entropy / math.log(self.n_experts) if self.n_experts > 1 else 1.0
+
+    def as_dict(self) -> dict[str, float]:
+        """The scalar figures (for histories and tables)."""
+        return {"max_over_mean": self.max_over_mean, "entropy": self.entropy,
+                "normalized_entropy": self.normalized_entropy, "cv": self.cv, "dead": float(self.dead)}
+
+
+def load_stats_from_counts(counts: torch.Tensor) -> LoadStats:
+    """:class:`LoadStats` of per-expert loads: counts (E,) non-negative, not all zero."""
+    if not isinstance(counts, torch.Tensor) or counts.dim() != 1 or counts.numel() < 1:
+        raise ValueError(f"counts must be a non-empty (n_experts,) tensor, got {getattr(counts, 'shape', counts)!r}")
+    c = counts.detach().double().cpu()
+    if bool((c < 0).any()) or float(c.sum()) <= 0:
+        raise ValueError(f"counts must be non-negative with a positive total, got {counts.tolist()}")
+    frac = c / c.sum()
+    nz = frac[frac > 0]
+    entropy = float(-(nz * nz.log()).sum())
+    mean = float(frac.mean())
+    return LoadStats(
+        fraction=frac.float(),
+        max_over_mean=float(frac.max()) / mean,
+        entropy=max(entropy, 0.0),
+        cv=float(frac.std(unbiased=False)) / mean,
+        dead=int((c == 0).sum()),
+    )
+
+
+def load_stats(indices: torch.Tensor, n_experts: int, attention_mask: torch.Tensor | None = None) -> LoadStats:
+    """:class:`LoadStats` of a routing decision: indices (..., k) expert ids (padding left out)."""
+    return load_stats_from_counts(expert_counts(indices, n_experts, attention_mask))
