@@ -1,7 +1,8 @@
 """nbgrader's Python API, pointed at a course directory laid out like this repository.
 
 ``nbgrader validate`` exits 0 even when tests fail, so scripts and tests grade through the API
-and read scores from the gradebook instead of parsing command output.
+and read scores from the gradebook instead of parsing command output. Every API object carries
+``safety.grading_config()`` (bounded outputs, hidden tests kept out of feedback).
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from traitlets.config import Config, PyFileConfigLoader
+
+from dmcourse.grading.safety import grading_config
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,7 @@ def api(root: Path, config: Config | None = None):
     from nbgrader.coursedir import CourseDirectory
 
     cfg = load_config(root)
+    cfg.merge(grading_config())
     if config is not None:
         cfg.merge(config)
     return NbGraderAPI(CourseDirectory(config=cfg), config=cfg)
@@ -62,9 +66,62 @@ def autograde(root: Path, assignment: str, student: str) -> Score:
     return score(root, assignment, student)
 
 
-def score(root: Path, assignment: str, student: str) -> Score:
+def _gradebook(root: Path):
     from nbgrader.api import Gradebook
 
-    with Gradebook(f"sqlite:///{Path(root).resolve() / 'gradebook.db'}") as gb:
+    return Gradebook(f"sqlite:///{Path(root).resolve() / 'gradebook.db'}")
+
+
+def score(root: Path, assignment: str, student: str) -> Score:
+    with _gradebook(root) as gb:
         sub = gb.find_submission(assignment, student)
         return Score(student, assignment, float(sub.score), float(sub.max_score))
+
+
+def needs_manual_grade(root: Path, assignment: str, student: str) -> bool:
+    """Whether a submission has cells that wait for a person (``answer`` cells, failed autograding)."""
+    with _gradebook(root) as gb:
+        return bool(gb.find_submission(assignment, student).needs_manual_grade)
+
+
+def is_registered(root: Path, assignment: str) -> bool:
+    """Whether the gradebook knows ``assignment`` (its cells, points and checksums)."""
+    from nbgrader.api import MissingEntry
+
+    if not (Path(root) / "gradebook.db").exists():
+        return False
+    with _gradebook(root) as gb:
+        try:
+            return bool(gb.find_assignment(assignment).notebooks)
+        except MissingEntry:
+            return False
+
+
+def register(root: Path, assignment: str) -> None:
+    """Record ``assignment`` in the gradebook (nbgrader generate_assignment) without touching
+    ``exercises/``: the release is generated into a temporary folder and thrown away."""
+    import tempfile
+
+    root = Path(root).resolve()
+    if not (root / "solutions" / assignment).is_dir():
+        raise ValueError(f"unknown assignment {assignment!r}: no folder solutions/{assignment}")
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = Config()
+        cfg.CourseDirectory.release_directory = tmp
+        _check(api(root, cfg).generate_assignment(assignment, force=True), f"generate_assignment {assignment}")
+
+
+def feedback(root: Path, assignment: str, student: str | None = None) -> dict:
+    """nbgrader generate_feedback (hidden tests removed); returns the API's result dict."""
+    return api(root).generate_feedback(assignment, student, force=True)
+
+
+def export_csv(root: Path, dest: Path, assignments: list[str] | None = None) -> Path:
+    """nbgrader's CSV export (``nbgrader export``) of the gradebook to ``dest``."""
+    from nbgrader.plugins import CsvExportPlugin
+
+    dest = Path(dest).resolve()
+    plugin = CsvExportPlugin(to=str(dest), assignment=list(assignments or []))
+    with _gradebook(root) as gb:
+        plugin.export(gb)
+    return dest
