@@ -527,6 +527,111 @@ def decode_critical_batch(
     return float(hi)
 
 
+@dataclass(frozen=True)
+class Cost:
+    """FLOPs and bytes of some work (a layer call, a step): the two numbers the roofline needs."""
+
+    flops: float
+    nbytes: float
+
+    @property
+    def intensity(self) -> float:
+        """FLOP/byte."""
+        return self.flops / self.nbytes
+
+    def time_s(self, peak_flops: float, bandwidth: float) -> float:
+        """Roofline time (s): ``max(flops / peak, bytes / bandwidth)``."""
+        return roofline_time(self.flops, self.nbytes, peak_flops, bandwidth)
+
+    def __add__(self, other: Cost) -> Cost:
+        return Cost(self.flops + other.flops, self.nbytes + other.nbytes)
+
+
+def swiglu_cost(tokens: int, d_model: int, d_ff: int, bytes_per_element: float) -> Cost:
+    """Cost of a SwiGLU FFN on ``tokens`` tokens: its three GEMMs (gate and up ``(T, d_model) @
+    (d_model, d_ff)``, down ``(T, d_ff) @ (d_ff, d_model)``), every operand counted once per GEMM,
+    plus ``silu(g) * u`` (reads two ``(T, d_ff)`` tensors, writes one; its FLOPs are neglected)."""
+    gate = gemm_bytes(tokens, d_model, d_ff, bytes_per_element)
+    down = gemm_bytes(tokens, d_ff, d_model, bytes_per_element)
+    flops = 2 * gemm_flops(tokens, d_model, d_ff) + gemm_flops(tokens, d_ff, d_model)
+    return Cost(float(flops), 2 * gate + down + 3 * bytes_per_element * tokens * d_ff)
+
+
+def moe_cost(tokens: int, d_model: int, d_ff: int, n_experts: int, top_k: int, bytes_per_element: float,
+             experts_touched: float | None = None) -> Cost:
+    """Expected cost of an MoE layer (SwiGLU experts) on ``tokens`` tokens under uniform routing.
+
+    Router GEMM ``(T, d_model) @ (d_model, E)``; ``R = T * top_k`` routed rows; the weights of the
+    experts touched (default :func:`expected_experts_touched`, or pass a counted number), each read
+    once; the activations of a SwiGLU on R rows; gathering the rows and combining them back
+    (``2 * (T + R) * d_model`` elements). FLOPs: ``2 * R * 3 * d_model * d_ff`` plus the router.
+    """
+    for name, value in (("tokens", tokens), ("d_model", d_model), ("d_ff", d_ff)):
+        _check_positive_int(name, value)
+    if experts_touched is None:
+        experts_touched = expected_experts_touched(n_experts, top_k, tokens)
+    elif not 0 < experts_touched <= n_experts:
+        raise ValueError(f"experts_touched must be in (0, n_experts={n_experts}], got {experts_touched!r}")
+    s = _check_positive("bytes_per_element", bytes_per_element)
+    rows = tokens * top_k
+    router = Cost(float(gemm_flops(tokens, d_model, n_experts)), gemm_bytes(tokens, d_model, n_experts, s))
+    acts = swiglu_cost(rows, d_model, d_ff, s)
+    weights_in_acts = 3 * d_model * d_ff * s  # swiglu_cost counted one expert's weights once
+    experts = Cost(acts.flops, acts.nbytes - weights_in_acts + experts_touched * 3 * d_model * d_ff * s)
+    moves = Cost(0.0, 2 * (tokens + rows) * d_model * s)
+    return router + experts + moves
+
+
+def decode_counts(config: Any) -> dict[str, int]:
+    """What one decode step of a :class:`~dmcourse.configs.ModelConfig` reads, from
+    :mod:`dmcourse.accounting`, as keyword arguments for :func:`decode_step`:
+
+    ``dense_params``: every weight except the routed experts and the input embedding (a decode
+    step looks up only ``batch`` rows of it; a *tied* embedding is also the output head and is
+    read whole, so it stays in); ``expert_params``, ``n_experts``, ``top_k``: the routed experts
+    (0, 1, 1 for a dense model)."""
+    from dmcourse import accounting
+
+    p = accounting.count_params(config)
+    moe = config.n_experts > 0 and p.experts > 0
+    return {
+        "dense_params": p.total - p.experts - (0 if config.tied_embeddings else p.embedding),
+        "expert_params": p.experts if moe else 0,
+        "n_experts": config.n_experts if moe else 1,
+        "top_k": config.top_k if moe else 1,
+    }
+
+
+def decode_step_for_config(config: Any, batch: int, dtype: str = "bf16", context: int = 0) -> DecodeStep:
+    """:func:`decode_step` for a :class:`~dmcourse.configs.ModelConfig` with the counts of
+    :func:`decode_counts`, in ``dtype``; each sequence also reads its KV cache of ``context``
+    tokens and pays the attention FLOPs over them (:mod:`dmcourse.accounting`)."""
+    from dmcourse import accounting
+
+    return decode_step(
+        batch=batch,
+        **decode_counts(config),
+        bytes_per_param=accounting.bytes_per_param(dtype),
+        kv_bytes_per_seq=accounting.kv_cache_bytes(config, context, 1, dtype) if context else 0.0,
+        attention_flops_per_seq=accounting.attention_flops_per_token(config, context) if context else 0.0,
+    )
+
+
+def datasheet_roof(gpu: str, precision: str = "bf16") -> tuple[float, float]:
+    """``(peak_flops, bandwidth)`` of a GPU from the datasheet table (:mod:`dmcourse.hardware`),
+    dense tensor-core figures. Raises ValueError when the datasheet has no figure for
+    ``precision`` on that GPU (a T4 has no bf16 or tf32)."""
+    from dmcourse import hardware
+
+    spec = hardware.gpu(gpu)
+    peaks = spec.get("peak_flops") or {}
+    bandwidth = spec.get("memory_bandwidth_bytes_per_s")
+    if precision not in peaks or not bandwidth:
+        raise ValueError(f"the datasheet table has no {precision!r} peak or bandwidth for {spec.name}; "
+                         f"it has {sorted(peaks)}")
+    return float(peaks[precision]), float(bandwidth)
+
+
 # --------------------------------------------------------------------------------------------
 # Records: measure a device, write / read JSON, the command line
 # --------------------------------------------------------------------------------------------
@@ -665,7 +770,7 @@ def _slug(text: str) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m dmcourse.roofline [--device cuda] [--quick] [--out FILE] [--precisions fp32 bf16]``"""
+    """``python -m dmcourse.roofline [--device cuda] [--quick] [--out FILE] [--precisions fp32 bf16] [--threads N]``"""
     import argparse
     import sys
 
@@ -678,11 +783,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--precisions", nargs="+", default=None,
                         help=f"matmul precisions among {sorted(PRECISIONS)} (default: all the device has)")
     parser.add_argument("--repeats", type=int, default=None, help="timed repeats per figure (median reported)")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
     parser.add_argument("--out", default=None,
                         help="output file (default: roofline_<device>_<date>.json in the current directory)")
     args = parser.parse_args(argv)
     argv_list = list(sys.argv[1:] if argv is None else argv)
     try:
+        if args.threads is not None:
+            torch.set_num_threads(_check_positive_int("--threads", args.threads))
         device = _device(args.device)
         found = measure_ceilings(device, quick=args.quick, precisions=args.precisions, repeats=args.repeats)
     except (ValueError, RuntimeError) as err:

@@ -176,29 +176,51 @@ def test_model_refuses_nonsense(call, match) -> None:
 # ---------------------------------------------------------------------------------- records and CLI
 
 
-def test_cli_writes_a_valid_record(tmp_path) -> None:
+def _check_record_file(out, *, expect_command: str) -> None:
     import json
-    import subprocess
-    import sys
 
-    out = tmp_path / "rec.json"
-    done = subprocess.run([sys.executable, "-m", "dmcourse.roofline", "--device", "cpu", "--quick",
-                           "--precisions", "fp32", "--repeats", "2", "--out", str(out)],
-                          capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
     record = json.loads(out.read_text())
     assert rl.read_record(out) == record
     assert record["device_type"] == "cpu" and record["device"] and record["date"][:2] == "20"
-    assert record["command"].startswith("python -m dmcourse.roofline") and "--quick" in record["command"]
+    assert record["command"].startswith(expect_command) and "--quick" in record["command"]
     assert record["versions"]["torch"] == torch.__version__
     figures = record["figures"]
     assert set(figures["bandwidth_bytes_per_s"]) == {"copy", "read"} and set(figures["matmul_flops_per_s"]) == {"fp32"}
     assert all(v > 0 and math.isfinite(v) for group in figures.values() for v in group.values())
 
 
+def test_cli_main_writes_a_valid_record(tmp_path, capsys) -> None:
+    out = tmp_path / "rec.json"
+    assert rl.main(["--device", "cpu", "--quick", "--precisions", "fp32", "--repeats", "2", "--out", str(out)]) == 0
+    assert "wrote" in capsys.readouterr().out
+    _check_record_file(out, expect_command="python -m dmcourse.roofline")
+
+
+@pytest.mark.slow
+def test_cli_as_a_module(tmp_path) -> None:
+    import subprocess
+    import sys
+
+    out = tmp_path / "rec.json"
+    done = subprocess.run([sys.executable, "-m", "dmcourse.roofline", "--device", "cpu", "--quick", "--threads", "1",
+                           "--precisions", "fp32", "--repeats", "2", "--out", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    _check_record_file(out, expect_command="python -m dmcourse.roofline")
+    assert json_cpu_threads(out) == 1
+
+
+def json_cpu_threads(path) -> int:
+    import json
+
+    return json.loads(path.read_text())["cpu_threads"]
+
+
 def test_cli_refuses_nonsense(tmp_path) -> None:
     with pytest.raises(SystemExit):
         rl.main(["--device", "cpu", "--precisions", "fp64", "--out", str(tmp_path / "x.json")])
+    with pytest.raises(SystemExit):
+        rl.main(["--device", "cpu", "--threads", "0", "--out", str(tmp_path / "x.json")])
     assert not (tmp_path / "x.json").exists()
 
 
@@ -213,3 +235,77 @@ def test_records_are_validated() -> None:
         rl.validate_record(bad)
     for record in rl.shipped_records():  # whatever is shipped must be readable
         assert record["device_type"] == "cuda"
+
+
+# ---------------------------------------------------------------------------------- layer costs, configs, datasheets
+
+
+def test_swiglu_and_moe_costs() -> None:
+    d, f, s = 64, 256, 2
+    one = rl.swiglu_cost(1, d, f, s)
+    assert one.flops == 2 * 3 * d * f
+    # gate and up: x (1 x d), W (d x f), out (1 x f); down: (1 x f), (f x d), out (1 x d); silu*mul: 3 f
+    assert one.nbytes == s * (2 * (d + d * f + f) + (f + f * d + d) + 3 * f)
+    assert rl.swiglu_cost(10, d, f, s).flops == 10 * one.flops
+    e, k = 8, 2
+    moe1 = rl.moe_cost(1, d, f, e, k, s)
+    router_flops = 2 * d * e
+    assert moe1.flops == pytest.approx(k * one.flops + router_flops)
+    weights = 3 * d * f * s
+    assert k * weights < moe1.nbytes < k * weights * 1.2, "one token reads k experts' weights (plus small activations)"
+    big = rl.moe_cost(4096, d, f, e, k, s)
+    assert big.nbytes > e * weights, "a large batch reads every expert"
+    assert rl.moe_cost(4, d, f, e, k, s, experts_touched=3).nbytes < rl.moe_cost(4, d, f, e, k, s, experts_touched=5).nbytes
+    with pytest.raises(ValueError, match="experts_touched"):
+        rl.moe_cost(4, d, f, e, k, s, experts_touched=9)
+    assert (one + one).flops == 2 * one.flops and one.time_s(1e12, 1e9) == max(one.flops / 1e12, one.nbytes / 1e9)
+
+
+def test_decode_counts_follow_accounting() -> None:
+    from dmcourse import accounting, configs
+
+    for name in ("Mixtral-8x7B", "Llama-3-8B", "DeepSeek-V3"):
+        cfg = configs.load_preset(name)
+        p = accounting.count_params(cfg)
+        c = rl.decode_counts(cfg)
+        embedding_not_read = 0 if cfg.tied_embeddings else p.embedding
+        assert c["dense_params"] + c["expert_params"] == p.total - embedding_not_read
+        step = rl.decode_step_for_config(cfg, 1, "bf16")
+        # batch 1 reads the active weights (minus the embedding lookup) in bf16
+        assert step.weight_bytes == pytest.approx(2 * (p.active - embedding_not_read), rel=1e-9)
+        ctx = rl.decode_step_for_config(cfg, 2, "bf16", context=1000)
+        assert ctx.nbytes - ctx.weight_bytes == pytest.approx(accounting.kv_cache_bytes(cfg, 1000, 2, "bf16"))
+
+
+def test_datasheet_roof() -> None:
+    from dmcourse import hardware
+
+    peak, bw = rl.datasheet_roof("H100", "bf16")
+    spec = hardware.gpu("H100")
+    assert peak == spec.peak_flops["bf16"] and bw == spec.memory_bandwidth_bytes_per_s
+    for spec in hardware.gpus().values():
+        assert spec.memory_bandwidth_source.startswith("https://") and spec.peak_flops_source.startswith("https://")
+        assert spec.peak_flops["fp32"] < max(spec.peak_flops.values()), "tensor cores beat plain fp32"
+    with pytest.raises(ValueError, match="T4"):
+        rl.datasheet_roof("T4", "bf16")  # Turing has no bf16 tensor cores
+
+
+def test_plots_and_explorer() -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from dmcourse import roofline_plot as rp
+
+    ax = rp.roofline_figure([dict(name="X", peak=1e12, bandwidth=1e10),
+                             dict(name="Y", peak=1e14, bandwidth=1e12, kind="datasheet")],
+                            [dict(intensity=1.0, flops=1e10, label="p", annotate="B=1")])
+    labels = [line.get_label() for line in ax.get_lines()]
+    assert "X" in labels and "Y (datasheet)" in labels
+    with pytest.raises(ValueError, match="kind"):
+        rp.roofline_figure([dict(name="Z", peak=1.0, bandwidth=1.0, kind="guess")])
+    plt.close("all")
+    widget = rp.explorer({"X": (1e12, 1e10)})
+    assert widget.children
+    plt.close("all")
