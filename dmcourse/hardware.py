@@ -14,7 +14,6 @@ import json
 from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
-from types import MappingProxyType
 from typing import Any, Mapping
 
 REQUIRED_FIELDS = ("name", "memory_bytes", "source")
@@ -77,7 +76,7 @@ def parse_gpus(doc: Mapping[str, Any]) -> dict[str, GPUSpec]:
             raise ValueError(f"gpus.json {name}: source must be a URL, got {src!r}")
         if _key(name) in {_key(n) for n in out}:
             raise ValueError(f"gpus.json: duplicate GPU name {name!r}")
-        out[name] = GPUSpec(name=name, memory_bytes=mem, source=src, data=MappingProxyType(dict(entry)))
+        out[name] = GPUSpec(name=name, memory_bytes=mem, source=src, data=dict(entry))
     return out
 
 

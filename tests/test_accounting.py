@@ -112,6 +112,11 @@ def test_gpu_table() -> None:
         hardware.gpu("V100")
     with pytest.raises(AttributeError, match="no field"):
         hardware.gpu("T4").tflops
+    import copy
+    import pickle
+
+    h200 = hardware.gpu("H200")
+    assert copy.deepcopy(h200) == pickle.loads(pickle.dumps(h200)) == h200
 
 
 def test_gpu_loader_is_generic_and_strict() -> None:
