@@ -44,7 +44,7 @@ def cmd_collect(args) -> int:
     from dmcourse.grading import collect
 
     items = collect.collect(_course(args), Path(args.download), args.assignment or None, args.pattern,
-                            force=args.force, dry_run=args.dry_run)
+                            force=args.force, dry_run=args.dry_run, assume=args.assume)
     _print_items(items)
     if args.dry_run:
         print("dry run: nothing was written")
@@ -124,7 +124,8 @@ def cmd_grade(args) -> int:
 
     root = _course(args)
     rows = pipeline.grade(root, args.assignment, Path(args.download) if args.download else None, jobs=args.jobs,
-                          timeout=args.timeout, pattern=args.pattern, force=args.force, dry_run=args.dry_run)
+                          timeout=args.timeout, pattern=args.pattern, force=args.force, dry_run=args.dry_run,
+                          assume=args.assignment if args.assume else None)
     print(pipeline.format_table(rows))
     if args.dry_run:
         print("dry run: nothing was written")
@@ -156,6 +157,9 @@ def parser() -> argparse.ArgumentParser:
                                     "Name rules: see dmcourse/grading/names.py or the instructors' appendix.")
     sp.add_argument("download", help="the unzipped download folder")
     sp.add_argument("--assignment", action="append", help="collect only this assignment (repeatable)")
+    sp.add_argument("--assume", metavar="ASSIGNMENT",
+                    help="a file whose name names no known assignment belongs to ASSIGNMENT "
+                         "(a download of one assignment in which students renamed their files)")
     collect_options(sp)
     sp.set_defaults(func=cmd_collect)
 
@@ -188,6 +192,8 @@ def parser() -> argparse.ArgumentParser:
                                     "(autograded/report-ASSIGNMENT.md/.csv).")
     sp.add_argument("assignment")
     sp.add_argument("--from", dest="download", help="LMS download folder to collect first")
+    sp.add_argument("--assume", action="store_true",
+                    help="with --from: a file whose name names no known assignment is one of ASSIGNMENT")
     collect_options(sp)
     timeout_jobs(sp)
     sp.set_defaults(func=cmd_grade)

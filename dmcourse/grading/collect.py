@@ -55,13 +55,14 @@ def _files(download: Path) -> list[Path]:
                   and not any(part in _IGNORED_PARTS or part.startswith(".") for part in p.relative_to(download).parts))
 
 
-def plan(root: Path, download: Path, only: list[str] | None = None, pattern: str | None = None) -> list[Item]:
-    """What collect would do, file by file (nothing is written)."""
+def plan(root: Path, download: Path, only: list[str] | None = None, pattern: str | None = None,
+         assume: str | None = None) -> list[Item]:
+    """What collect would do, file by file (nothing is written). ``assume``: see ``names.parse``."""
     root, download = Path(root).resolve(), Path(download).resolve()
     if not download.is_dir():
         raise FileNotFoundError(f"download folder {download} not found")
     assignments = known_assignments(root)
-    for a in only or []:
+    for a in [*(only or []), *([assume] if assume else [])]:
         if a not in assignments:
             raise ValueError(f"unknown assignment {a!r}; the course has {', '.join(assignments)}")
     items: list[Item] = []
@@ -72,7 +73,7 @@ def plan(root: Path, download: Path, only: list[str] | None = None, pattern: str
             items.append(Item(rel, "not-a-notebook", reason="not an .ipynb file"))
             continue
         try:
-            parsed = names.parse(rel, assignments, pattern)
+            parsed = names.parse(rel, assignments, pattern, assume)
         except names.UnparsableName as e:
             items.append(Item(rel, e.kind, reason=str(e)))
             continue
@@ -118,9 +119,9 @@ def plan(root: Path, download: Path, only: list[str] | None = None, pattern: str
 
 
 def collect(root: Path, download: Path, only: list[str] | None = None, pattern: str | None = None,
-            force: bool = False, dry_run: bool = False) -> list[Item]:
+            force: bool = False, dry_run: bool = False, assume: str | None = None) -> list[Item]:
     """Copy each student's newest readable notebook to ``submitted/``; return what happened to every file."""
-    items = plan(root, download, only, pattern)
+    items = plan(root, download, only, pattern, assume)
     for item in items:
         if item.status == "exists-differs" and force:
             item.status, item.reason = "collected", "replaced a different earlier copy"

@@ -94,10 +94,12 @@ def _student_from_words(words: str) -> str:
     return "_".join(tokens)
 
 
-def parse(relpath: str, assignments: list[str], pattern: str | None = None) -> Parsed:
+def parse(relpath: str, assignments: list[str], pattern: str | None = None, assume: str | None = None) -> Parsed:
     """Read ``relpath`` (``/``-separated, relative to the download folder) as a submission.
 
-    Raises UnparsableName with the reason when the student or the assignment cannot be told."""
+    ``assume``: the assignment of a file whose name names none (a download of one assignment
+    where a student renamed the file). Raises UnparsableName with the reason when the student or
+    the assignment cannot be told."""
     stem = relpath[:-6] if relpath.lower().endswith(".ipynb") else relpath
     if pattern is not None:
         m = re.search(pattern, stem)
@@ -105,7 +107,7 @@ def parse(relpath: str, assignments: list[str], pattern: str | None = None) -> P
             raise UnparsableName(f"does not match --pattern {pattern!r}")
         student = m["student"]
         named = m.groupdict().get("assignment")
-        hit = find_assignment(named if named else stem, assignments)
+        hit = find_assignment(named if named else stem, assignments) or _assumed(assume)
         if hit is None:
             raise UnparsableName("unknown assignment: the name contains none of " + ", ".join(assignments),
                                  "unknown-assignment")
@@ -115,14 +117,14 @@ def parse(relpath: str, assignments: list[str], pattern: str | None = None) -> P
         m = regex.match(stem)
         if m:
             file, version = _version(_COPY_PREFIX.sub("", m["file"]))
-            hit = find_assignment(file or stem, assignments)
+            hit = find_assignment(file or stem, assignments) or _assumed(assume)
             if hit is None:
                 raise UnparsableName(f"unknown assignment in {m['file'] or stem!r} ({rule} name); known: "
                                  + ", ".join(assignments), "unknown-assignment")
             return _checked(Parsed(m["student"], hit[0], version, rule))
 
     base, version = _version(stem)
-    hit = find_assignment(base, assignments)
+    hit = find_assignment(base, assignments) or _assumed(assume, len(_norm(base)))
     if hit is None:
         raise UnparsableName("unknown assignment: the name contains none of " + ", ".join(assignments),
                              "unknown-assignment")
@@ -130,6 +132,11 @@ def parse(relpath: str, assignments: list[str], pattern: str | None = None) -> P
     rest = _COPY_PREFIX.sub("", norm[: hit[1]].replace("/", " ")) + " " + norm[hit[2]:].replace("/", " ")
     rest = re.sub(r"(?<![a-z0-9])copy_of(?![a-z0-9])", " ", rest)
     return _checked(Parsed(_student_from_words(rest), hit[0], version, "generic"))
+
+
+def _assumed(assume: str | None, end: int = 0) -> tuple[str, int, int] | None:
+    """``assume`` as a hit that covers no characters of the name (so all of it may name the student)."""
+    return (assume, end, end) if assume else None
 
 
 def _checked(p: Parsed) -> Parsed:

@@ -80,7 +80,7 @@ def check_feedback(root: Path, assignment: str, students: list[str]) -> dict[str
 
 
 def grade(root: Path, assignment: str, download: Path | None = None, *, jobs: int = 1, timeout: int | None = None,
-          pattern: str | None = None, force: bool = False, dry_run: bool = False,
+          pattern: str | None = None, force: bool = False, dry_run: bool = False, assume: str | None = None,
           echo: Callable[[str], None] = print) -> list[Row]:
     """Run the whole pipeline for ``assignment``; return the report rows (also written next to autograded/)."""
     root = Path(root).resolve()
@@ -91,7 +91,8 @@ def grade(root: Path, assignment: str, download: Path | None = None, *, jobs: in
     rows: list[Row] = []
     if download is not None:
         echo(f"collect {download} -> submitted/")
-        for item in collect.collect(root, download, [assignment], pattern, force=force, dry_run=dry_run):
+        for item in collect.collect(root, download, [assignment], pattern, force=force, dry_run=dry_run,
+                                     assume=assume):
             if item.status == "collected" and dry_run:
                 rows.append(Row(item.student, item.assignment, "would collect", file=item.source, notes=[item.reason]))
             if item.status in collect.COLLECTED or item.status == "other-assignment":

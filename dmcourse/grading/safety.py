@@ -20,7 +20,7 @@ import re
 
 from nbgrader.converters import Autograde, GenerateFeedback
 from nbgrader.preprocessors import ClearHiddenTests, GetGrades, LimitOutput, NbGraderPreprocessor
-from traitlets import Bool, Integer
+from traitlets import Bool, Integer, List
 from traitlets.config import Config
 
 TRUNCATED = "... output truncated by the grader ({} characters dropped) ..."
@@ -77,6 +77,8 @@ class HideHiddenTests(ClearHiddenTests):
     """For feedback: remove hidden tests from test cells and from what their outputs quote."""
 
     enforce_metadata = Bool(False).tag(config=True)
+    # configurable, as in nbgrader's GetGrades: the HTML exporter sets it for every preprocessor
+    display_data_priority = List(GetGrades.class_traits()["display_data_priority"].default()).tag(config=True)
 
     def _redact(self, text: str, secret: set[str]) -> str:
         lines = strip_ansi(text).split("\n")
