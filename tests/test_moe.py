@@ -229,3 +229,20 @@ def test_from_mixtral_block_transformers4_layout() -> None:
     x = torch.randn(1, 6, 16)
     with torch.no_grad():
         torch.testing.assert_close(from_mixtral_block(old)(x), block(x), rtol=1e-5, atol=1e-6)
+
+
+def test_linear_kernel_matches_f_linear_and_keeps_autograd() -> None:
+    from dmcourse.ffn import swiglu
+    from dmcourse.moe import expert_swiglu, linear
+
+    x, w = torch.randn(5, 24, dtype=torch.float64), torch.randn(40, 24, dtype=torch.float64)
+    for m in (1, 3, 5):
+        with torch.no_grad():
+            got = linear(x[:m].float(), w.float())
+        torch.testing.assert_close(got.double(), x[:m] @ w.T, rtol=1e-5, atol=1e-5)
+    wp = w.float().requires_grad_()
+    linear(x.float(), wp).sum().backward()  # with autograd: F.linear, gradients flow
+    torch.testing.assert_close(wp.grad.double(), x.sum(0).expand(40, 24), rtol=1e-5, atol=1e-5)
+    g, u, dn = torch.randn(40, 24), torch.randn(40, 24), torch.randn(24, 40)
+    with torch.no_grad():
+        torch.testing.assert_close(expert_swiglu(x.float(), g, u, dn), swiglu(x.float(), g, u, dn), rtol=1e-4, atol=1e-4)
