@@ -367,16 +367,24 @@ def comm_time_s(n_bytes: float, bytes_per_s: float, latency_s: float = 0.0) -> f
 
 
 def fit_link(n_bytes: list[float], seconds: list[float]) -> tuple[float, float]:
-    """Least-squares fit of ``seconds = latency + n_bytes / bandwidth`` -> (latency s, bandwidth B/s)."""
+    """Fit ``seconds = latency + n_bytes / bandwidth`` -> (latency s, bandwidth B/s).
+
+    Least squares on the *relative* error, so small and large transfers count alike (measurements
+    span decades); the latency is kept >= 0 (refit through the origin when it would be negative).
+    """
     if len(n_bytes) != len(seconds) or len(n_bytes) < 2:
         raise ValueError(f"need >= 2 (bytes, seconds) pairs of equal length, got {len(n_bytes)} and {len(seconds)}")
     b = torch.tensor(n_bytes, dtype=torch.float64)
     t = torch.tensor(seconds, dtype=torch.float64)
-    a = torch.stack([torch.ones_like(b), b], 1)
-    latency, slope = torch.linalg.lstsq(a, t.unsqueeze(1)).solution.squeeze(1).tolist()
+    if bool((t <= 0).any()) or bool((b < 0).any()):
+        raise ValueError(f"need bytes >= 0 and seconds > 0, got {n_bytes} and {seconds}")
+    a = torch.stack([torch.ones_like(b), b], 1) / t.unsqueeze(1)
+    latency, slope = torch.linalg.lstsq(a, torch.ones_like(t).unsqueeze(1)).solution.squeeze(1).tolist()
+    if latency < 0:
+        latency, slope = 0.0, float((b / t).sum() / (b**2 / t**2).sum())
     if slope <= 0:
         raise ValueError("time does not grow with bytes in these measurements: no bandwidth to fit")
-    return max(latency, 0.0), 1.0 / slope
+    return latency, 1.0 / slope
 
 
 # ----------------------------------------------------------------------------------------------
@@ -464,7 +472,7 @@ def task_check(ctx: RankContext, tokens: int | list[int] = 16, d_model: int = 32
         b = torch.zeros(()) if b is None else b.detach().float().cpu()
         return float((a - b).abs().max()) if a.numel() and b.numel() else 0.0
 
-    out = {"tokens": per_rank[ctx.rank], "output": err(y, y_ref[sl]), "x_grad": err(x.grad, x_ref.grad[sl]),
+    out = {"tokens": per_rank[ctx.rank], "k": k, "output": err(y, y_ref[sl]), "x_grad": err(x.grad, x_ref.grad[sl]),
            "router_grad": err(ep.router.weight.grad, moe.router.weight.grad),
            "w_gate_grad": err(ep.w_gate.grad, moe.w_gate.grad[ex] if moe.w_gate.grad is not None else None),
            "w_up_grad": err(ep.w_up.grad, moe.w_up.grad[ex] if moe.w_up.grad is not None else None),
@@ -499,7 +507,7 @@ def task_check_tp(ctx: RankContext, tokens: int = 16, d_model: int = 32, d_ff: i
 
 
 def task_alltoall(ctx: RankContext, tokens: list[int] = (64, 256, 1024, 4096), d_model: int = 512, k: int = 2,
-                  repeats: int = 9) -> dict:
+                  repeats: int = 7) -> dict:
     """Time one all-to-all of ``T * k`` rows of ``d_model`` (uniform splits) for each T in ``tokens``,
     and for comparison one all-reduce of ``(T, d_model)`` (what tensor parallelism sends per layer).
 

@@ -79,8 +79,12 @@ def test_comm_model_and_fit() -> None:
     sizes = [1e4, 1e5, 1e6, 1e7]
     latency, bw = parallel.fit_link(sizes, [20e-6 + b / 3e9 for b in sizes])
     assert latency == pytest.approx(20e-6, rel=1e-6) and bw == pytest.approx(3e9, rel=1e-6)
+    latency, bw = parallel.fit_link(sizes, [b / 2e9 for b in sizes])  # no latency at all
+    assert latency == pytest.approx(0.0, abs=1e-12) and bw == pytest.approx(2e9, rel=1e-6)
     with pytest.raises(ValueError, match="no bandwidth"):
         parallel.fit_link([1, 2, 3], [3.0, 2.0, 1.0])
+    with pytest.raises(ValueError, match="seconds > 0"):
+        parallel.fit_link([1, 2], [0.0, 1.0])
 
 
 def test_link_figures_are_per_direction() -> None:
