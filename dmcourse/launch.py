@@ -136,6 +136,8 @@ def _spawned(rank: int, fn, world_size: int, backend: str, port: int, timeout_s:
     """Entry point of one spawned rank (module level, so ``spawn`` can pickle it)."""
     if backend == "gloo":
         torch.set_num_threads(threads)
+    else:
+        torch.cuda.set_device(rank)  # before the group is made, so NCCL binds each rank to its GPU
     timeout = _dt.timedelta(seconds=timeout_s)
     store = dist.TCPStore("127.0.0.1", port, world_size, is_master=False, timeout=timeout)
     dist.init_process_group(backend, store=store, rank=rank, world_size=world_size, timeout=timeout)
@@ -293,10 +295,12 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ:  # under torchrun: this process is one rank
         world_size, rank = int(os.environ["WORLD_SIZE"]), int(os.environ["RANK"])
-        backend = pick_backend(world_size, a.backend) if a.backend != "auto" else (
-            "nccl" if torch.cuda.is_available() and dist.is_nccl_available() else "gloo")
+        # one GPU per rank *on this node* decides, as torchrun may span several nodes
+        backend = pick_backend(int(os.environ.get("LOCAL_WORLD_SIZE", world_size)), a.backend)
         if backend == "gloo":
             torch.set_num_threads(a.threads)
+        else:
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", rank)))
         dist.init_process_group(backend, timeout=_dt.timedelta(seconds=a.timeout))
         ctx = _context(rank, world_size, backend, int(os.environ.get("LOCAL_RANK", rank)))
         with tempfile.TemporaryDirectory() as tmp:

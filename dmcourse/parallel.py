@@ -242,25 +242,35 @@ class ExpertParallelMoE(nn.Module):
             rows = rows.detach().requires_grad_(True)
         received = self._all_to_all(rows, recv_splits, splits)
         t = self._tick("dispatch", t, x.device)
-        # rows arrive grouped by source rank, then by local expert: run them as a top-1 MoE
-        local = torch.arange(self.e_local, device=x.device).repeat(self.world_size)
-        local = local.repeat_interleave(recv_counts.reshape(-1))
-        local_routing = Routing(indices=local.unsqueeze(1),
-                                weights=torch.ones(local.numel(), 1, device=x.device),
-                                logits=torch.zeros(local.numel(), self.e_local, device=x.device),
-                                scores=torch.zeros(local.numel(), self.e_local, device=x.device))
-        if received.shape[0]:
-            out = DISPATCH_FUNCTIONS[self.dispatch](received, local_routing, self.w_gate, self.w_up, self.w_down)
-        else:  # nothing for this rank's experts: an empty result that stays in the graph
-            out = received * 0
+        out = self.run_local_experts(received, recv_counts)
         t = self._tick("experts", t, x.device)
         back = self._all_to_all(out, splits, recv_splits)  # (T*k, d_model), in the sorted order
         y = combine(back, order, routing).to(x.dtype)
         if self.shared is not None:
             y = y + self.shared(x)
         self._tick("combine", t, x.device)
-        self.last.update(send_splits=splits, recv_splits=recv_splits, received=int(sum(recv_splits)))
+        self.last.update(send_splits=splits, recv_splits=recv_splits, received=int(sum(recv_splits)),
+                         recv_counts=recv_counts.tolist())
         return y
+
+    def run_local_experts(self, received: torch.Tensor, recv_counts: torch.Tensor) -> torch.Tensor:
+        """This rank's experts on the rows it received: received (R, d_model) -> (R, d_model).
+
+        recv_counts: (world_size, E_local) rows from each source rank for each local expert; the
+        rows arrive grouped by source rank, then by local expert, and run as a top-1 MoE with
+        weight 1 (the routing weights are applied by the sender, in the combine).
+        """
+        local = torch.arange(self.e_local, device=received.device).repeat(self.world_size)
+        local = local.repeat_interleave(recv_counts.reshape(-1))
+        n = local.numel()
+        if n != received.shape[0]:
+            raise ValueError(f"recv_counts add up to {n} rows, received has {received.shape[0]}")
+        if n == 0:  # nothing for this rank's experts: an empty result that stays in the autograd graph
+            return received * 0
+        local_routing = Routing(indices=local.unsqueeze(1), weights=torch.ones(n, 1, device=received.device),
+                                logits=torch.zeros(n, self.e_local, device=received.device),
+                                scores=torch.zeros(n, self.e_local, device=received.device))
+        return DISPATCH_FUNCTIONS[self.dispatch](received, local_routing, self.w_gate, self.w_up, self.w_down)
 
     def allreduce_replicated_grads(self) -> None:
         """Sum the gradients of the replicated parts (router, shared experts) over the ranks."""
@@ -559,8 +569,11 @@ def task_imbalance(ctx: RankContext, tokens: int = 256, d_model: int = 256, d_ff
       (:func:`dmcourse.balance.bias_update` with ``gamma`` on the global load, all-reduced).
 
     Per router and rank: rows received (its experts' load), median seconds in its experts and in the
-    whole forward (its own clock, waiting included), and the step time (median over repeats of the
-    slowest rank): the most loaded rank sets it.
+    whole forward (its own clock, waiting included), the step time (median over repeats of the
+    slowest rank) -- the most loaded rank sets it -- and ``experts_alone_s``: its experts' time when
+    the ranks take turns (the others wait at a barrier), i.e. with the machine to itself, which is
+    what one device per rank gives when ranks on a CPU outnumber its free cores (the minimum over
+    repeats: the run least disturbed by other programs).
     """
     from dmcourse.balance import bias_update, sequence_wise_balance_loss
 
@@ -596,9 +609,24 @@ def task_imbalance(ctx: RankContext, tokens: int = 256, d_model: int = 256, d_ff
         with torch.no_grad():
             steps = _step_times(step, ctx.device, repeats)
             load = global_load(layer.last_routing)
+            # the same expert work again, one rank at a time while the others wait at a barrier:
+            # what each rank's experts take with a device to themselves (ranks on a CPU share cores)
+            counts = torch.tensor(layer.last["recv_counts"], device=ctx.device)
+            rows = torch.randn(int(counts.sum()), d_model, device=ctx.device).to(ctx.dtype)
+            alone = []
+            for i in range(repeats + 1):
+                for r in range(ctx.world_size):
+                    dist.barrier()
+                    if r == ctx.rank:
+                        t0 = time.perf_counter()
+                        layer.run_local_experts(rows, counts)
+                        _sync(ctx.device)
+                        if i:  # the first round warms up
+                            alone.append(time.perf_counter() - t0)
+            dist.barrier()
         return {"received": layer.last["received"], "experts_s": statistics.median(own["experts"][-repeats:]),
-                "forward_s": statistics.median(own["forward"][-repeats:]), "step_s": statistics.median(steps),
-                "global_load": load.tolist()}
+                "experts_alone_s": min(alone), "forward_s": statistics.median(own["forward"][-repeats:]),
+                "step_s": statistics.median(steps), "global_load": load.tolist()}
 
     out = {"tokens": tokens, "d_model": d_model, "d_ff": d_ff, "n_experts": n_experts, "k": k, "skew": skew,
            "bias_steps": bias_steps, "gamma": gamma, "aux_steps": aux_steps, "aux_lr": aux_lr}
