@@ -356,7 +356,8 @@ class Link:
 
 LINKS: dict[str, Link] = {link.name: link for link in (
     Link("NVLink 4 (H100 SXM)", 450e9,
-         "datasheet: NVLink 900 GB/s per GPU, counting both directions (18 links); 450 GB/s each way",
+         "datasheet: NVLink 900 GB/s per GPU, 'bidirectional' (NVIDIA's Hopper architecture page); "
+         "450 GB/s each way",
          "https://www.nvidia.com/en-us/data-center/h100/"),
     Link("PCIe 5.0 x16", 64e9,
          "datasheet: PCIe Gen5 128 GB/s, counting both directions; 64 GB/s each way",
