@@ -457,6 +457,43 @@ def roofline_dense_equivalent(model: ModelConfig | str, batch: int, gpu: str | G
     return t / max(2 * batch / peak, accounting.bytes_per_param(dtype) / bandwidth)
 
 
+def dense_equivalent_batches(model: ModelConfig | str, params: float, gpu: str | GPUSpec = "H100", *,
+                             dtype: str = "bf16", max_batch: int = 2**20) -> tuple[int | None, int | None]:
+    """The batches at which :func:`roofline_dense_equivalent` of ``model`` equals a rule's ``params``.
+
+    The roofline equivalent rises with the batch while the dense twin is memory-bound (more experts
+    touched), then falls once the dense twin is compute-bound (its time grows with the batch, the
+    MoE's does not until it is compute-bound too). Returns ``(rising, falling)``: the smallest batch
+    on the rising side whose equivalent is ``>= params``, and the smallest batch on the falling side
+    whose equivalent is ``<= params`` again; ``None`` where the equivalent never gets there (a rule
+    below the batch-1 value has no rising crossing; one above the peak has neither).
+    """
+    c = _model(model)
+    if isinstance(params, bool) or not isinstance(params, (int, float)) or not params > 0:
+        raise ValueError(f"params must be a positive number of parameters, got {params!r}")
+    max_batch = _int("max_batch", max_batch, 2)
+
+    def eq(b: int) -> float:
+        return roofline_dense_equivalent(c, b, gpu, dtype=dtype)
+
+    def first(lo: int, hi: int, ok: Callable[[int], bool]) -> int | None:
+        """Smallest b in [lo, hi] with ok(b), for ok monotone False...True on [lo, hi]."""
+        if not ok(hi):
+            return None
+        if ok(lo):
+            return lo
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            lo, hi = (lo, mid) if ok(mid) else (mid, hi)
+        return hi
+
+    peak = min(max_batch, max(1, math.floor(critical_batch(c, gpu, dtype=dtype, twin="equal_total")) - 1))
+    rising = first(1, peak, lambda b: eq(b) >= params)
+    if rising is None:
+        return None, None
+    return rising, first(peak, max_batch, lambda b: eq(b) <= params)
+
+
 # --------------------------------------------------------------------------------------------
 # The calculator
 # --------------------------------------------------------------------------------------------

@@ -129,7 +129,7 @@ def plot_estimate(est: economics.Estimate, config: ModelConfig | None = None, ba
     if price:
         sec = ax_cost.secondary_yaxis("right", functions=(lambda s: s * price / 3600, lambda d: d * 3600 / price))
         sec.set_ylabel(f"\\$ per million tokens (assumed \\${price:g}/GPU-hour)", fontsize=8)
-    ax_cost.legend(fontsize=7, loc="upper right")
+    ax_cost.legend(fontsize=7, loc="lower left")
     fig.tight_layout()
     return fig
 

@@ -173,6 +173,24 @@ def test_roofline_dense_equivalent() -> None:
     assert ec.roofline_dense_equivalent("Mixtral-8x7B", 16384) == pytest.approx(MX_NON_EXPERT - V * D + L * 2 * MX_EXPERT)
 
 
+def test_dense_equivalent_batches_by_hand() -> None:
+    ridge = H100_PEAK_BF16 / H100_BW
+    base = MX_NON_EXPERT - V * D
+
+    def memory_bound_equivalent(b: int) -> float:  # parameters read by a memory-bound step
+        return base + L * E * (1 - (1 - K / E) ** b) * MX_EXPERT
+
+    target = MX_TOTAL / 2
+    rising = next(b for b in range(1, 300) if memory_bound_equivalent(b) >= target)
+    # past the twin's critical batch: equivalent = read parameters x ridge / B (twin compute-bound)
+    falling = next(b for b in range(296, 5000) if memory_bound_equivalent(b) * ridge / b <= target)
+    assert ec.dense_equivalent_batches("Mixtral-8x7B", target) == (rising, falling)
+    assert ec.dense_equivalent_batches("Mixtral-8x7B", 1e9) == (1, None), "below the active size: never again"
+    assert ec.dense_equivalent_batches("Mixtral-8x7B", 1e12) == (None, None), "above the total: never"
+    with pytest.raises(ValueError, match="params"):
+        ec.dense_equivalent_batches("Mixtral-8x7B", 0)
+
+
 # ------------------------------------------------------------------------------------- calculator
 
 def test_estimate_is_consistent_and_labels_the_price() -> None:
