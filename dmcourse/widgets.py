@@ -88,7 +88,7 @@ def plot_estimate(est: economics.Estimate, config: ModelConfig | None = None, ba
     if config.name != est.model:
         raise ValueError(f"config {config.name!r} is not the model of the estimate ({est.model!r})")
     if axes is None:
-        fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+        fig, axes = plt.subplots(1, 2, figsize=(10, 4.2))
     else:
         fig = axes[0].figure
     ax_mem, ax_cost = axes
@@ -129,7 +129,7 @@ def plot_estimate(est: economics.Estimate, config: ModelConfig | None = None, ba
     if price:
         sec = ax_cost.secondary_yaxis("right", functions=(lambda s: s * price / 3600, lambda d: d * 3600 / price))
         sec.set_ylabel(f"\\$ per million tokens (assumed \\${price:g}/GPU-hour)", fontsize=8)
-    ax_cost.legend(fontsize=7, loc="lower left")
+    ax_cost.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2)
     fig.tight_layout()
     return fig
 
