@@ -85,6 +85,7 @@ class Case:
     score: float | None = None
     below: float | None = None  # score must be below this (mutants: the exact loss is the tests' business)
     note: str = ""  # a regex the report's notes must match
+    mutant: dict | None = None  # the mutant this submission carries
 
 
 def _bytes(nb) -> bytes:
@@ -175,7 +176,7 @@ def full_cases(info: Info) -> list[Case]:
     add(26, "owncells", imports, "graded", info.max)
     mutants = _mutants(a)
     for k, m in enumerate(mutants[:3]):
-        add(27 + k, f"mutant{k}", synth.apply_mutant(info.solution, m), "graded", below=info.max)
+        add(27 + k, f"mutant{k}", synth.apply_mutant(info.solution, m), "graded", below=info.max, mutant=m)
 
     # the download folder's other troubles
     sid = "30190"
@@ -221,7 +222,7 @@ def core_cases(info: Info, base: int) -> list[Case]:
         nb = synth.apply_mutant(info.solution, mutants[0])
         nb.cells = [c for c in nb.cells if c not in _tests(nb)]
         out.append(Case(f"mutant_{base + 4}_{a}.ipynb", _bytes(nb), "graded", str(base + 4), a, below=info.max,
-                        note="rebuilt"))
+                        note="rebuilt", mutant=mutants[0]))
     return out
 
 
@@ -304,6 +305,23 @@ def test_each_submission_gets_the_score_it_deserves(batch: Batch) -> None:
 
 
 @pytest.mark.slow
+def test_fast_mutation_engine_agrees_with_nbgrader(batch: Batch) -> None:
+    """tests/test_mutants.py scores mutants in one reused kernel; here nbgrader graded some of them."""
+    from dmcourse.grading.mutation import run_in_one_kernel
+
+    checked = 0
+    for a in batch.assignments:
+        cases = [c for c in batch.cases if c.assignment == a and c.mutant]
+        if not cases:
+            continue
+        fast, _ = run_in_one_kernel(batch.root, a, [c.mutant for c in cases], timeout=60)
+        for case, r in zip(cases, fast):
+            assert r.score == _row(batch, case).score, f"{case.file}: {r.score} in one kernel, {_row(batch, case).score} by nbgrader"
+            checked += 1
+    assert checked >= 3
+
+
+@pytest.mark.slow
 def test_grades_are_exported_to_csv(batch: Batch) -> None:
     with open(batch.root / "grades.csv") as f:
         exported = {(r["assignment"], r["student_id"]): float(r["score"]) for r in csv.DictReader(f)}
@@ -369,14 +387,18 @@ def test_report_lists_every_flag(batch: Batch) -> None:
 
 
 def _hidden_lines(root: Path) -> dict[str, list[str]]:
-    """Hidden-test lines per assignment, read here independently of dmcourse.grading.leaks."""
+    """Hidden-test lines per assignment, read here independently of dmcourse.grading.leaks
+    (lines that the release shows anyway, in another cell, are no secret)."""
     out = {}
     for a in sorted(p.name for p in (root / "solutions").iterdir() if p.is_dir()):
         lines = []
         for src in (root / "solutions" / a).glob("*.ipynb"):
+            released = re.sub(r"\s+", " ", "\n".join(c.source for c in nbformat.read(
+                root / "exercises" / a / src.name, as_version=4).cells))
             for cell in nbformat.read(src, as_version=4).cells:
                 for block in re.findall(r"BEGIN HIDDEN TESTS[^\n]*\n(.*?)\n[^\n]*END HIDDEN TESTS", cell.source, re.S):
-                    lines += [ln.strip() for ln in block.splitlines() if len(ln.strip()) >= 12]
+                    lines += [ln.strip() for ln in block.splitlines()
+                              if len(ln.strip()) >= 12 and re.sub(r"\s+", " ", ln.strip()) not in released]
         out[a] = lines
     return out
 

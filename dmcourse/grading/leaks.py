@@ -19,13 +19,16 @@ def _flat(text: str) -> str:
     return _SPACE.sub(" ", text).strip()
 
 
-def hidden_lines(source_notebook: Path) -> list[str]:
-    """Lines of the hidden tests of a source (solutions/) notebook worth looking for (not also visible)."""
+def hidden_lines(source_notebook: Path, release_notebook: Path | None = None) -> list[str]:
+    """Lines of the hidden tests of a source (solutions/) notebook worth looking for: not visible
+    in their own cell, nor anywhere in the release (students see those anyway)."""
+    shown = visible_text(release_notebook) if release_notebook is not None else ""
     out = []
     for cell in nbformat.read(source_notebook, as_version=4).cells:
         visible, hidden = split_hidden(cell.source)
-        shown = {_flat(v) for v in visible}
-        out += [_flat(h) for h in hidden if len(_flat(h)) >= MIN_CHARS and _flat(h) not in shown]
+        mine = {_flat(v) for v in visible}
+        out += [_flat(h) for h in hidden if len(_flat(h)) >= MIN_CHARS and _flat(h) not in mine
+                and _flat(h) not in shown]
     return sorted(set(out))
 
 

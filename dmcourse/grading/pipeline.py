@@ -70,7 +70,7 @@ def autograded_notes(root: Path, assignment: str, student: str) -> list[str]:
 def check_feedback(root: Path, assignment: str, students: list[str]) -> dict[str, list[str]]:
     """student -> hidden-test lines found in their feedback (should be empty for everyone)."""
     lines = [ln for src in sorted((Path(root) / "solutions" / assignment).glob("*.ipynb"))
-             for ln in leaks.hidden_lines(src)]
+             for ln in leaks.hidden_lines(src, Path(root) / "exercises" / assignment / src.name)]
     found = {}
     for s in students:
         for f in sorted((Path(root) / "feedback" / s / assignment).rglob("*")):
