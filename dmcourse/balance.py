@@ -52,6 +52,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+from torch import nn
+
+from dmcourse.routing import Routing
 
 AUX_CONVENTIONS: tuple[str, ...] = ("switch", "hf", "divide_by_k")
 """Normalisations of ``f_i`` accepted by :func:`load_balancing_loss` (see the module docstring)."""
@@ -356,6 +359,44 @@ def capacity_mask(
     keep = torch.zeros(n_tokens * k, dtype=torch.bool, device=device)
     keep[perm[by_expert]] = keep_sorted
     return keep.view(n_tokens, k)
+
+
+class CapacityLimitedRouter(nn.Module):
+    """Wraps a router so that each expert keeps at most ``ceil(capacity_factor * T * k / E)`` of a
+    forward's ``T * k`` assignments (:func:`capacity_mask` in ``order``); the dropped ones get
+    combine weight 0, so the token skips that expert (the residual connection carries it on).
+
+    ``moe.router = CapacityLimitedRouter(moe.router, 1.25)`` turns a dropless
+    :class:`dmcourse.moe.MoE` into a capacity-limited one (the dropped rows are still computed
+    and multiplied by 0: the output is that of a dropping implementation, the cost is not).
+    The ``indices`` of the returned routing are the router's choices, so load statistics still
+    describe what the router wanted. After each forward, ``last_keep`` holds the (T, k) mask and
+    ``last_drop_rate`` the share dropped. ``bias`` is the wrapped router's selection bias, if any.
+    """
+
+    def __init__(self, router: nn.Module, capacity_factor: float, order: str = "position") -> None:
+        super().__init__()
+        expert_capacity(1, 1, 1, capacity_factor)  # validates capacity_factor
+        if order not in CAPACITY_ORDERS:
+            raise ValueError(f"order must be one of {CAPACITY_ORDERS}, got {order!r}")
+        self.router, self.capacity_factor, self.order = router, float(capacity_factor), order
+        self.last_keep: torch.Tensor | None = None
+        self.last_drop_rate: float | None = None
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        return getattr(self.router, "bias", None)
+
+    def forward(self, x: torch.Tensor, *args, **kwargs) -> Routing:
+        r = self.router(x, *args, **kwargs)
+        capacity = expert_capacity(r.n_tokens, r.n_experts, r.top_k, self.capacity_factor)
+        keep = capacity_mask(r.indices, r.n_experts, capacity, order=self.order, weights=r.weights)
+        self.last_keep = keep
+        self.last_drop_rate = drop_rate(keep) if r.n_tokens else 0.0
+        return Routing(indices=r.indices, weights=r.weights * keep, logits=r.logits, scores=r.scores)
+
+    def extra_repr(self) -> str:
+        return f"capacity_factor={self.capacity_factor}, order={self.order!r}"
 
 
 def drop_rate(keep: torch.Tensor, attention_mask: torch.Tensor | None = None) -> float:
