@@ -579,3 +579,56 @@ def test_grade_dry_run_writes_nothing(course_copy: Path, tmp_path: Path, capsys)
     assert cli.main(["grade", FULL, "--from", str(dl), "--course", str(course_copy), "--dry-run"]) == 0
     assert "would collect" in capsys.readouterr().out
     assert sorted(p.relative_to(course_copy) for p in course_copy.rglob("*")) == before
+
+
+@pytest.mark.parametrize("assignment", sorted(p.name for p in (ROOT / "exercises").iterdir() if p.is_dir()))
+def test_each_exercise_tells_colab_students_how_to_check_and_hand_in(assignment: str) -> None:
+    """Colab has no nbgrader extension: the notebook itself must say how to check and hand in."""
+    (path,) = (ROOT / "exercises" / assignment).glob("*.ipynb")
+    text = "\n".join(c.source for c in nbformat.read(path, as_version=4).cells if c.cell_type == "markdown")
+    for what, pattern in [("how to check the work", r"check your work"), ("how to hand in", r"hand in"),
+                          ("Colab's download menu", r"Download \.ipynb"), ("restart and run all", r"restart"),
+                          ("the file name to keep", re.escape(path.name))]:
+        assert re.search(pattern, text, re.I), f"exercises/{assignment} does not tell students {what}"
+
+
+def _manual_assignment(root: Path) -> str:
+    """A tiny assignment with one autograded test (1 point) and one manually graded answer (2 points)."""
+    name = "zz_manual"
+
+    def meta(**kw):
+        return {"nbgrader": {"grade": False, "locked": False, "schema_version": 3, "solution": False, "task": False, **kw}}
+
+    nb = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_code_cell("def double(x):\n    ### BEGIN SOLUTION\n    return 2 * x\n    ### END SOLUTION",
+                                  metadata=meta(grade_id="double", solution=True), id="double"),
+        nbformat.v4.new_code_cell("assert double(2) == 4", id="test_double",
+                                  metadata=meta(grade_id="test_double", grade=True, locked=True, points=1)),
+        nbformat.v4.new_markdown_cell("Doubling is a linear map.", id="why",
+                                      metadata=meta(grade_id="why", grade=True, solution=True, points=2)),
+    ], metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}})
+    (root / "solutions" / name).mkdir(parents=True)
+    nbformat.write(nb, root / "solutions" / name / f"{name}.ipynb")
+    course.generate(root, name)
+    return name
+
+
+@pytest.mark.slow
+def test_answers_for_a_person_are_flagged_and_manual_scores_reach_the_csv(course_copy: Path) -> None:
+    from nbgrader.api import Gradebook
+
+    a = _manual_assignment(course_copy)
+    release = nbformat.read(course_copy / "exercises" / a / f"{a}.ipynb", as_version=4)
+    synth.cell(release, "double").source = "def double(x):\n    return x + x"
+    synth.cell(release, "why").source = "Because double(a + b) = double(a) + double(b)."
+    (course_copy / "submitted" / "ann" / a).mkdir(parents=True)
+    nbformat.write(release, course_copy / "submitted" / "ann" / a / f"{a}.ipynb")
+    (row,) = pipeline.grade(course_copy, a, echo=lambda s: None)
+    assert (row.status, row.score, row.max_score) == ("review", 1.0, 3.0) and "manual grading" in "; ".join(row.notes)
+    with Gradebook(f"sqlite:///{course_copy / 'gradebook.db'}") as gb:  # what formgrader does, as in the guide
+        gb.find_grade("why", a, a, "ann").manual_score = 2
+        gb.db.commit()
+    assert cli.main(["export", "--to", str(course_copy / "out.csv"), "--course", str(course_copy)]) == 0
+    with open(course_copy / "out.csv") as f:
+        (exported,) = [r for r in csv.DictReader(f) if r["assignment"] == a]
+    assert float(exported["score"]) == 3.0

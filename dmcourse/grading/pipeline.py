@@ -138,6 +138,10 @@ def grade(root: Path, assignment: str, download: Path | None = None, *, jobs: in
         if r.notebook is None or outcome.get(s):
             row.status = "failed"
             row.notes.append(outcome.get(s) or "not a readable notebook")
+            if outcome.get(s):  # nbgrader created the submission: it holds manual scores only
+                sc = course.score(root, assignment, s)
+                row.score, row.max_score = sc.score, sc.max_score
+                row.notes.append("the gradebook score counts manual grades only")
         else:
             sc = course.score(root, assignment, s)
             row.score, row.max_score = sc.score, sc.max_score
