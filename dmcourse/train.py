@@ -499,6 +499,16 @@ def task_mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return F.mse_loss(pred.float(), target.float())
 
 
+def task_loss_fn(task_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = task_mse) -> LossFn:
+    """``loss_fn(model, batch)`` for any model: ``task_loss(model(batch.x), batch.y)``, metric ``task``."""
+
+    def loss_fn(model: nn.Module, batch: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        loss = task_loss(model(batch.x), batch.y)
+        return loss, {"task": loss.detach()}
+
+    return loss_fn
+
+
 def moe_loss_fn(balancing: Balancing = Balancing(),
                 task_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = task_mse) -> LossFn:
     """``loss_fn(model, batch)`` for :func:`train`: ``task + aux_alpha * aux + z_coef * z + seq_alpha * seq``.
@@ -529,7 +539,8 @@ def moe_loss_fn(balancing: Balancing = Balancing(),
 def bias_update_hook(gamma: float) -> Hook:
     """After each step, DeepSeek-V3's bias update on every MoE layer from the step's loads:
     ``router.bias += gamma * sign(mean load - load)`` (:func:`dmcourse.balance.bias_update`).
-    The layers need ``router="sigmoid"`` (whose selection bias does not enter the gating weights)."""
+    The layers need ``router="sigmoid"`` (whose selection bias does not enter the gating weights).
+    Records ``bias_abs_mean`` and, on logged steps, each layer's bias as ``"bias/<layer>"``."""
     if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not gamma > 0:
         raise ValueError(f"gamma must be a positive number, got {gamma!r}")
 
@@ -541,7 +552,10 @@ def bias_update_hook(gamma: float) -> Hook:
             if not isinstance(bias, torch.Tensor):
                 raise ValueError("the bias balancer needs MoE(router='sigmoid'), whose router has a selection bias")
             bias.copy_(bias_update(bias, expert_counts(routing.indices, moe.n_experts), gamma))
-        return {"bias_abs_mean": float(torch.stack([m.router.bias.abs().mean() for m in layers]).mean())}
+        out: dict[str, Any] = {"bias_abs_mean": float(torch.stack([m.router.bias.abs().mean() for m in layers]).mean())}
+        if ctx.log:
+            out.update({f"bias/{i}": m.router.bias.tolist() for i, m in enumerate(layers)})
+        return out
 
     return hook
 
@@ -609,5 +623,5 @@ def run_config(config: TrainConfig, **changes: Any) -> TrainConfig:
 __all__: Sequence[str] = (
     "Balancing", "History", "MixtureTask", "StepContext", "TaskBatch", "ToyModel", "TrainConfig",
     "bias_update_hook", "capacity_limited", "evaluate", "moe_layers", "moe_loss_fn", "routing_stats_hook", "run_config",
-    "task_mse", "to_device", "toy_dense", "toy_moe", "train",
+    "task_loss_fn", "task_mse", "to_device", "toy_dense", "toy_moe", "train",
 )
