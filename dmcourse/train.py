@@ -19,15 +19,18 @@ a factory, :func:`toy_moe` makes it a :class:`dmcourse.moe.MoE` and :func:`toy_d
 * ``batch_fn(step, generator) -> batch``: makes the batch of a step (moved to the device with
   :func:`to_device`: tensors, objects with ``.to``, dicts, lists and tuples of them);
 * ``loss_fn(model, batch) -> (loss, metrics)``: the scalar to minimise and a dict of floats or
-  0-d tensors to record (:func:`moe_loss_fn` builds one with the balancing losses);
+  0-d tensors to record (:func:`task_loss_fn` for any model, :func:`moe_loss_fn` adds the
+  balancing losses of :class:`Balancing`);
 * ``config``: a :class:`TrainConfig` (steps, AdamW settings, warmup + constant/cosine schedule,
   gradient clipping, logging interval, seed, device, mixed precision);
 * ``hooks``: callables ``hook(ctx: StepContext) -> dict | None`` run after every optimiser step; the
   dicts they return on logged steps are merged into that step's record (:func:`bias_update_hook`,
   :func:`routing_stats_hook`);
 
-and returns a :class:`History` (one record per logged step). Later chapters extend it by passing
-other models, batch functions, losses and hooks -- the loop itself stays this one.
+and returns a :class:`History` (one record per logged step). :func:`evaluate` averages a loss
+function and hooks over held-out batches; :func:`capacity_limited` makes a model's MoE layers drop
+assignments beyond a capacity factor inside a ``with`` block. Later chapters extend the trainer by
+passing other models, batch functions, losses and hooks -- the loop itself stays this one.
 """
 
 from __future__ import annotations
