@@ -40,7 +40,6 @@ test-fast: $(INSTALLED)  ## unit tests only (no book build, no browser, no gradi
 release: $(INSTALLED)  ## regenerate exercises/ from solutions/ with nbgrader
 	$(BIN)/python tools/notebooks.py stamp
 	for d in solutions/*/; do $(BIN)/nbgrader generate_assignment $$(basename $$d) --force --log-level=WARN || exit 1; done
-	rm -f gradebook.db
 
 stamp: $(INSTALLED)  ## add the Colab setup cell + GPU metadata to every notebook, strip outputs
 	$(BIN)/python tools/notebooks.py stamp

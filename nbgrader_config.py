@@ -5,6 +5,8 @@ Layout: solutions/<assignment>/  (instructor source, with solutions and hidden t
 Regenerate a release with:  nbgrader generate_assignment <assignment> --force
 """
 
+from dmcourse.grading.safety import configure
+
 c = get_config()  # noqa: F821 - provided by nbgrader
 
 c.CourseDirectory.course_id = "dmcourse"
@@ -16,7 +18,7 @@ c.CourseDirectory.feedback_directory = "feedback"
 c.CourseDirectory.db_url = "sqlite:///gradebook.db"
 
 # A cell that runs longer than this is stopped and the rest of the notebook graded without it.
-c.Execute.timeout = 120
+c.Execute.timeout = 60
 c.Execute.interrupt_on_timeout = True
 
 c.ClearSolutions.code_stub = {"python": "# YOUR CODE HERE\nraise NotImplementedError()"}
@@ -24,3 +26,6 @@ c.ClearSolutions.text_stub = "YOUR ANSWER HERE"
 
 # Released notebooks carry no outputs.
 c.ClearOutput.enabled = True
+
+# Bounded outputs and no hidden-test code in feedback, also for plain `nbgrader` commands.
+configure(c)

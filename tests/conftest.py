@@ -44,7 +44,7 @@ def built_book() -> Path:
     """_build/html from `make book`; built here (once) when a developer runs pytest alone."""
     if not (BUILD_HTML / "index.html").exists():
         subprocess.run(
-            [sys.executable, "-m", "jupyter_book", "build", str(ROOT), "-W", "-n", "--keep-going"],
+            [str(Path(sys.executable).parent / "jupyter-book"), "build", str(ROOT), "-W", "-n", "--keep-going"],
             check=True, cwd=ROOT,
         )
     return BUILD_HTML
