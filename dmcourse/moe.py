@@ -57,16 +57,25 @@ def _onednn_linear_works(dtype: torch.dtype) -> bool:
         return False
 
 
+SKINNY_ROWS = 4
+"""On CPU without autograd, :func:`linear` computes ``(w @ x.T).T`` for 2 to ``SKINNY_ROWS`` rows of
+``x``: for so few rows that layout streams the weights faster than oneDNN (measured with
+``benchmarks/moe_dispatch.py`` on a 2-core AMD EPYC; one row goes to oneDNN's GEMV)."""
+
+
 def linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """``x @ w.T``: x (M, in), w (out, in) -> (M, out), with the fastest kernel torch offers here.
 
     CPU tensors that need no gradient (under ``torch.no_grad()``/``inference_mode``, or not
     requiring grad) use oneDNN (``torch.ops.mkldnn._linear_pointwise``) when it is present and
-    gives correct results for the dtype (probed once); everything else uses ``F.linear``.
+    gives correct results for the dtype (probed once) -- except 2 to :data:`SKINNY_ROWS` rows,
+    computed as ``(w @ x.T).T``; everything else uses ``F.linear``.
     """
     if (x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16) and w.dtype == x.dtype
             and not (torch.is_grad_enabled() and (x.requires_grad or w.requires_grad))
             and _onednn_linear_works(x.dtype)):
+        if x.dim() == 2 and 2 <= x.shape[0] <= SKINNY_ROWS:
+            return (w @ x.T).T  # MKL with the weight as the left operand: it packs only the few rows of x
         return torch.ops.mkldnn._linear_pointwise(x, w, None, "none", [], "")
     return F.linear(x, w)
 
@@ -75,7 +84,10 @@ def expert_swiglu(x: torch.Tensor, w_gate: torch.Tensor, w_up: torch.Tensor, w_d
                   linear: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = linear) -> torch.Tensor:
     """One expert: :func:`dmcourse.ffn.swiglu` (``down(silu(gate(x)) * up(x))``) with the matmuls
     done by ``linear``. x (M, d_model), w_gate/w_up (d_ff, d_model), w_down (d_model, d_ff)."""
-    return linear(F.silu(linear(x, w_gate)) * linear(x, w_up), w_down)
+    gate, up = linear(x, w_gate), linear(x, w_up)
+    if torch.is_grad_enabled() and (gate.requires_grad or up.requires_grad):
+        return linear(F.silu(gate) * up, w_down)
+    return linear(F.silu(gate, inplace=True).mul_(up), w_down)  # no autograd: reuse gate's memory
 
 
 def _check_inputs(x: torch.Tensor, routing: Routing, w_gate: torch.Tensor, w_up: torch.Tensor,
@@ -134,14 +146,15 @@ def sort_by_expert(routing: Routing) -> tuple[torch.Tensor, torch.Tensor, torch.
 def combine(rows: torch.Tensor, order: torch.Tensor, routing: Routing) -> torch.Tensor:
     """Undo the sort and mix: rows (T*k, d) in sorted order -> (T, d) float32.
 
-    ``unsorted[order] = rows`` applies the inverse permutation, so ``unsorted.view(T, k, d)[t, j]``
-    is expert ``indices[t, j]``'s output for token ``t``; each token's k rows are summed with
+    Gathering the rows with the inverse permutation (``inverse[order] = arange``) gives
+    ``unsorted.view(T, k, d)``, whose ``[t, j]`` row is expert ``indices[t, j]``'s output for
+    token ``t``; each token's k rows are summed with
     their routing weights (in float32; no atomics, so deterministic on GPUs too).
     """
     n_tokens, k = routing.indices.shape
-    unsorted = torch.empty_like(rows)
-    unsorted[order] = rows
-    unsorted = unsorted.view(n_tokens, k, rows.shape[-1])
+    inverse = torch.empty_like(order)
+    inverse[order] = torch.arange(order.numel(), device=order.device)  # sorted row of each (token, slot) pair
+    unsorted = rows.index_select(0, inverse).view(n_tokens, k, rows.shape[-1])
     if k == 1:
         return unsorted[:, 0].float() * routing.weights
     return torch.bmm(routing.weights.unsqueeze(1), unsorted.float()).squeeze(1)
@@ -159,13 +172,12 @@ def dispatch_sorted(x: torch.Tensor, routing: Routing, w_gate: torch.Tensor, w_u
         return torch.zeros_like(x)
     order, token, counts = sort_by_expert(routing)
     xs = x.index_select(0, token)  # (T*k, d_model), grouped by expert
-    rows = torch.empty_like(xs)
-    start = 0
+    outs, start = [], 0
     for e, count in enumerate(counts.tolist()):  # one host sync: the group sizes
         if count:
-            rows[start:start + count] = expert_swiglu(xs[start:start + count], w_gate[e], w_up[e], w_down[e], linear)
+            outs.append(expert_swiglu(xs[start:start + count], w_gate[e], w_up[e], w_down[e], linear))
             start += count
-    return combine(rows, order, routing).to(x.dtype)
+    return combine(torch.cat(outs), order, routing).to(x.dtype)
 
 
 def _grouped_mm_fn() -> Callable[..., torch.Tensor] | None:
