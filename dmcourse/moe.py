@@ -57,25 +57,16 @@ def _onednn_linear_works(dtype: torch.dtype) -> bool:
         return False
 
 
-SKINNY_ROWS = 4
-"""On CPU without autograd, :func:`linear` computes ``(w @ x.T).T`` for 2 to ``SKINNY_ROWS`` rows of
-``x``: for so few rows that layout streams the weights faster than oneDNN (measured with
-``benchmarks/moe_dispatch.py`` on a 2-core AMD EPYC; one row goes to oneDNN's GEMV)."""
-
-
 def linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """``x @ w.T``: x (M, in), w (out, in) -> (M, out), with the fastest kernel torch offers here.
 
     CPU tensors that need no gradient (under ``torch.no_grad()``/``inference_mode``, or not
     requiring grad) use oneDNN (``torch.ops.mkldnn._linear_pointwise``) when it is present and
-    gives correct results for the dtype (probed once) -- except 2 to :data:`SKINNY_ROWS` rows,
-    computed as ``(w @ x.T).T``; everything else uses ``F.linear``.
+    gives correct results for the dtype (probed once); everything else uses ``F.linear``.
     """
     if (x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16) and w.dtype == x.dtype
             and not (torch.is_grad_enabled() and (x.requires_grad or w.requires_grad))
             and _onednn_linear_works(x.dtype)):
-        if x.dim() == 2 and 2 <= x.shape[0] <= SKINNY_ROWS:
-            return (w @ x.T).T  # MKL with the weight as the left operand: it packs only the few rows of x
         return torch.ops.mkldnn._linear_pointwise(x, w, None, "none", [], "")
     return F.linear(x, w)
 
