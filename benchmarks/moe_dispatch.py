@@ -1,0 +1,254 @@
+"""MoE dispatch benchmark: the course's MoE layer vs transformers' Mixtral block vs an equal-FLOPs dense
+SwiGLU (prefill), and each MoE time against its roofline floor (decode).
+
+    python benchmarks/moe_dispatch.py                       # full run, prints the tables
+    python benchmarks/moe_dispatch.py --json book/data/moe_dispatch_cpu.json   # ... and records them
+    python benchmarks/moe_dispatch.py --quick               # small layer, seconds (smoke test)
+
+Settings (issue 4): on CPU fp32, 2 threads, 4096 tokens, d_model 1024, expert d_ff 2816, 8 experts,
+top-2; on a GPU bf16 (fp16 below compute capability 8.0), 16384 tokens. All strategies share one set
+of weights (copied from the transformers block with ``dmcourse.moe.from_mixtral_block``), so they
+route identically. Timings are medians of calls interleaved one by one (every method once per
+round), so a noisy neighbour slows all of them alike; ratios are of medians measured in this one run.
+
+Prefill rows:
+* ``moe sorted|grouped|loop`` -- ``dmcourse.MoE`` with that dispatch (matmuls through
+  ``dmcourse.moe.linear``: oneDNN on CPU), ``moe sorted, F.linear`` -- sorted dispatch with plain
+  ``F.linear`` (MKL on CPU), to separate the kernel from the dispatch;
+* ``transformers eager`` -- ``MixtralSparseMoeBlock`` as a standalone block runs (loop over experts),
+  ``transformers grouped_mm`` -- the experts implementation a full transformers 5 model picks by default;
+* ``dense SwiGLU`` -- ``dmcourse.ffn.SwiGLU`` with d_ff = top_k * expert d_ff (same FLOPs per token,
+  minus the router's 2 * d_model * E), and ``dense SwiGLU, same kernel`` -- the same three matmuls
+  through ``dmcourse.moe.linear``.
+
+Decode rows (1, 4, 16, 64 tokens): floor = max(bytes of the experts the batch touches / copy
+bandwidth, expert FLOPs / matmul throughput), both ceilings measured in this run with
+``dmcourse.roofline`` (copy bandwidth: bytes read + written by a large copy; matmul: large square
+``torch.matmul``), each the median of three measurements spread over the run. The floor with the
+read-only bandwidth (a large sum; the weights are only read) is recorded too. A second matmul
+ceiling, the same GEMM through ``dmcourse.moe.linear``, is also reported, with the floor it implies.
+The row ``expert matmuls only`` times just the touched experts' SwiGLUs on pre-sorted tokens: the
+gap between it and ``moe sorted`` is what routing, dispatch and combine cost.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+
+from dmcourse.device import device_info, pick_device
+from dmcourse.ffn import SwiGLU
+from dmcourse.moe import MoE, expert_swiglu, from_mixtral_block, linear, sort_by_expert
+from dmcourse.roofline import measure_bandwidth, measure_matmul
+from dmcourse.timing import time_fn
+
+DECODE_TOKENS = (1, 4, 16, 64)
+
+
+def _mixtral_block(d_model: int, d_ff: int, n_experts: int, top_k: int, dtype: torch.dtype, device: torch.device):
+    import transformers
+    from transformers.models.mixtral.modeling_mixtral import MixtralSparseMoeBlock
+
+    transformers.logging.set_verbosity_error()
+    config = transformers.MixtralConfig(hidden_size=d_model, intermediate_size=d_ff, num_local_experts=n_experts,
+                                        num_experts_per_tok=top_k)
+    block = MixtralSparseMoeBlock(config).eval()
+    with torch.no_grad():
+        for p in block.parameters():  # transformers leaves them uninitialised
+            torch.nn.init.normal_(p, std=d_model**-0.5)
+    return block.to(device=device, dtype=dtype)
+
+
+def _hf_call(block, x: torch.Tensor, implementation: str):
+    def call():
+        block.experts.config._experts_implementation = implementation
+        return block(x)
+    return call
+
+
+def _interleaved(fns: dict, *, rounds: int, repeats: int, device: torch.device, warmup: int = 1) -> dict[str, list[float]]:
+    """``rounds * repeats`` timed calls of every function, round-robin one call at a time (after
+    ``warmup`` untimed calls each), so that a busy moment on a shared machine hits all alike."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    samples: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(rounds * repeats):
+        for name, fn in fns.items():
+            samples[name].append(time_fn(fn, device=device, warmup=0, repeats=1).times_s[0])
+    return samples
+
+
+def _ceilings(dev: torch.device, dtype: torch.dtype) -> dict:
+    """Copy bandwidth (B/s) and large-GEMM throughput (FLOP/s: torch.matmul as dmcourse.roofline
+    measures it, and the same square GEMM through dmcourse.moe.linear)."""
+    bw = measure_bandwidth(dev, kind="copy")
+    read = measure_bandwidth(dev, kind="read")
+    mm = measure_matmul(dev, precision="fp32" if dtype == torch.float32 else "bf16")
+    size = int(mm.settings["size"])
+    with torch.inference_mode():
+        a, b = torch.randn(size, size, device=dev, dtype=dtype), torch.randn(size, size, device=dev, dtype=dtype)
+        t_lin = time_fn(lambda: linear(a, b), device=dev, warmup=2, repeats=5).median_s
+    return {"copy_bandwidth_Bps": bw.value, "read_bandwidth_Bps": read.value, "matmul_FLOPps": mm.value, "matmul_size": size,
+            "matmul_linear_FLOPps": 2 * size**3 / t_lin}
+
+
+def run(quick: bool = False, rounds: int = 5, repeats: int = 3, device: str | None = None) -> dict:
+    dev = pick_device(device)
+    info = device_info(dev)
+    if dev.type == "cpu":
+        torch.set_num_threads(2)
+    dtype = info.dtype
+    if quick:
+        d_model, d_ff, n_experts, top_k, tokens = 256, 704, 8, 2, 512
+    else:
+        d_model, d_ff, n_experts, top_k = 1024, 2816, 8, 2
+        tokens = 4096 if dev.type == "cpu" else 16384
+    torch.manual_seed(0)
+    block = _mixtral_block(d_model, d_ff, n_experts, top_k, dtype, dev)
+    moe = from_mixtral_block(block).eval()
+    dense = SwiGLU(d_model, top_k * d_ff, dtype=dtype, device=dev).eval()
+    dw = (dense.w_gate.weight, dense.w_up.weight, dense.w_down.weight)
+    x = torch.randn(1, tokens, d_model, device=dev, dtype=dtype)
+
+    def moe_with(dispatch: str):
+        def call():
+            moe.dispatch = dispatch
+            return moe(x)
+        return call
+
+    def moe_plain():
+        from dmcourse.moe import dispatch_sorted
+
+        flat = x.view(-1, d_model)
+        return dispatch_sorted(flat, moe.router(flat), moe.w_gate, moe.w_up, moe.w_down, linear=torch.nn.functional.linear)
+
+    prefill_fns = {
+        "moe sorted": moe_with("sorted"),
+        "moe grouped": moe_with("grouped"),
+        "moe loop": moe_with("loop"),
+        "moe sorted, F.linear": moe_plain,
+        "transformers eager": _hf_call(block, x, "eager"),
+        "transformers grouped_mm": _hf_call(block, x, "grouped_mm"),
+        "dense SwiGLU": lambda: dense(x),
+        "dense SwiGLU, same kernel": lambda: expert_swiglu(x.view(-1, d_model), *dw),
+    }
+    ceilings0 = _ceilings(dev, dtype)
+    with torch.inference_mode():
+        ref = block(x)
+        for name in ("moe sorted", "moe grouped", "moe loop", "moe sorted, F.linear"):
+            err = (prefill_fns[name]().float() - ref.float()).abs().max().item()
+            tol = 1e-3 if dtype == torch.float32 else 5e-2
+            if err > tol * max(1.0, ref.float().abs().max().item()):
+                raise RuntimeError(f"{name} disagrees with transformers: max abs error {err:.3g}")
+        samples = _interleaved(prefill_fns, rounds=rounds, repeats=repeats, device=dev)
+    prefill = {name: statistics.median(s) for name, s in samples.items()}
+
+    # ceilings, measured in this run: the median of three measurements (start, after prefill, end)
+    ceilings = [ceilings0, _ceilings(dev, dtype)]
+    element = torch.tensor([], dtype=dtype).element_size()
+    expert_bytes = 3 * d_model * d_ff * element
+    decode = []
+    for t in DECODE_TOKENS:
+        xt = torch.randn(1, t, d_model, device=dev, dtype=dtype, generator=None)
+        with torch.inference_mode():
+            moe(xt)
+            touched = int((moe.last_routing.tokens_per_expert() > 0).sum())
+            # the expert matmuls alone, on tokens already sorted: what dispatch and routing add on top
+            _, token, counts = sort_by_expert(moe.last_routing)
+            xs = xt.view(-1, d_model).index_select(0, token)
+            ends = counts.cumsum(0).tolist()
+            segments = [(e, end - c, end) for e, (c, end) in enumerate(zip(counts.tolist(), ends)) if c]
+            fns = {
+                "expert matmuls only": (lambda xs=xs, segments=segments: [
+                    expert_swiglu(xs[a:b], moe.w_gate[e], moe.w_up[e], moe.w_down[e]) for e, a, b in segments]),
+                "moe sorted": (lambda xt=xt: (setattr(moe, "dispatch", "sorted"), moe(xt))),
+                "moe grouped": (lambda xt=xt: (setattr(moe, "dispatch", "grouped"), moe(xt))),
+                "moe loop": (lambda xt=xt: (setattr(moe, "dispatch", "loop"), moe(xt))),
+                "transformers eager": _hf_call(block, xt, "eager"),
+                "transformers grouped_mm": _hf_call(block, xt, "grouped_mm"),
+            }
+            s = _interleaved(fns, rounds=rounds, repeats=5 * repeats, device=dev, warmup=2)
+        decode.append({
+            "tokens": t, "experts_touched": touched, "bytes": touched * expert_bytes,
+            "flops": 2 * t * top_k * 3 * d_model * d_ff,
+            "times_s": {name: statistics.median(v) for name, v in s.items()},
+        })
+    ceilings.append(_ceilings(dev, dtype))
+    bw, read, mm, mm_linear = (statistics.median(c[key] for c in ceilings) for key in
+                               ("copy_bandwidth_Bps", "read_bandwidth_Bps", "matmul_FLOPps", "matmul_linear_FLOPps"))
+    for row in decode:
+        row["floor_s"] = max(row["bytes"] / bw, row["flops"] / mm)
+        row["floor_s_read_bandwidth"] = max(row["bytes"] / read, row["flops"] / mm)
+        row["floor_s_linear_ceiling"] = max(row["bytes"] / bw, row["flops"] / mm_linear)
+
+    return {
+        "device": info.summary(), "device_type": dev.type, "dtype": str(dtype).removeprefix("torch."),
+        "threads": torch.get_num_threads() if dev.type == "cpu" else None,
+        "date": datetime.date.today().isoformat(), "torch": torch.__version__,
+        "command": "python " + " ".join(sys.argv),
+        "settings": {"tokens": tokens, "d_model": d_model, "d_ff": d_ff, "n_experts": n_experts, "top_k": top_k,
+                     "rounds": rounds, "repeats": repeats, "quick": quick},
+        "prefill_s": prefill,
+        "ceilings": {"copy_bandwidth_Bps": bw, "read_bandwidth_Bps": read, "matmul_FLOPps": mm, "matmul_size": ceilings[0]["matmul_size"],
+                     "matmul_linear_FLOPps": mm_linear, "measurements": ceilings},
+        "decode": decode,
+    }
+
+
+def format_tables(r: dict) -> str:
+    s, p = r["settings"], r["prefill_s"]
+    lines = [
+        f"device: {r['device']}, {r['dtype']}, threads={r['threads']}, torch {r['torch']}, {r['date']}",
+        f"command: {r['command']}",
+        f"prefill: {s['tokens']} tokens, d_model {s['d_model']}, expert d_ff {s['d_ff']}, "
+        f"{s['n_experts']} experts, top-{s['top_k']} (medians of {s['rounds'] * s['repeats']} calls each, interleaved)",
+        f"{'method':28s} {'time ms':>9s} {'/ tf eager':>10s} {'/ tf grouped':>12s} {'/ dense':>8s} {'/ dense same kernel':>20s}",
+    ]
+    for name, t in sorted(p.items(), key=lambda kv: kv[1]):
+        lines.append(f"{name:28s} {t * 1e3:9.1f} {t / p['transformers eager']:10.2f} {t / p['transformers grouped_mm']:12.2f} "
+                     f"{t / p['dense SwiGLU']:8.2f} {t / p['dense SwiGLU, same kernel']:20.2f}")
+    c = r["ceilings"]
+    lines += [
+        "",
+        f"decode: floor = max(touched expert bytes / {c['copy_bandwidth_Bps'] / 1e9:.1f} GB/s copy bandwidth "
+        f"[read: {c['read_bandwidth_Bps'] / 1e9:.1f} GB/s], "
+        f"FLOPs / {c['matmul_FLOPps'] / 1e9:.0f} GFLOP/s torch.matmul {c['matmul_size']}^3); "
+        f"[same GEMM via dmcourse.moe.linear: {c['matmul_linear_FLOPps'] / 1e9:.0f} GFLOP/s]",
+        f"{'tokens':>6s} {'experts':>7s} {'floor ms':>9s} " + " ".join(f"{n:>24s}" for n in r["decode"][0]["times_s"])
+        + f" {'best/floor':>10s} {'best/floor[read bw]':>19s} {'best/floor[linear]':>18s}",
+    ]
+    for row in r["decode"]:
+        best = min(v for k, v in row["times_s"].items() if k.startswith("moe"))
+        cells = " ".join(f"{v * 1e3:9.2f} ms ({v / row['floor_s']:4.2f}x)".rjust(24) for v in row["times_s"].values())
+        lines.append(f"{row['tokens']:6d} {row['experts_touched']:7d} {row['floor_s'] * 1e3:9.2f} {cells} "
+                     f"{best / row['floor_s']:10.2f} {best / row['floor_s_read_bandwidth']:19.2f} "
+                     f"{best / row['floor_s_linear_ceiling']:18.2f}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small layer, for a smoke test")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    args = parser.parse_args(argv)
+    result = run(quick=args.quick, rounds=args.rounds, repeats=args.repeats, device=args.device)
+    print(format_tables(result))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=1) + "\n")
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
