@@ -632,3 +632,28 @@ def test_answers_for_a_person_are_flagged_and_manual_scores_reach_the_csv(course
     with open(course_copy / "out.csv") as f:
         (exported,) = [r for r in csv.DictReader(f) if r["assignment"] == a]
     assert float(exported["score"]) == 3.0
+
+
+def test_guide_command_works_without_an_activated_environment(course_copy: Path, tmp_path: Path) -> None:
+    """``.venv/bin/python -m dmcourse.grading grade ...`` with the environment's scripts off PATH:
+    nbgrader runs ``alembic`` by name, so the CLI must put its own interpreter's folder on PATH."""
+    import os
+    import subprocess
+    import sys
+
+    info = Info(FULL, *synth.load(course_copy, FULL))
+    dl = tmp_path / "dl"
+    dl.mkdir()
+    (dl / f"ann_{FULL}.ipynb").write_bytes(_bytes(info.correct()))
+    (dl / f"bob_{FULL}.ipynb").write_bytes(_bytes(info.release))
+    scripts = str(Path(sys.executable).parent)
+    path = os.pathsep.join(p for p in os.environ.get("PATH", "").split(os.pathsep) if p and p != scripts)
+    env = {**os.environ, "PATH": path}
+    env.pop("VIRTUAL_ENV", None)
+    r = subprocess.run([sys.executable, "-m", "dmcourse.grading", "grade", FULL, "--from", str(dl),
+                        "--timeout", str(FULL_TIMEOUT)], cwd=course_copy, env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    rows = {row["student_id"]: row for row in csv.DictReader((course_copy / "grades.csv").open())}
+    assert float(rows["ann"]["score"]) == float(rows["ann"]["max_score"]) > 0, rows["ann"]
+    assert float(rows["bob"]["score"]) == 0, rows["bob"]
