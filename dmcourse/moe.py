@@ -211,12 +211,17 @@ def dispatch_grouped(x: torch.Tensor, routing: Routing, w_gate: torch.Tensor, w_
     n_tokens, _, _ = _check_inputs(x, routing, w_gate, w_up, w_down)
     if n_tokens == 0:
         return torch.zeros_like(x)
-    if not grouped_mm_supported(x.device, x.dtype):
+    # grouped_mm has no autocast rule: under autocast, compute in autocast's dtype as F.linear would
+    autocast = torch.is_autocast_enabled(x.device.type)
+    dtype = torch.get_autocast_dtype(x.device.type) if autocast else x.dtype
+    if not grouped_mm_supported(x.device, dtype):
         return dispatch_sorted(x, routing, w_gate, w_up, w_down)
+    if autocast:
+        w_gate, w_up, w_down = (w.to(dtype) for w in (w_gate, w_up, w_down))
     gmm = _grouped_mm_fn()
     order, token, counts = sort_by_expert(routing)
     offs = counts.cumsum(0).to(torch.int32)  # end row of each expert's group, stays on the device
-    xs = x.index_select(0, token)
+    xs = x.index_select(0, token).to(dtype)
     h = F.silu(gmm(xs, w_gate.transpose(1, 2), offs=offs)) * gmm(xs, w_up.transpose(1, 2), offs=offs)
     rows = gmm(h, w_down.transpose(1, 2), offs=offs)
     return combine(rows, order, routing).to(x.dtype)

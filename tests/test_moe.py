@@ -146,6 +146,23 @@ def test_bf16_close_to_float64_reference(dispatch: str) -> None:
     torch.testing.assert_close(got.double(), want, rtol=3e-2, atol=3e-2 * want.abs().mean().item())
 
 
+@pytest.mark.parametrize("dispatch", DISPATCHES)
+@pytest.mark.parametrize("x_dtype", [torch.float32, torch.bfloat16])
+def test_autocast_with_fp32_weights(dispatch: str, x_dtype: torch.dtype) -> None:
+    """Mixed precision as the trainer runs it on a GPU (fp32 weights, autocast to bf16; the input
+    may already be bf16): every dispatch runs, matches the exact result within bf16 rounding, and
+    sends gradients to the fp32 weights."""
+    x = torch.randn(20, 32, generator=torch.Generator().manual_seed(6)).to(x_dtype)
+    w = [t.requires_grad_() for t in _weights(8, 32, 64)]
+    routing = topk_softmax(torch.randn(20, 8), 2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = DISPATCH_FUNCTIONS[dispatch](x, routing, *w)
+    got.float().pow(2).sum().backward()
+    want = _reference(x, routing.indices, routing.weights, *w)
+    torch.testing.assert_close(got.double(), want.detach(), rtol=3e-2, atol=3e-2 * want.abs().mean().item())
+    assert all(t.grad is not None and t.grad.dtype == torch.float32 and t.grad.abs().sum() > 0 for t in w)
+
+
 def test_grouped_fallback_is_documented_and_correct(monkeypatch) -> None:
     import dmcourse.moe as moe_module
 
