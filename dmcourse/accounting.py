@@ -102,8 +102,9 @@ class ParamCount:
 
     @property
     def active_without_embedding(self) -> int:
-        """``active`` minus the input embedding lookup."""
-        return self.active - self.embedding
+        """``active`` minus the input embedding lookup. With tied embeddings (``lm_head == 0``) the
+        same matrix is the LM head, which every token multiplies: nothing is dropped then."""
+        return self.active - self.embedding if self.lm_head else self.active
 
     @property
     def non_embedding(self) -> int:

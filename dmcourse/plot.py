@@ -36,10 +36,22 @@ def use_style() -> None:
     mpl.rcParams.update(STYLE)
 
 
-def stamp(ax: plt.Axes, device: str, date: _dt.date | None = None) -> None:
-    """Write "measured on <device>, <date>" in the corner of ``ax``: a measured figure names both."""
+_CORNERS: dict[str, tuple[float, float, str, str]] = {
+    "lower right": (0.99, 0.01, "right", "bottom"),
+    "lower left": (0.01, 0.01, "left", "bottom"),
+    "upper right": (0.99, 0.99, "right", "top"),
+    "upper left": (0.01, 0.99, "left", "top"),
+}
+
+
+def stamp(ax: plt.Axes, device: str, date: _dt.date | None = None, loc: str = "lower right") -> None:
+    """Write "measured on <device>, <date>" in a corner of ``ax`` (``loc``: "lower right", "lower
+    left", "upper right" or "upper left"): a measured figure names both."""
+    if loc not in _CORNERS:
+        raise ValueError(f"loc must be one of {sorted(_CORNERS)}, got {loc!r}")
+    x, y, ha, va = _CORNERS[loc]
     date = date or _dt.date.today()
     ax.text(
-        0.99, 0.01, f"measured on {device}, {date.isoformat()}", transform=ax.transAxes,
-        ha="right", va="bottom", fontsize=7, color=COLORS["datasheet"],
+        x, y, f"measured on {device}, {date.isoformat()}", transform=ax.transAxes,
+        ha=ha, va=va, fontsize=7, color=COLORS["datasheet"],
     )

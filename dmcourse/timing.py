@@ -102,10 +102,11 @@ def time_fn(
         for _ in range(repeats):
             start = torch.cuda.Event(enable_timing=True)
             end = torch.cuda.Event(enable_timing=True)
-            start.record()
+            stream = torch.cuda.current_stream(device)  # the stream fn's work goes to on ``device``
+            start.record(stream)
             for _ in range(inner):
                 fn()
-            end.record()
+            end.record(stream)
             end.synchronize()
             times.append(start.elapsed_time(end) / 1e3 / inner)  # elapsed_time is in ms
     else:

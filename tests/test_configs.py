@@ -170,6 +170,9 @@ def test_hand_checkable_dense_config() -> None:
     assert p.total == p.active == 2 * (attn + ffn + 16) + 8 + 160
     tied = count_params(c.replace(tied_embeddings=True))
     assert tied.total == p.total - 80 and tied.lm_head == 0
+    assert p.active_without_embedding == p.active - 80  # the lookup is not a matmul
+    assert tied.active_without_embedding == tied.active  # tied: the matrix is still the LM head
+    assert tied.non_embedding == p.non_embedding
 
 
 def test_hand_checkable_moe_config() -> None:
