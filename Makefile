@@ -25,7 +25,7 @@ env: $(INSTALLED)  ## create .venv with the pinned versions
 
 book: $(INSTALLED)  ## execute every notebook and write _build/html (clean build)
 	rm -rf _build
-	set -o pipefail; $(BIN)/jupyter-book build . -W -n --keep-going 2>&1 | tee _build.log
+	set -o pipefail; DMCOURSE_PROGRESS=0 $(BIN)/jupyter-book build . -W -n --keep-going 2>&1 | tee _build.log
 	mv _build.log _build/build.log
 
 browser-deps:  ## Debian's Chromium for the browser test

@@ -38,6 +38,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -350,6 +351,11 @@ def _model_device(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
+def progress_default() -> bool:
+    """Whether :func:`train` shows a progress bar when not told: yes, unless ``DMCOURSE_PROGRESS=0``."""
+    return os.environ.get("DMCOURSE_PROGRESS", "1").strip().lower() not in ("0", "false", "no", "off")
+
+
 def train(
     model: nn.Module,
     batch_fn: BatchFn,
@@ -357,14 +363,16 @@ def train(
     config: TrainConfig = TrainConfig(),
     *,
     hooks: Iterable[Hook] = (),
-    progress: bool = True,
+    progress: bool | None = None,
     desc: str | None = None,
 ) -> History:
     """Train ``model`` for ``config.steps`` AdamW steps; -> :class:`History`.
 
     Each step: ``batch = to_device(batch_fn(step, generator))``, ``loss, metrics = loss_fn(model,
     batch)`` (under autocast on CUDA when ``config.amp_dtype`` is set), backward, gradient clipping,
-    optimiser step, then every hook with a :class:`StepContext`. A ``tqdm.auto`` bar shows the loss.
+    optimiser step, then every hook with a :class:`StepContext`. A ``tqdm.auto`` bar shows the loss;
+    ``progress=None`` (default) shows it unless the environment sets ``DMCOURSE_PROGRESS=0`` (the
+    book build does: a static page cannot show a live bar, it would only leave an empty widget).
     """
     from tqdm.auto import tqdm
 
@@ -382,6 +390,8 @@ def train(
     scaler = torch.amp.GradScaler("cuda") if use_amp and config.amp_dtype == torch.float16 else None
     generator = torch.Generator().manual_seed(config.seed)
     history = History()
+    if progress is None:
+        progress = progress_default()
     bar = tqdm(range(config.steps), desc=desc, disable=not progress, leave=False)
     for step in bar:
         model.train()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -45,7 +46,7 @@ def built_book() -> Path:
     if not (BUILD_HTML / "index.html").exists():
         subprocess.run(
             [str(Path(sys.executable).parent / "jupyter-book"), "build", str(ROOT), "-W", "-n", "--keep-going"],
-            check=True, cwd=ROOT,
+            check=True, cwd=ROOT, env={**os.environ, "DMCOURSE_PROGRESS": "0"},  # as `make book`
         )
     return BUILD_HTML
 

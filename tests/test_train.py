@@ -241,3 +241,15 @@ def test_routing_stats_hook_and_capacity_limited() -> None:
         assert "drop_rate" in hook(ctx)
     assert [m.router for m in moe_layers(model)] == original
     assert y.shape == (4, 8, task.d_out)
+
+
+def test_progress_bar_default_follows_the_environment(monkeypatch) -> None:
+    from dmcourse.train import progress_default
+
+    monkeypatch.delenv("DMCOURSE_PROGRESS", raising=False)
+    assert progress_default() is True
+    for off in ("0", "false", "OFF"):
+        monkeypatch.setenv("DMCOURSE_PROGRESS", off)
+        assert progress_default() is False
+    monkeypatch.setenv("DMCOURSE_PROGRESS", "1")
+    assert progress_default() is True
