@@ -206,7 +206,9 @@ def noisy_topk(
             )
     elif not isinstance(noise_std, (int, float)) or isinstance(noise_std, bool) or noise_std < 0:
         raise ValueError(f"noise_std must be a float >= 0 or a tensor, got {noise_std!r}")
-    noise = torch.randn(logits.shape, generator=generator, dtype=torch.float32, device=logits.device)
+    # drawn where the generator lives (a CPU generator also works for CUDA logits), then moved
+    noise_device = generator.device if generator is not None else logits.device
+    noise = torch.randn(logits.shape, generator=generator, dtype=torch.float32, device=noise_device).to(logits.device)
     return topk_softmax(logits.float() + noise * noise_std, k)
 
 

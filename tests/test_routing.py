@@ -155,3 +155,12 @@ def test_router_sigmoid_bias_is_a_buffer_and_noise_only_in_training() -> None:
 def test_bad_arguments_raise(call) -> None:
     with pytest.raises(ValueError):
         call()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_noisy_topk_cpu_generator_with_cuda_logits() -> None:
+    """A CPU generator (the trainer's) with CUDA logits: same noise, hence same choice, as on CPU."""
+    logits = torch.randn(16, 8, generator=torch.Generator().manual_seed(1))
+    cpu = noisy_topk(logits, 2, 1.0, generator=torch.Generator().manual_seed(0))
+    gpu = noisy_topk(logits.cuda(), 2, 1.0, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(gpu.indices.cpu(), cpu.indices)
