@@ -6,7 +6,6 @@ Run from the course directory (the folder with nbgrader_config.py) or pass --cou
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -201,19 +200,11 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def _put_interpreter_on_path() -> None:
-    """nbgrader runs ``alembic`` by name when it opens a gradebook: with an environment that is not
-    activated (``.venv/bin/python -m dmcourse.grading ...``) that fails with FileNotFoundError, so
-    the folder of this interpreter's scripts goes first on PATH (child processes inherit it)."""
-    scripts = str(Path(sys.executable).parent)
-    path = os.environ.get("PATH", "")
-    if scripts not in path.split(os.pathsep):
-        os.environ["PATH"] = scripts + (os.pathsep + path if path else "")
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    _put_interpreter_on_path()
+    from dmcourse.grading.course import ensure_scripts_on_path
+
+    ensure_scripts_on_path()
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError) as e:

@@ -7,6 +7,8 @@ and read scores from the gradebook instead of parsing command output. Every API 
 
 from __future__ import annotations
 
+import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,10 +39,22 @@ def load_config(root: Path) -> Config:
     return config
 
 
+def ensure_scripts_on_path() -> None:
+    """nbgrader runs ``alembic`` by name whenever it opens a gradebook: with an environment that is
+    not activated (``.venv/bin/python -m dmcourse.grading ...``) that fails with FileNotFoundError,
+    so the folder of this interpreter's scripts goes first on PATH (child processes inherit it)."""
+    scripts = str(Path(sys.executable).parent)
+    path = os.environ.get("PATH", "")
+    if scripts not in path.split(os.pathsep):
+        os.environ["PATH"] = scripts + (os.pathsep + path if path else "")
+
+
 def api(root: Path, config: Config | None = None):
     """An ``NbGraderAPI`` for the course at ``root`` (optionally with extra config merged in)."""
     from nbgrader.apps import NbGraderAPI
     from nbgrader.coursedir import CourseDirectory
+
+    ensure_scripts_on_path()
 
     cfg = load_config(root)
     cfg.merge(grading_config())
@@ -68,6 +82,8 @@ def autograde(root: Path, assignment: str, student: str) -> Score:
 
 def _gradebook(root: Path):
     from nbgrader.api import Gradebook
+
+    ensure_scripts_on_path()
 
     return Gradebook(f"sqlite:///{Path(root).resolve() / 'gradebook.db'}")
 
