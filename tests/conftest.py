@@ -61,3 +61,15 @@ def course_copy(tmp_path: Path) -> Path:
         else:
             shutil.copy2(src, tmp_path / name)
     return tmp_path
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models: on a shared 2-core CPU extra torch threads only wait on each other (up to 100x
+    slower), so these tests run with one and restore the setting afterwards."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)

@@ -10,15 +10,7 @@ from dmcourse.train import Balancing, TrainConfig, evaluate, moe_loss_fn, task_l
 
 import pytest
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: on a shared 2-core CPU extra threads only wait on each other (100x slower)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see conftest.one_thread
 
 
 def test_corpus_deterministic_and_in_alphabet():

@@ -7,15 +7,7 @@ from dmcourse.ffn import SwiGLU
 from dmcourse.lm import ALPHABET, LMConfig, TinyLM, expert_choices
 from dmcourse.upcycle import freeze_routers, routing_agreement, upcycle_ffn, upcycle_lm, with_top_k
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: on a shared 2-core CPU extra threads only wait on each other (100x slower)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see conftest.one_thread
 
 
 @pytest.mark.parametrize("n_experts,top_k", [(4, 1), (4, 2), (8, 3), (3, 3)])
