@@ -90,13 +90,13 @@ def _ceilings(dev: torch.device, dtype: torch.dtype) -> dict:
     measures it, and the same square GEMM through dmcourse.moe.linear)."""
     bw = measure_bandwidth(dev, kind="copy")
     read = measure_bandwidth(dev, kind="read")
-    mm = measure_matmul(dev, precision="fp32" if dtype == torch.float32 else "bf16")
+    precision = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
+    mm = measure_matmul(dev, precision=precision)
     size = int(mm.settings["size"])
     with torch.inference_mode():
-        a, b = torch.randn(size, size, device=dev, dtype=dtype), torch.randn(size, size, device=dev, dtype=dtype)
-        t_lin = time_fn(lambda: linear(a, b), device=dev, warmup=2, repeats=5).median_s
+        mm_linear = measure_matmul(dev, precision=precision, size=size, matmul=linear)
     return {"copy_bandwidth_Bps": bw.value, "read_bandwidth_Bps": read.value, "matmul_FLOPps": mm.value, "matmul_size": size,
-            "matmul_linear_FLOPps": 2 * size**3 / t_lin}
+            "matmul_linear_FLOPps": mm_linear.value}
 
 
 def run(quick: bool = False, rounds: int = 5, repeats: int = 3, device: str | None = None) -> dict:

@@ -286,10 +286,15 @@ def time_gemm(
     warmup: int = 2,
     repeats: int = 7,
     inner: int = 1,
+    matmul: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> Timing:
     """Time ``(m, k) @ (k, n) -> (m, n)`` with ``torch.matmul(..., out=c)``, rotating operand sets
     so that together they overflow the last-level cache (the weights ``(k, n)`` come from memory
     each call, as they would in a model). Returns the Timing of one GEMM.
+
+    ``matmul``: another kernel to time instead, called as ``matmul(a, b)`` with ``a (m, k)`` and
+    ``b (k, n)`` (e.g. ``dmcourse.moe.linear``, which computes ``a @ b.T``: for square operands the
+    same FLOPs and bytes).
     """
     for name, value in (("m", m), ("k", k), ("n", n)):
         _check_positive_int(name, value)
@@ -300,8 +305,8 @@ def time_gemm(
         size = torch.tensor([], dtype=dtype).element_size()
         sets = rotation_count(size * (m * k + k * n + m * n), device)
         operands = _gemm_operands(m, k, n, dtype, device, sets)
-        return time_rotating(lambda a, b, c: torch.matmul(a, b, out=c), operands, device=device,
-                             warmup=warmup, repeats=repeats, inner=inner)
+        fn = (lambda a, b, c: torch.matmul(a, b, out=c)) if matmul is None else (lambda a, b, c: matmul(a, b))
+        return time_rotating(fn, operands, device=device, warmup=warmup, repeats=repeats, inner=inner)
 
 
 def measure_matmul(
@@ -313,9 +318,11 @@ def measure_matmul(
     max_size: int | None = None,
     warmup: int = 2,
     repeats: int = 5,
+    matmul: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> Measurement:
     """Matmul throughput of ``device`` in FLOP/s: square ``size x size`` GEMMs in ``precision``,
-    counting ``2 * size**3`` FLOPs per call (a multiply and an add per term).
+    counting ``2 * size**3`` FLOPs per call (a multiply and an add per term). ``matmul``: time that
+    kernel instead of ``torch.matmul`` (see :func:`time_gemm`).
 
     ``size=None`` picks the size adaptively: starting at 256, it doubles until one GEMM takes at
     least ``target_s`` seconds or ``max_size`` is reached (default 2048 on CPU, 8192 on GPU), so
@@ -338,11 +345,13 @@ def measure_matmul(
                     break
                 size *= 2
     size = _check_positive_int("size", size, 16)
-    timing = time_gemm(size, size, size, device=device, precision=precision, warmup=warmup, repeats=repeats)
+    timing = time_gemm(size, size, size, device=device, precision=precision, warmup=warmup, repeats=repeats,
+                       matmul=matmul)
     flops = 2.0 * size**3
     return Measurement(
         what=f"matmul {precision}", value=flops / timing.median_s, unit="FLOP/s", work=flops, timing=timing,
-        settings={"precision": precision, "size": size},
+        settings={"precision": precision, "size": size,
+                  "kernel": "torch.matmul" if matmul is None else f"{matmul.__module__}.{matmul.__qualname__}"},
     )
 
 

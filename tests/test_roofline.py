@@ -31,6 +31,20 @@ def test_matmul_on_cpu_is_positive_and_finite() -> None:
     assert adaptive.settings["size"] <= 256 and adaptive.value > 0
 
 
+def test_matmul_with_another_kernel_times_that_kernel() -> None:
+    seen = []
+
+    def kernel(a, b):
+        seen.append((tuple(a.shape), tuple(b.shape), a.dtype))
+        return a @ b.T
+
+    m = rl.measure_matmul("cpu", precision="fp32", size=64, warmup=1, repeats=2, matmul=kernel)
+    assert math.isfinite(m.value) and m.value > 0 and m.work == 2 * 64**3
+    assert seen and all(s == ((64, 64), (64, 64), torch.float32) for s in seen) and len(seen) >= 3
+    assert m.settings["kernel"].endswith("kernel")
+    assert rl.measure_matmul("cpu", size=64, warmup=0, repeats=1).settings["kernel"] == "torch.matmul"
+
+
 def test_time_gemm_and_rotation() -> None:
     t = rl.time_gemm(4, 64, 32, device="cpu", warmup=1, repeats=3)
     assert len(t.times_s) == 3 and t.median_s > 0
