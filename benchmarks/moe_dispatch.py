@@ -45,7 +45,7 @@ import torch
 from dmcourse.device import device_info, pick_device
 from dmcourse.ffn import SwiGLU
 from dmcourse.moe import MoE, expert_swiglu, from_mixtral_block, linear, sort_by_expert
-from dmcourse.roofline import measure_bandwidth, measure_matmul
+from dmcourse.roofline import measure_bandwidth, measure_matmul, roofline_time
 from dmcourse.timing import time_fn
 
 DECODE_TOKENS = (1, 4, 16, 64)
@@ -184,9 +184,9 @@ def run(quick: bool = False, rounds: int = 5, repeats: int = 3, device: str | No
     bw, read, mm, mm_linear = (statistics.median(c[key] for c in ceilings) for key in
                                ("copy_bandwidth_Bps", "read_bandwidth_Bps", "matmul_FLOPps", "matmul_linear_FLOPps"))
     for row in decode:
-        row["floor_s"] = max(row["bytes"] / bw, row["flops"] / mm)
-        row["floor_s_read_bandwidth"] = max(row["bytes"] / read, row["flops"] / mm)
-        row["floor_s_linear_ceiling"] = max(row["bytes"] / bw, row["flops"] / mm_linear)
+        row["floor_s"] = roofline_time(row["flops"], row["bytes"], mm, bw)
+        row["floor_s_read_bandwidth"] = roofline_time(row["flops"], row["bytes"], mm, read)
+        row["floor_s_linear_ceiling"] = roofline_time(row["flops"], row["bytes"], mm_linear, bw)
 
     return {
         "device": info.summary(), "device_type": dev.type, "dtype": str(dtype).removeprefix("torch."),
