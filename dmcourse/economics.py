@@ -133,15 +133,12 @@ def activation_bytes(config: ModelConfig | str, tokens: int, dtype: str = "bf16"
     c = _model(config)
     tokens = _int("tokens", tokens, 1)
     logits_tokens = tokens if logits_tokens is None else _int("logits_tokens", logits_tokens, 0)
-    if c.attention == "mla":
-        new_kv = c.kv_lora_rank + c.qk_rope_head_dim
-    else:
-        new_kv = 2 * c.kv_heads * c.head_size
-    attention = c.n_heads * c.qk_head_dim + new_kv + c.n_heads * c.v_head_size
-    ffn = 3 * ffn_width_per_token(c)
-    per_token = 2 * c.d_model + max(attention, ffn)
-    return (tokens * per_token * accounting.bytes_per_param(dtype)
-            + logits_tokens * c.vocab_size * accounting.bytes_per_param(logits_dtype))
+    b = accounting.bytes_per_param(dtype)
+    new_kv = accounting.kv_cache_bytes_per_token(c, dtype) / c.n_layers  # one layer's new keys and values
+    attention = (c.n_heads * c.qk_head_dim + c.n_heads * c.v_head_size) * b + new_kv
+    ffn = 3 * ffn_width_per_token(c) * b
+    per_token = 2 * c.d_model * b + max(attention, ffn)
+    return tokens * per_token + logits_tokens * c.vocab_size * accounting.bytes_per_param(logits_dtype)
 
 
 def serving_memory(
