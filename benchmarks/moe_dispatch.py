@@ -21,14 +21,21 @@ Prefill rows:
   minus the router's 2 * d_model * E), and ``dense SwiGLU, same kernel`` -- the same three matmuls
   through ``dmcourse.moe.linear``.
 
-Decode rows (1, 4, 16, 64 tokens): floor = max(bytes of the experts the batch touches / copy
-bandwidth, expert FLOPs / matmul throughput), both ceilings measured in this run with
-``dmcourse.roofline`` (copy bandwidth: bytes read + written by a large copy; matmul: large square
-``torch.matmul``), each the median of three measurements spread over the run. The floor with the
-read-only bandwidth (a large sum; the weights are only read) is recorded too. A second matmul
-ceiling, the same GEMM through ``dmcourse.moe.linear``, is also reported, with the floor it implies.
-The row ``expert matmuls only`` times just the touched experts' SwiGLUs on pre-sorted tokens: the
-gap between it and ``moe sorted`` is what routing, dispatch and combine cost.
+Decode rows (1, 4, 16, 64 tokens): floor = max(bytes of the experts the batch touches / memory
+bandwidth, expert FLOPs / matmul throughput), both ceilings measured in this run. The memory
+bandwidth is measured in the same interleaved rounds as the decode calls of each token count (a
+shared VM's bandwidth drifts by tens of percent within minutes), as the fastest of three ways of
+moving bytes through buffers larger than the cache: a copy (bytes read + written), a read-only
+``torch.sum``, and on CPU the read-only loop ``dmcourse.stream.read_sum``. The matmul throughput is
+a large square ``torch.matmul`` (the roofline chapter's ceiling) with ``dmcourse.roofline``, the
+median of three measurements spread over the run. Also recorded per row: the floor with the copy
+bandwidth alone; a stricter one whose compute ceiling is the faster of ``torch.matmul`` and the same
+GEMM through ``dmcourse.moe.linear`` (oneDNN on CPU); and one with the bandwidths measured apart from
+the decode calls (start, middle and end of the run, as the roofline chapter measures them). On CPU the MoE's decode matmuls
+(1 to 8 tokens per expert) run ``dmcourse.stream.linear_stream``; the row ``moe sorted, oneDNN``
+is the same layer with that kernel switched off. The row ``expert matmuls only`` times just the
+touched experts' SwiGLUs on pre-sorted tokens: the gap between it and ``moe sorted`` is what
+routing, dispatch and combine cost.
 """
 
 from __future__ import annotations
@@ -42,10 +49,11 @@ from pathlib import Path
 
 import torch
 
+from dmcourse import stream
 from dmcourse.device import device_info, pick_device
 from dmcourse.ffn import SwiGLU
 from dmcourse.moe import MoE, expert_swiglu, from_mixtral_block, linear, sort_by_expert
-from dmcourse.roofline import measure_bandwidth, measure_matmul, roofline_time
+from dmcourse.roofline import default_buffer_bytes, measure_bandwidth, measure_matmul, rotation_count, roofline_time
 from dmcourse.timing import time_fn
 
 DECODE_TOKENS = (1, 4, 16, 64)
@@ -85,18 +93,48 @@ def _interleaved(fns: dict, *, rounds: int, repeats: int, device: torch.device, 
     return samples
 
 
+def _bandwidth_probes(dev: torch.device) -> tuple[dict, dict]:
+    """Calls that move a known number of bytes, to time in the same rounds as the decode calls:
+    ``{name: fn}`` and ``{name: bytes per call}`` (copy counts read + write). Each call takes the next
+    of a set of fp32 buffers that together exceed twice the last-level cache."""
+    numel = default_buffer_bytes(dev) // 4
+    bufs = [torch.ones(numel, device=dev) for _ in range(rotation_count(4 * numel, dev))]
+    dst = torch.empty(numel, device=dev)
+    state = {"i": 0}
+
+    def nxt() -> torch.Tensor:
+        state["i"] += 1
+        return bufs[state["i"] % len(bufs)]
+
+    fns = {"bandwidth: copy": lambda: dst.copy_(nxt()), "bandwidth: torch.sum": lambda: nxt().sum()}
+    if dev.type == "cpu" and stream.available():
+        fns["bandwidth: stream.read_sum"] = lambda: stream.read_sum(nxt())
+    nbytes = {name: (8 if "copy" in name else 4) * numel for name in fns}
+    return fns, nbytes
+
+
 def _ceilings(dev: torch.device, dtype: torch.dtype) -> dict:
-    """Copy bandwidth (B/s) and large-GEMM throughput (FLOP/s: torch.matmul as dmcourse.roofline
-    measures it, and the same square GEMM through dmcourse.moe.linear)."""
+    """Memory bandwidth (B/s: copy, torch.sum, and on CPU dmcourse.stream.read_sum) and large-GEMM
+    throughput (FLOP/s: torch.matmul as dmcourse.roofline measures it, and the same square GEMM
+    through dmcourse.moe.linear)."""
     bw = measure_bandwidth(dev, kind="copy")
     read = measure_bandwidth(dev, kind="read")
+    kernel = dev.type == "cpu" and stream.available()
+    read_kernel = measure_bandwidth(dev, kind="read_kernel").value if kernel else 0.0
     precision = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
     mm = measure_matmul(dev, precision=precision)
     size = int(mm.settings["size"])
     with torch.inference_mode():
         mm_linear = measure_matmul(dev, precision=precision, size=size, matmul=linear)
-    return {"copy_bandwidth_Bps": bw.value, "read_bandwidth_Bps": read.value, "matmul_FLOPps": mm.value, "matmul_size": size,
+    return {"copy_bandwidth_Bps": bw.value, "read_bandwidth_Bps": read.value, "read_kernel_bandwidth_Bps": read_kernel,
+            "matmul_FLOPps": mm.value, "matmul_size": size,
             "matmul_linear_FLOPps": mm_linear.value}
+
+
+def _without_kernel(moe: MoE, x: torch.Tensor) -> torch.Tensor:
+    moe.dispatch = "sorted"
+    with stream.off():
+        return moe(x)
 
 
 def run(quick: bool = False, rounds: int = 5, repeats: int = 3, device: str | None = None) -> dict:
@@ -155,6 +193,7 @@ def run(quick: bool = False, rounds: int = 5, repeats: int = 3, device: str | No
     element = torch.tensor([], dtype=dtype).element_size()
     expert_bytes = 3 * d_model * d_ff * element
     decode = []
+    probes, probe_bytes = _bandwidth_probes(dev)
     for t in DECODE_TOKENS:
         xt = torch.randn(1, t, d_model, device=dev, dtype=dtype, generator=None)
         with torch.inference_mode():
@@ -171,32 +210,40 @@ def run(quick: bool = False, rounds: int = 5, repeats: int = 3, device: str | No
                 "moe sorted": (lambda xt=xt: (setattr(moe, "dispatch", "sorted"), moe(xt))),
                 "moe grouped": (lambda xt=xt: (setattr(moe, "dispatch", "grouped"), moe(xt))),
                 "moe loop": (lambda xt=xt: (setattr(moe, "dispatch", "loop"), moe(xt))),
+                "moe sorted, oneDNN": (lambda xt=xt: _without_kernel(moe, xt)),
                 "transformers eager": _hf_call(block, xt, "eager"),
                 "transformers grouped_mm": _hf_call(block, xt, "grouped_mm"),
             }
-            s = _interleaved(fns, rounds=rounds, repeats=5 * repeats, device=dev, warmup=2)
+            s = _interleaved({**fns, **probes}, rounds=rounds, repeats=5 * repeats, device=dev, warmup=2)
+        bandwidths = {name.removeprefix("bandwidth: "): probe_bytes[name] / statistics.median(s.pop(name)) for name in probes}
         decode.append({
             "tokens": t, "experts_touched": touched, "bytes": touched * expert_bytes,
             "flops": 2 * t * top_k * 3 * d_model * d_ff,
             "times_s": {name: statistics.median(v) for name, v in s.items()},
+            "bandwidths_Bps": bandwidths,
         })
     ceilings.append(_ceilings(dev, dtype))
-    bw, read, mm, mm_linear = (statistics.median(c[key] for c in ceilings) for key in
-                               ("copy_bandwidth_Bps", "read_bandwidth_Bps", "matmul_FLOPps", "matmul_linear_FLOPps"))
+    copy, read, read_kernel, mm, mm_linear = (statistics.median(c[key] for c in ceilings) for key in (
+        "copy_bandwidth_Bps", "read_bandwidth_Bps", "read_kernel_bandwidth_Bps", "matmul_FLOPps", "matmul_linear_FLOPps"))
+    bw = max(copy, read, read_kernel)
     for row in decode:
-        row["floor_s"] = roofline_time(row["flops"], row["bytes"], mm, bw)
-        row["floor_s_read_bandwidth"] = roofline_time(row["flops"], row["bytes"], mm, read)
-        row["floor_s_linear_ceiling"] = roofline_time(row["flops"], row["bytes"], mm_linear, bw)
+        row_bw = max(row["bandwidths_Bps"].values())
+        row["floor_s"] = roofline_time(row["flops"], row["bytes"], mm, row_bw)
+        row["floor_s_copy_bandwidth"] = roofline_time(row["flops"], row["bytes"], mm, row["bandwidths_Bps"]["copy"])
+        row["floor_s_linear_ceiling"] = roofline_time(row["flops"], row["bytes"], max(mm, mm_linear), row_bw)
+        row["floor_s_separate_ceilings"] = roofline_time(row["flops"], row["bytes"], mm, bw)
 
     return {
         "device": info.summary(), "device_type": dev.type, "dtype": str(dtype).removeprefix("torch."),
         "threads": torch.get_num_threads() if dev.type == "cpu" else None,
+        "decode_kernel": stream.status() if dev.type == "cpu" else None,
         "date": datetime.date.today().isoformat(), "torch": torch.__version__,
         "command": "python " + " ".join(sys.argv),
         "settings": {"tokens": tokens, "d_model": d_model, "d_ff": d_ff, "n_experts": n_experts, "top_k": top_k,
                      "rounds": rounds, "repeats": repeats, "quick": quick},
         "prefill_s": prefill,
-        "ceilings": {"copy_bandwidth_Bps": bw, "read_bandwidth_Bps": read, "matmul_FLOPps": mm, "matmul_size": ceilings[0]["matmul_size"],
+        "ceilings": {"bandwidth_Bps": bw, "copy_bandwidth_Bps": copy, "read_bandwidth_Bps": read,
+                     "read_kernel_bandwidth_Bps": read_kernel, "matmul_FLOPps": mm, "matmul_size": ceilings[0]["matmul_size"],
                      "matmul_linear_FLOPps": mm_linear, "measurements": ceilings},
         "decode": decode,
     }
@@ -217,19 +264,22 @@ def format_tables(r: dict) -> str:
     c = r["ceilings"]
     lines += [
         "",
-        f"decode: floor = max(touched expert bytes / {c['copy_bandwidth_Bps'] / 1e9:.1f} GB/s copy bandwidth "
-        f"[read: {c['read_bandwidth_Bps'] / 1e9:.1f} GB/s], "
-        f"FLOPs / {c['matmul_FLOPps'] / 1e9:.0f} GFLOP/s torch.matmul {c['matmul_size']}^3); "
-        f"[same GEMM via dmcourse.moe.linear: {c['matmul_linear_FLOPps'] / 1e9:.0f} GFLOP/s]",
-        f"{'tokens':>6s} {'experts':>7s} {'floor ms':>9s} " + " ".join(f"{n:>24s}" for n in r["decode"][0]["times_s"])
-        + f" {'best/floor':>10s} {'best/floor[read bw]':>19s} {'best/floor[linear]':>18s}",
+        f"decode: floor = max(touched expert bytes / bandwidth (the fastest of copy, torch.sum and stream.read_sum, "
+        f"measured with each row's calls), FLOPs / {c['matmul_FLOPps'] / 1e9:.0f} GFLOP/s torch.matmul {c['matmul_size']}^3) "
+        f"[same GEMM via dmcourse.moe.linear: {c['matmul_linear_FLOPps'] / 1e9:.0f} GFLOP/s; bandwidths measured apart: "
+        f"copy {c['copy_bandwidth_Bps'] / 1e9:.1f}, torch.sum {c['read_bandwidth_Bps'] / 1e9:.1f}, "
+        f"stream.read_sum {c['read_kernel_bandwidth_Bps'] / 1e9:.1f} GB/s]",
+        f"decode kernel: {r.get('decode_kernel')}",
+        f"{'tokens':>6s} {'experts':>7s} {'GB/s':>5s} {'floor ms':>9s} " + " ".join(f"{n:>24s}" for n in r["decode"][0]["times_s"])
+        + f" {'best/floor':>10s} {'[copy bw]':>9s} {'[linear]':>8s} {'[apart]':>7s}",
     ]
     for row in r["decode"]:
         best = min(v for k, v in row["times_s"].items() if k.startswith("moe"))
         cells = " ".join(f"{v * 1e3:9.2f} ms ({v / row['floor_s']:4.2f}x)".rjust(24) for v in row["times_s"].values())
-        lines.append(f"{row['tokens']:6d} {row['experts_touched']:7d} {row['floor_s'] * 1e3:9.2f} {cells} "
-                     f"{best / row['floor_s']:10.2f} {best / row['floor_s_read_bandwidth']:19.2f} "
-                     f"{best / row['floor_s_linear_ceiling']:18.2f}")
+        bw = max(row["bandwidths_Bps"].values())
+        lines.append(f"{row['tokens']:6d} {row['experts_touched']:7d} {bw / 1e9:5.1f} {row['floor_s'] * 1e3:9.2f} {cells} "
+                     f"{best / row['floor_s']:10.2f} {best / row['floor_s_copy_bandwidth']:9.2f} "
+                     f"{best / row['floor_s_linear_ceiling']:8.2f} {best / row['floor_s_separate_ceilings']:7.2f}")
     return "\n".join(lines)
 
 

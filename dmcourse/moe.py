@@ -26,7 +26,10 @@ it calls oneDNN's matmul (``torch.ops.mkldnn._linear_pointwise``, the kernel ``t
 uses for CPU linears) instead of ``F.linear``, which calls MKL: MKL packs the whole weight matrix
 on every call when the token count is small, and on AMD CPUs it runs well below the chip's peak;
 oneDNN streams the weights once. Same fp32 (or bf16) arithmetic, several times faster in decode
-(see ``benchmarks/moe_dispatch.py``). Elsewhere (GPU, autograd, an old torch) it is ``F.linear``.
+(see ``benchmarks/moe_dispatch.py``). In fp32 decode, where an expert sees 1 to 8 tokens, even
+oneDNN reads the weights well below the memory bandwidth, so there :func:`linear` calls
+:func:`dmcourse.stream.linear_stream`, a small C kernel built at first use that reads each weight
+once (oneDNN where no C compiler is found). Elsewhere (GPU, autograd, an old torch) it is ``F.linear``.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dmcourse import stream
 from dmcourse.ffn import SwiGLU
 from dmcourse.routing import ROUTERS, Router, Routing
 
@@ -61,9 +65,12 @@ def linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """``x @ w.T``: x (M, in), w (out, in) -> (M, out), with the fastest kernel torch offers here.
 
     CPU tensors that need no gradient (under ``torch.no_grad()``/``inference_mode``, or not
-    requiring grad) use oneDNN (``torch.ops.mkldnn._linear_pointwise``) when it is present and
-    gives correct results for the dtype (probed once); everything else uses ``F.linear``.
+    requiring grad): float32 with 1 to 8 rows (decode) use :func:`dmcourse.stream.linear_stream`
+    where it built; the rest use oneDNN (``torch.ops.mkldnn._linear_pointwise``) when it is present
+    and gives correct results for the dtype (probed once). Everything else uses ``F.linear``.
     """
+    if stream.use_for(x, w):
+        return stream.linear_stream(x, w)
     if (x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16) and w.dtype == x.dtype
             and not (torch.is_grad_enabled() and (x.requires_grad or w.requires_grad))
             and _onednn_linear_works(x.dtype)):

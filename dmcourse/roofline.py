@@ -202,13 +202,22 @@ def measure_bandwidth(
 
     ``kind="copy"``: ``dst.copy_(src)`` of ``buffer_bytes`` bytes counts the bytes read plus the
     bytes written (``2 * buffer_bytes`` per call, as STREAM's copy does). ``kind="read"``: a
-    read-only reduction ``src.sum()`` counts ``buffer_bytes``. Buffers are fp32, rotated so that
+    read-only reduction ``src.sum()`` counts ``buffer_bytes``. ``kind="read_kernel"`` (CPU only):
+    the same bytes read by :func:`dmcourse.stream.read_sum`, a loop of the kind the decode kernel
+    runs (torch's sum is not built to saturate memory). Buffers are fp32, rotated so that
     together they exceed twice the last-level cache. ``buffer_bytes`` defaults to
     :func:`default_buffer_bytes`; it must be at least 1 MiB.
     """
     device = _device(device)
-    if kind not in ("copy", "read"):
-        raise ValueError(f"kind must be 'copy' or 'read', got {kind!r}")
+    if kind not in ("copy", "read", "read_kernel"):
+        raise ValueError(f"kind must be 'copy', 'read' or 'read_kernel', got {kind!r}")
+    if kind == "read_kernel":
+        from dmcourse import stream
+
+        if device.type != "cpu":
+            raise ValueError(f"kind='read_kernel' measures a CPU, got device {device}")
+        if not stream.available():
+            raise RuntimeError(f"kind='read_kernel' needs the dmcourse.stream kernel, which is {stream.status()}")
     if buffer_bytes is None:
         buffer_bytes = default_buffer_bytes(device)
     buffer_bytes = _check_positive_int("buffer_bytes", buffer_bytes, MiB)
@@ -222,7 +231,10 @@ def measure_bandwidth(
         work = 2 * nbytes
     else:
         arg_sets = [(torch.ones(numel, device=device),) for _ in range(sets)]
-        timing = time_rotating(torch.sum, arg_sets, device=device, warmup=warmup, repeats=repeats)
+        reader = torch.sum
+        if kind == "read_kernel":
+            from dmcourse.stream import read_sum as reader
+        timing = time_rotating(reader, arg_sets, device=device, warmup=warmup, repeats=repeats)
         work = nbytes
     del arg_sets
     return Measurement(
