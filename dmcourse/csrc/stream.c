@@ -13,7 +13,14 @@
 
 typedef float v16 __attribute__((vector_size(64)));   /* 16 floats: one AVX-512 register, two AVX2 ones */
 static inline v16 load16(const float* p) { v16 v; memcpy(&v, p, sizeof v); return v; }
-static inline float hsum(v16 v) { float s = 0; for (int i = 0; i < 16; i++) s += v[i]; return s; }
+typedef float v8 __attribute__((vector_size(32)));
+typedef float v4 __attribute__((vector_size(16)));
+static inline float hsum(v16 v) {   /* 16 -> 8 -> 4 lanes with vector adds, then 4 scalar adds */
+    v8 a, b; v4 c, d;
+    memcpy(&a, &v, 32); memcpy(&b, (const char*)&v + 32, 32); a += b;
+    memcpy(&c, &a, 16); memcpy(&d, (const char*)&a + 16, 16); c += d;
+    return (c[0] + c[2]) + (c[1] + c[3]);
+}
 /* the empty asm keeps a loaded vector in its register (otherwise GCC reloads it for each use) */
 #if defined(__AVX512F__)
 #define KEEP(v) __asm__("" : "+v"(v))
@@ -31,6 +38,7 @@ static void tile_##FB##_##NB(const float* restrict w, int64_t ldw, const float* 
         v16 xv[NB];                                                                                     \
         _Pragma("GCC unroll 4") for (int b = 0; b < NB; b++) { xv[b] = load16(x + b * ldx + h); KEEP(xv[b]); } \
         _Pragma("GCC unroll 4") for (int i = 0; i < FB; i++) {                                          \
+            __builtin_prefetch(w + i * ldw + h + 1024, 0, 0);                                           \
             v16 wv = load16(w + i * ldw + h); KEEP(wv);                                                 \
             _Pragma("GCC unroll 4") for (int b = 0; b < NB; b++) acc[i][b] += wv * xv[b];               \
         }                                                                                               \
@@ -47,7 +55,7 @@ static void row_##NB(const float* restrict w, int64_t ldw, const float* restrict
     for (int b = 0; b < NB; b++) acc0[b] = acc1[b] = (v16){0};                                          \
     int64_t h = 0;                                                                                      \
     for (; h + 32 <= len; h += 32) {                                                                    \
-        __builtin_prefetch(w + h + 1024, 0, 0);  /* 4 KiB ahead: measured faster than hardware alone */ \
+        __builtin_prefetch(w + h + 1024, 0, 0); __builtin_prefetch(w + h + 1040, 0, 0); /* 4 KiB ahead */ \
         v16 w0 = load16(w + h), w1 = load16(w + h + 16); KEEP(w0); KEEP(w1);                            \
         _Pragma("GCC unroll 4") for (int b = 0; b < NB; b++) {                                          \
             acc0[b] += w0 * load16(x + b * ldx + h); acc1[b] += w1 * load16(x + b * ldx + h + 16); }    \
@@ -63,11 +71,15 @@ static const tile_fn TILE4[5] = {0, tile_4_1, tile_4_2, tile_4_3, tile_4_4};
 static const tile_fn TILE1[5] = {0, row_1, row_2, row_3, row_4};
 
 void linear_stream(const float* x, const float* w, float* y, int64_t n, int64_t in, int64_t out, int threads) {
+    /* one row of w at a time while all of x fits in the L1 cache next to it (32 KiB: up to 8 rows of
+       1024 floats); otherwise x comes from L2 for every row of w, and tiles of 4 rows of w share each
+       load of x (a down projection: 2816 floats a row, from 3 rows of x on) */
+    int tile4 = n * in * (int64_t)sizeof(float) > 32 * 1024;
     int64_t tiles = (out + 3) / 4;
     #pragma omp parallel for num_threads(threads) schedule(static)
     for (int64_t t = 0; t < tiles; t++) {
         int64_t f = 4 * t;
-        int full = n > 8 && out - f >= 4;   /* up to 8 rows of x: one row of w at a time streams faster */
+        int full = tile4 && out - f >= 4;
         int64_t end = f + 4 < out ? f + 4 : out;
         for (int64_t g = f; g < end; g += full ? 4 : 1)
             for (int64_t b = 0; b < n; b += 4) {
