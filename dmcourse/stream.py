@@ -1,11 +1,12 @@
-"""A weight-streaming matmul for MoE decode on a CPU, built from 60 lines of C at first use.
+"""A weight-streaming matmul for MoE decode on a CPU, built from 100 lines of C at first use.
 
 In decode each expert sees a handful of tokens, so ``x (n, in) @ w (out, in).T`` with ``n`` of 1 to 8
 is a matrix-*vector* product in disguise: 2 FLOPs per weight per token, and its time is the time to
 read ``w`` once. The GEMM kernels torch ships on CPUs (oneDNN, MKL) are built for large ``n``; for
-2 to 8 rows they stream weights well below the memory bandwidth (``benchmarks/moe_dispatch.py``).
+a few rows they stream weights well below the memory bandwidth (``benchmarks/moe_dispatch.py``).
 :func:`linear_stream` reads each 16-float vector of ``w`` once and multiplies it into every row of
-``x`` while it sits in a register (``dmcourse/csrc/stream.c``; the threads split the rows of ``w``).
+``x`` while it sits in a register, keeping ``x`` in the L1 cache (in column blocks when it is too
+large); the threads split the rows of ``w`` (``dmcourse/csrc/stream.c``).
 :func:`read_sum` is the same kind of loop that only reads: the read bandwidth that kernel can reach.
 
 The C file is compiled with the system C compiler (``$CC``, else ``cc``; ``-O3 -march=native

@@ -131,3 +131,10 @@ def test_build_is_cached(rebuild, tmp_path):
     mtime = built[0].stat().st_mtime_ns
     assert stream.available() and built[0].stat().st_mtime_ns == mtime, "the second load rebuilt the kernel"
     assert sorted((tmp_path / "cache").glob("stream-*.so")) == built
+
+
+@needs_kernel
+def test_measure_bandwidth_with_the_read_kernel():
+    m = roofline.measure_bandwidth("cpu", kind="read_kernel", buffer_bytes=2 * roofline.MiB, warmup=1, repeats=3)
+    assert m.value > 0 and m.settings["kind"] == "read_kernel"
+    assert m.settings["counted_bytes_per_call"] == 2 * roofline.MiB  # read only: the bytes once
