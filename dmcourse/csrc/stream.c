@@ -3,11 +3,11 @@
    linear_stream: y (n, out) = x (n, in) @ w (out, in)^T for a few rows n, as in MoE decode, where each
    expert sees a handful of tokens. The time is the time to read w once, so the kernel reads each
    16-float vector of w once and multiplies it into every row of x (blocks of up to 4 rows) while it
-   sits in a register. x is read again for every row of w, so it must stay in the L1 cache: when all
-   of x is larger than 32 KiB (a down projection, 2816 floats a row, from 3 rows on) the columns are
-   taken in blocks that fit, every row of w for one block, then the next block. Each thread streams
-   one contiguous range of rows of w, prefetching the next row's lines. Fastest for n <= 8; correct
-   for any n.
+   sits in a register; from 5 rows of x on it takes two rows of w at a time, so that each load of x
+   serves both. x is read again for every row of w, so it must stay in the L1 cache: when all of x is
+   larger than 32 KiB (a down projection, 2816 floats a row, from 3 rows on) the columns are taken in
+   blocks that fit, every row of w for one block, then the next block. Each thread streams one
+   contiguous range of rows of w, prefetching ahead. Fastest for n <= 8; correct for any n.
 
    read_sum: sum of n floats, to measure how fast this CPU reads memory with a loop of the same kind. */
 #include <stdint.h>
@@ -55,6 +55,26 @@ ROW(1) ROW(2) ROW(3) ROW(4)
 typedef void (*row_fn)(const float*, int64_t, const float*, int64_t, int64_t, float*, int64_t);
 static const row_fn ROWS[5] = {0, row_1, row_2, row_3, row_4};
 
+
+/* two rows of w (w and w + ldw) against NB rows of x: each x vector is loaded once for both rows
+   (fewer loads per FMA, which pays once the arithmetic per byte of w is high: 5 and more rows) */
+#define PAIR(NB)                                                                                        \
+static void pair_##NB(const float* restrict w, int64_t ldw, const float* restrict x, int64_t ldx,       \
+                      int64_t len, float* restrict y, int64_t ldy) {                                    \
+    v16 a0[NB], a1[NB];                                                                                 \
+    for (int b = 0; b < NB; b++) a0[b] = a1[b] = (v16){0};                                              \
+    const float* w1p = w + ldw;                                                                         \
+    for (int64_t h = 0; h < len; h += 16) {                                                             \
+        __builtin_prefetch(w + 2 * ldw + h, 0, 0); __builtin_prefetch(w1p + 2 * ldw + h, 0, 0);         \
+        v16 w0 = load16(w + h), w1 = load16(w1p + h); KEEP(w0); KEEP(w1);                               \
+        _Pragma("GCC unroll 4") for (int b = 0; b < NB; b++) {                                          \
+            v16 xv = load16(x + b * ldx + h); KEEP(xv); a0[b] += w0 * xv; a1[b] += w1 * xv; }           \
+    }                                                                                                   \
+    for (int b = 0; b < NB; b++) { y[b * ldy] += hsum(a0[b]); y[b * ldy + 1] += hsum(a1[b]); }          \
+}
+PAIR(1) PAIR(2) PAIR(3) PAIR(4)
+static const row_fn PAIRS[5] = {0, pair_1, pair_2, pair_3, pair_4};
+
 void linear_stream(const float* x, const float* w, float* y, int64_t n, int64_t in, int64_t out, int threads) {
     memset(y, 0, sizeof(float) * n * out);
     int64_t widest = (8192 / n) / 16 * 16;              /* columns of x that fit in 32 KiB */
@@ -70,11 +90,14 @@ void linear_stream(const float* x, const float* w, float* y, int64_t n, int64_t 
         int64_t per = (out + nt - 1) / nt, first = tid * per, last = first + per < out ? first + per : out;
         for (int64_t c = 0; c < in; c += width) {
             int64_t len = in - c < width ? in - c : width;
-            for (int64_t g = first; g < last; g++)
+            for (int64_t g = first; g < last; ) {
+                int two = n >= 5 && last - g >= 2;   /* pairs: measured faster from 5 rows of x on */
                 for (int64_t b = 0; b < n; b += 4) {
                     int nb = n - b < 4 ? (int)(n - b) : 4;
-                    ROWS[nb](w + g * in + c, in, x + b * in + c, in, len, y + b * out + g, out);
+                    (two ? PAIRS : ROWS)[nb](w + g * in + c, in, x + b * in + c, in, len, y + b * out + g, out);
                 }
+                g += two ? 2 : 1;
+            }
         }
     }
 }
