@@ -1,4 +1,4 @@
-"""dmcourse.stream: the C decode kernel equals x @ w.T, is used by moe.linear for 1-8 rows, and
+"""dmcourse.stream: the C decode kernel equals x @ w.T, is used by moe.linear for 1 to MAX_ROWS rows, and
 falls back cleanly where it cannot be built."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ needs_kernel = pytest.mark.skipif(not stream.available(), reason=f"kernel {strea
 
 
 @needs_kernel
-@pytest.mark.parametrize("n", [1, 2, 3, 4, 5, 7, 8, 9, 17])
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 5, 7, 8, 9, 16, 17])
 @pytest.mark.parametrize("out_features,in_features", [(1, 16), (5, 48), (64, 1024), (67, 160)])
 def test_linear_stream_equals_matmul(n, out_features, in_features):
     gen = torch.Generator().manual_seed(n * 1000 + out_features)
@@ -63,13 +63,14 @@ def test_moe_linear_uses_the_kernel_for_decode_rows_only(monkeypatch):
     monkeypatch.setattr(stream, "linear_stream", lambda x, w: calls.append(x.shape[0]) or real(x, w))
     w = torch.randn(64, 32)
     with torch.inference_mode():
-        for n in (1, 8, 9, 100):
+        for n in (1, stream.MAX_ROWS, stream.MAX_ROWS + 1, 100):
             moe.linear(torch.randn(n, 32), w)
         moe.linear(torch.randn(3, 24), torch.randn(8, 24))  # in not a multiple of 16: oneDNN
         with stream.off():
             moe.linear(torch.randn(2, 32), w)
     moe.linear(torch.randn(2, 32, requires_grad=True), w)  # needs a gradient: F.linear
-    assert calls == [1, 8], f"the kernel ran for row counts {calls}, expected only the decode calls [1, 8]"
+    expected = [1, stream.MAX_ROWS]
+    assert calls == expected, f"the kernel ran for row counts {calls}, expected only the decode calls {expected}"
 
 
 @needs_kernel
