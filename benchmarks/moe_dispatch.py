@@ -31,9 +31,10 @@ a large square ``torch.matmul`` (the roofline chapter's ceiling) with ``dmcourse
 median of three measurements spread over the run. Also recorded per row: the floor with the copy
 bandwidth alone; a stricter one whose compute ceiling is the faster of ``torch.matmul`` and the same
 GEMM through ``dmcourse.moe.linear`` (oneDNN on CPU); and one with the bandwidths measured apart from
-the decode calls (start, middle and end of the run, as the roofline chapter measures them). On CPU the MoE's decode matmuls
-(1 to 8 tokens per expert) run ``dmcourse.stream.linear_stream``; the row ``moe sorted, oneDNN``
-is the same layer with that kernel switched off. The row ``expert matmuls only`` times just the
+the decode calls (start, middle and end of the run, as the roofline chapter measures them). On CPU
+the MoE's decode matmuls (1 to ``dmcourse.stream.MAX_ROWS`` tokens per expert) run
+``dmcourse.stream.linear_stream``; the row ``moe sorted, oneDNN`` is the same layer with that kernel
+switched off. The row ``expert matmuls only`` times just the
 touched experts' SwiGLUs on pre-sorted tokens: the gap between it and ``moe sorted`` is what
 routing, dispatch and combine cost. Before every timed decode call the script reads twice the
 last-level cache: all strategies share one set of weights, and without that a call would find
@@ -47,6 +48,7 @@ import datetime
 import json
 import statistics
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -84,7 +86,7 @@ def _hf_call(block, x: torch.Tensor, implementation: str):
 
 
 def _interleaved(fns: dict, *, rounds: int, repeats: int, device: torch.device, warmup: int = 1,
-                 before=None) -> dict[str, list[float]]:
+                 before: Callable[[], object] | None = None) -> dict[str, list[float]]:
     """``rounds * repeats`` timed calls of every function, round-robin one call at a time (after
     ``warmup`` untimed calls each), so that a busy moment on a shared machine hits all alike.
     ``before`` (untimed) runs before every timed call."""

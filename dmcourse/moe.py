@@ -26,7 +26,7 @@ it calls oneDNN's matmul (``torch.ops.mkldnn._linear_pointwise``, the kernel ``t
 uses for CPU linears) instead of ``F.linear``, which calls MKL: MKL packs the whole weight matrix
 on every call when the token count is small, and on AMD CPUs it runs well below the chip's peak;
 oneDNN streams the weights once. Same fp32 (or bf16) arithmetic, several times faster in decode
-(see ``benchmarks/moe_dispatch.py``). In fp32 decode, where an expert sees 1 to 16 tokens, even
+(see ``benchmarks/moe_dispatch.py``). In fp32 decode, where an expert sees a few tokens, even
 oneDNN reads the weights well below the memory bandwidth, so there :func:`linear` calls
 :func:`dmcourse.stream.linear_stream`, a small C kernel built at first use that reads each weight
 once (oneDNN where no C compiler is found). Elsewhere (GPU, autograd, an old torch) it is ``F.linear``.
@@ -65,9 +65,10 @@ def linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """``x @ w.T``: x (M, in), w (out, in) -> (M, out), with the fastest kernel torch offers here.
 
     CPU tensors that need no gradient (under ``torch.no_grad()``/``inference_mode``, or not
-    requiring grad): float32 with 1 to 16 rows (decode) use :func:`dmcourse.stream.linear_stream`
-    where it built; the rest use oneDNN (``torch.ops.mkldnn._linear_pointwise``) when it is present
-    and gives correct results for the dtype (probed once). Everything else uses ``F.linear``.
+    requiring grad): float32 with 1 to :data:`dmcourse.stream.MAX_ROWS` rows (decode) use
+    :func:`dmcourse.stream.linear_stream` where it built; the rest use oneDNN
+    (``torch.ops.mkldnn._linear_pointwise``) when it is present and gives correct results for the
+    dtype (probed once). Everything else uses ``F.linear``.
     """
     if stream.use_for(x, w):
         return stream.linear_stream(x, w)

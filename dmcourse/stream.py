@@ -1,6 +1,6 @@
 """A weight-streaming matmul for MoE decode on a CPU, built from 120 lines of C at first use.
 
-In decode each expert sees a handful of tokens, so ``x (n, in) @ w (out, in).T`` with ``n`` of 1 to 16
+In decode each expert sees a handful of tokens, so ``x (n, in) @ w (out, in).T`` with ``n`` of 1 to a dozen
 is a matrix-*vector* product in disguise: 2 FLOPs per weight per token, and its time is the time to
 read ``w`` once. The GEMM kernels torch ships on CPUs (oneDNN, MKL) are built for large ``n``; for
 a few rows they stream weights well below the memory bandwidth (``benchmarks/moe_dispatch.py``).
