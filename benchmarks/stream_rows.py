@@ -1,0 +1,75 @@
+"""The decode kernel against oneDNN by row count: where ``dmcourse.stream.MAX_ROWS`` comes from.
+
+    python benchmarks/stream_rows.py
+
+For each number of rows n, times the gate (d_model 1024 -> d_ff 2816) and down (2816 -> 1024)
+projections of 8 experts (fp32, 2 threads, 185 MB of weights, more than the last-level cache) with
+``dmcourse.stream.linear_stream`` and with oneDNN (``dmcourse.moe.linear`` inside
+``dmcourse.stream.off()``), interleaved, and a read-only pass over the same weights with
+``dmcourse.stream.read_sum``. Prints weight GB/s, GFLOP/s, and the kernel's time over oneDNN's.
+"""
+
+from __future__ import annotations
+
+import datetime
+import statistics
+import sys
+import time
+
+import torch
+
+from dmcourse import stream
+from dmcourse.device import device_info
+from dmcourse.moe import linear
+
+ROWS = (1, 2, 4, 6, 8, 12, 16, 24, 32)
+
+
+def main() -> int:
+    torch.set_num_threads(2)
+    if not stream.available():
+        print(f"dmcourse.stream kernel {stream.status()}")
+        return 1
+    d_model, d_ff, experts = 1024, 2816, 8
+    w_gate, w_down = torch.randn(experts, d_ff, d_model), torch.randn(experts, d_model, d_ff)
+    nbytes = (w_gate.numel() + w_down.numel()) * 4
+
+    def read():
+        for e in range(experts):
+            stream.read_sum(w_gate[e])
+            stream.read_sum(w_down[e])
+
+    print(f"{device_info('cpu').summary()}, 2 threads, torch {torch.__version__}, {datetime.date.today()}")
+    print(f"command: python {' '.join(sys.argv)}")
+    print(f"{'rows':>4} {'read GB/s':>9} {'kernel GB/s':>11} {'oneDNN GB/s':>11} {'kernel GFLOP/s':>14} "
+          f"{'oneDNN GFLOP/s':>14} {'kernel/oneDNN':>13}")
+    for n in ROWS:
+        x, h = torch.randn(n, d_model), torch.randn(n, d_ff)
+
+        def kernel():
+            for e in range(experts):
+                stream.linear_stream(x, w_gate[e])
+                stream.linear_stream(h, w_down[e])
+
+        def onednn():
+            with stream.off():
+                for e in range(experts):
+                    linear(x, w_gate[e])
+                    linear(h, w_down[e])
+
+        times: dict[str, list[float]] = {"read": [], "kernel": [], "oneDNN": []}
+        with torch.inference_mode():
+            for _ in range(11):
+                for name, fn in (("read", read), ("kernel", kernel), ("oneDNN", onednn)):
+                    start = time.perf_counter()
+                    fn()
+                    times[name].append(time.perf_counter() - start)
+        t = {name: statistics.median(v) for name, v in times.items()}
+        flops = 2 * n * nbytes / 4
+        print(f"{n:4d} {nbytes / t['read'] / 1e9:9.1f} {nbytes / t['kernel'] / 1e9:11.1f} {nbytes / t['oneDNN'] / 1e9:11.1f} "
+              f"{flops / t['kernel'] / 1e9:14.0f} {flops / t['oneDNN'] / 1e9:14.0f} {t['kernel'] / t['oneDNN']:13.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
