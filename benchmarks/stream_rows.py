@@ -11,6 +11,7 @@ projections of 8 experts (fp32, 2 threads, 185 MB of weights, more than the last
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import statistics
 import sys
@@ -25,7 +26,11 @@ from dmcourse.moe import linear
 ROWS = (1, 2, 4, 6, 8, 12, 16, 24, 32)
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rows", type=int, nargs="+", default=list(ROWS), help="row counts to time")
+    parser.add_argument("--repeats", type=int, default=11, help="timed calls of each, interleaved")
+    args = parser.parse_args(argv)
     torch.set_num_threads(2)
     if not stream.available():
         print(f"dmcourse.stream kernel {stream.status()}")
@@ -43,7 +48,7 @@ def main() -> int:
     print(f"command: python {' '.join(sys.argv)}")
     print(f"{'rows':>4} {'read GB/s':>9} {'kernel GB/s':>11} {'oneDNN GB/s':>11} {'kernel GFLOP/s':>14} "
           f"{'oneDNN GFLOP/s':>14} {'kernel/oneDNN':>13}")
-    for n in ROWS:
+    for n in args.rows:
         x, h = torch.randn(n, d_model), torch.randn(n, d_ff)
 
         def kernel():
@@ -59,7 +64,7 @@ def main() -> int:
 
         times: dict[str, list[float]] = {"read": [], "kernel": [], "oneDNN": []}
         with torch.inference_mode():
-            for _ in range(11):
+            for _ in range(args.repeats):
                 for name, fn in (("read", read), ("kernel", kernel), ("oneDNN", onednn)):
                     start = time.perf_counter()
                     fn()

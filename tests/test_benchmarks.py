@@ -1,4 +1,5 @@
-"""The MoE dispatch benchmark runs end to end (--quick) and records what chapter 3 reads."""
+"""The benchmark scripts run end to end: the MoE dispatch benchmark (--quick) records what chapter 3
+reads; the kernel-by-rows table prints a row per row count."""
 
 from __future__ import annotations
 
@@ -6,7 +7,10 @@ import json
 import subprocess
 import sys
 
+import pytest
 from conftest import ROOT
+
+from dmcourse import stream
 
 
 def test_moe_dispatch_quick_run_records_every_floor(tmp_path):
@@ -27,3 +31,12 @@ def test_moe_dispatch_quick_run_records_every_floor(tmp_path):
         assert row["floor_s_linear_ceiling"] <= row["floor_s"] <= row["floor_s_copy_bandwidth"]
     assert "decode kernel" in proc.stdout and "best/floor" in proc.stdout
     assert set(rec["prefill_s"]) >= {"moe sorted", "moe grouped", "moe loop", "transformers eager", "dense SwiGLU"}
+
+
+@pytest.mark.skipif(not stream.available(), reason=f"kernel {stream.status()}")
+def test_stream_rows_prints_a_row_per_count():
+    proc = subprocess.run([sys.executable, "benchmarks/stream_rows.py", "--rows", "1", "3", "--repeats", "1"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = [line.split() for line in proc.stdout.splitlines() if line.split() and line.split()[0].isdigit()]
+    assert [r[0] for r in rows] == ["1", "3"] and all(float(v) > 0 for r in rows for v in r[1:]), proc.stdout
