@@ -58,7 +58,7 @@ from dmcourse.device import device_info, pick_device
 from dmcourse.ffn import SwiGLU
 from dmcourse.moe import MoE, expert_swiglu, from_mixtral_block, linear, sort_by_expert
 from dmcourse.roofline import (default_buffer_bytes, last_level_cache_bytes, measure_bandwidth, measure_matmul,
-                               rotation_count, roofline_time)
+                               roofline_time, rotating, rotation_count)
 from dmcourse.timing import time_fn
 
 DECODE_TOKENS = (1, 4, 16, 64)
@@ -107,17 +107,11 @@ def _bandwidth_probes(dev: torch.device) -> tuple[dict, dict]:
     ``{name: fn}`` and ``{name: bytes per call}`` (copy counts read + write). Each call takes the next
     of a set of fp32 buffers that together exceed twice the last-level cache."""
     numel = default_buffer_bytes(dev) // 4
-    bufs = [torch.ones(numel, device=dev) for _ in range(rotation_count(4 * numel, dev))]
+    bufs = [(torch.ones(numel, device=dev),) for _ in range(rotation_count(4 * numel, dev))]
     dst = torch.empty(numel, device=dev)
-    state = {"i": 0}
-
-    def nxt() -> torch.Tensor:
-        state["i"] += 1
-        return bufs[state["i"] % len(bufs)]
-
-    fns = {"bandwidth: copy": lambda: dst.copy_(nxt()), "bandwidth: torch.sum": lambda: nxt().sum()}
+    fns = {"bandwidth: copy": rotating(dst.copy_, bufs), "bandwidth: torch.sum": rotating(torch.sum, bufs)}
     if dev.type == "cpu" and stream.available():
-        fns["bandwidth: stream.read_sum"] = lambda: stream.read_sum(nxt())
+        fns["bandwidth: stream.read_sum"] = rotating(stream.read_sum, bufs)
     nbytes = {name: (8 if "copy" in name else 4) * numel for name in fns}
     return fns, nbytes
 

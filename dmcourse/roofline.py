@@ -139,21 +139,27 @@ def time_rotating(
     runs at least once over every set, so first-touch page faults are not timed.
     Returns the :class:`~dmcourse.timing.Timing` of one call.
     """
-    if not arg_sets:
-        raise ValueError("arg_sets must hold at least one tuple of arguments, got an empty sequence")
     device = _device(device)
-    state = {"i": 0}
-    n = len(arg_sets)
-
-    def step() -> object:
-        args = arg_sets[state["i"] % n]
-        state["i"] += 1
-        return fn(*args)
-
-    for _ in range(n):  # touch every buffer once before timing
+    step = rotating(fn, arg_sets)
+    for _ in range(len(arg_sets)):  # touch every buffer once before timing
         step()
     synchronize(device)
     return time_fn(step, device=device, warmup=warmup, repeats=repeats, inner=inner)
+
+
+def rotating(fn: Callable[..., object], arg_sets: Sequence[tuple]) -> Callable[[], object]:
+    """A call of no arguments that runs ``fn(*arg_sets[i])`` with ``i`` cycling through ``arg_sets``
+    call after call (what :func:`time_rotating` times)."""
+    if not arg_sets:
+        raise ValueError("arg_sets must hold at least one tuple of arguments, got an empty sequence")
+    state = {"i": 0}
+
+    def step() -> object:
+        args = arg_sets[state["i"] % len(arg_sets)]
+        state["i"] += 1
+        return fn(*args)
+
+    return step
 
 
 # --------------------------------------------------------------------------------------------

@@ -121,14 +121,23 @@ def _call(lib: ctypes.CDLL, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     return y
 
 
-def _check(x: torch.Tensor, w: torch.Tensor) -> None:
+def _problem(x: torch.Tensor, w: torch.Tensor) -> str | None:
+    """Why the kernel cannot compute ``x @ w.T``, or None if it can."""
     for name, t in (("x", x), ("w", w)):
         if t.device.type != "cpu" or t.dtype != torch.float32 or t.dim() != 2:
-            raise ValueError(f"{name} must be a 2-D float32 CPU tensor, got {t.dim()}-D {t.dtype} on {t.device}")
+            return f"{name} must be a 2-D float32 CPU tensor, got {t.dim()}-D {t.dtype} on {t.device}"
     if x.shape[1] != w.shape[1]:
-        raise ValueError(f"x (n, in) and w (out, in) disagree on in: x {tuple(x.shape)}, w {tuple(w.shape)}")
+        return f"x (n, in) and w (out, in) disagree on in: x {tuple(x.shape)}, w {tuple(w.shape)}"
     if x.shape[1] % 16:
-        raise ValueError(f"in = {x.shape[1]} must be a multiple of 16 (the kernel reads 16 floats at a time)")
+        return f"in = {x.shape[1]} must be a multiple of 16 (the kernel reads 16 floats at a time)"
+    return None
+
+
+def _require() -> ctypes.CDLL:
+    lib = _library()
+    if lib is None:
+        raise RuntimeError(f"dmcourse.stream kernel {_status}")
+    return lib
 
 
 def linear_stream(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -138,11 +147,10 @@ def linear_stream(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     ``torch.get_num_threads()`` threads. Raises ValueError for other shapes or dtypes, RuntimeError
     where the kernel is not available (see :func:`status`).
     """
-    _check(x, w)
-    lib = _library()
-    if lib is None:
-        raise RuntimeError(f"dmcourse.stream kernel {_status}")
-    return _call(lib, x.contiguous(), w.contiguous())
+    problem = _problem(x, w)
+    if problem:
+        raise ValueError(problem)
+    return _call(_require(), x.contiguous(), w.contiguous())
 
 
 @contextlib.contextmanager
@@ -161,9 +169,7 @@ def use_for(x: torch.Tensor, w: torch.Tensor) -> bool:
     """Whether :func:`dmcourse.moe.linear` should call :func:`linear_stream` for ``x @ w.T``:
     float32 CPU tensors, 1 to :data:`MAX_ROWS` rows, ``in`` a multiple of 16, no gradient needed,
     not inside :func:`off`, kernel available."""
-    return (_enabled and x.device.type == "cpu" and x.dtype == torch.float32 and w.dtype == torch.float32
-            and x.dim() == 2 and w.dim() == 2 and 1 <= x.shape[0] <= MAX_ROWS
-            and x.shape[1] == w.shape[1] and x.shape[1] % 16 == 0
+    return (_enabled and x.device.type == "cpu" and _problem(x, w) is None and 1 <= x.shape[0] <= MAX_ROWS
             and not (torch.is_grad_enabled() and (x.requires_grad or w.requires_grad))
             and available())
 
@@ -174,7 +180,4 @@ def read_sum(x: torch.Tensor) -> float:
     ``kind="read_kernel"``."""
     if x.device.type != "cpu" or x.dtype != torch.float32 or not x.is_contiguous():
         raise ValueError(f"x must be a contiguous float32 CPU tensor, got {x.dtype} on {x.device}")
-    lib = _library()
-    if lib is None:
-        raise RuntimeError(f"dmcourse.stream kernel {_status}")
-    return lib.read_sum(x.data_ptr(), x.numel(), torch.get_num_threads())
+    return _require().read_sum(x.data_ptr(), x.numel(), torch.get_num_threads())
