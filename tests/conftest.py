@@ -73,3 +73,62 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(old)
+
+
+# ----------------------------------------------------------------------------------------------
+# One marker per chapter: `pytest -m ch03` runs chapter 3's module, exercise and notebook tests.
+# The map they come from is the table under "## Map of the course" in README.md (one source).
+# ----------------------------------------------------------------------------------------------
+
+MAP_HEADING = "## Map of the course"
+
+
+def _cells(line: str) -> list[str]:
+    return [c.strip() for c in line.strip().strip("|").split("|")]
+
+
+def course_map() -> list[dict[str, list[str] | str]]:
+    """README's map as rows: {"chapter": "03", "notebook": "book/03_moe.ipynb", "modules": [...],
+    "exercises": [...], "tests": [...]} (names without backticks; "-" means none)."""
+    text = (ROOT / "README.md").read_text()
+    if MAP_HEADING not in text:
+        raise ValueError(f"README.md has no '{MAP_HEADING}' table; the chapter markers are read from it")
+    section = text.split(MAP_HEADING, 1)[1].split("\n## ", 1)[0]
+    lines = [ln for ln in section.splitlines() if ln.startswith("|")]
+    header, rows = _cells(lines[0]), lines[2:]
+    keys = ("chapter", "notebook", "modules", "exercises", "tests")
+    if len(header) != len(keys):
+        raise ValueError(f"README map needs the columns {keys}, has {header}")
+
+    def names(cell: str) -> list[str]:
+        return [n.strip(" `") for n in cell.split(",") if n.strip(" `") not in ("", "-", "–")]
+
+    out = []
+    for line in rows:
+        cells = _cells(line)
+        row: dict[str, list[str] | str] = {k: names(v) for k, v in zip(keys, cells)}
+        row["chapter"] = cells[0].strip(" `")
+        out.append(row)
+    return out
+
+
+def chapter_marker(chapter: str) -> str:
+    return f"ch{chapter}" if chapter.isdigit() else chapter
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    for row in course_map():
+        config.addinivalue_line("markers", f"{chapter_marker(str(row['chapter']))}: tests of chapter "
+                                f"{row['chapter']} (README's map of the course)")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    rows = course_map()
+    for item in items:
+        file = Path(str(item.fspath)).name
+        for row in rows:
+            notebooks = [Path(str(n)).stem for n in row["notebook"]]
+            words = [*notebooks, *row["exercises"]]
+            if file in [f"{t}.py" if not t.endswith(".py") else t for t in row["tests"]] or any(
+                    w and w in item.nodeid for w in words):
+                item.add_marker(chapter_marker(str(row["chapter"])))

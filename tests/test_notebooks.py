@@ -51,3 +51,25 @@ def test_every_book_page_is_in_the_toc() -> None:
     assert pages - listed == set(), f"pages under book/ missing from _toc.yml: {sorted(pages - listed)}"
     missing = [f for f in listed if not any((ROOT / (f + ext)).exists() for ext in (".ipynb", ".md"))]
     assert not missing, f"_toc.yml names files that do not exist: {missing}"
+
+
+def test_every_authored_notebook_has_its_twin_in_sync() -> None:
+    problems = nbtool.twin_problems()
+    assert not problems, f"{problems[:5]}: run `python tools/notebooks.py sync` (or `make stamp`)"
+
+
+def test_twin_check_catches_missing_stale_and_orphaned_twins(tmp_path: Path, monkeypatch) -> None:
+    import jupytext
+
+    monkeypatch.setattr(nbtool, "ROOT", tmp_path)
+    (tmp_path / "book").mkdir()
+    (tmp_path / "solutions").mkdir()
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("# A"), nbformat.v4.new_code_cell("x = 1")])
+    nbformat.write(nb, tmp_path / "book" / "a.ipynb")
+    assert nbtool.twin_problems() == ["book/a.pct.py is missing"]
+    (tmp_path / "book" / "a.pct.py").write_text(jupytext.writes(nb, fmt=nbtool.TWIN_FORMAT))
+    assert nbtool.twin_problems() == []
+    (tmp_path / "book" / "a.pct.py").write_text(jupytext.writes(nb, fmt=nbtool.TWIN_FORMAT).replace("x = 1", "x = 2"))
+    assert nbtool.twin_problems() == ["book/a.pct.py differs from book/a.ipynb"]
+    (tmp_path / "solutions" / "old.pct.py").write_text("# %%\n")
+    assert "solutions/old.pct.py has no notebook" in nbtool.twin_problems()
