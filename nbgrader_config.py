@@ -16,6 +16,8 @@ c.CourseDirectory.submitted_directory = "submitted"
 c.CourseDirectory.autograded_directory = "autograded"
 c.CourseDirectory.feedback_directory = "feedback"
 c.CourseDirectory.db_url = "sqlite:///gradebook.db"
+# The jupytext twins of the sources (tools/notebooks.py) hold the solutions: never release them.
+c.CourseDirectory.ignore = [".ipynb_checkpoints", "*.pyc", "__pycache__", "feedback", "*.pct.py"]
 
 # A cell that runs longer than this is stopped and the rest of the notebook graded without it.
 c.Execute.timeout = 60

@@ -35,6 +35,10 @@ def test_release_is_generated_from_solutions(course_copy: Path, assignment: str)
     course.generate(course_copy, assignment)
     regenerated = {p.name: _comparable(p) for p in (course_copy / "exercises" / assignment).glob("*.ipynb")}
     assert regenerated == committed, f"exercises/{assignment} is out of sync with solutions/: run `make release`"
+    files = {p.relative_to(course_copy / "exercises").as_posix() for p in (course_copy / "exercises").rglob("*")
+             if p.is_file() and p.parts[-2] == assignment}
+    assert files == {f"{assignment}/{name}" for name in committed}, \
+        f"the release of {assignment} holds more than its notebooks (a .pct.py twin of the solution?): {sorted(files)}"
 
 
 @pytest.mark.parametrize("assignment", assignments())
