@@ -83,6 +83,47 @@ def test_gpus_needed_by_hand() -> None:
     assert ec.gpus_needed("Mixtral-8x7B", "H200") == 1
 
 
+def test_max_batch_by_hand_exactly_fits_and_one_over() -> None:
+    # Llama-3-8B, bf16, context 4096, one H100 (80 GB datasheet). Per sequence: the KV cache
+    # 4096 x 2 x 32 layers x 8 heads x 128 x 2 bytes, plus one decode token's activations
+    # (2 x 4096 residual + max(attention 4096 + 4096 + 2*1024, FFN 3 x 14336) values x 2 bytes) and
+    # its fp32 logits (128256 x 4 bytes).
+    per_seq = 4096 * 2 * 32 * 8 * 128 * 2 + (2 * 4096 + 3 * 14336) * 2 + 128256 * 4
+    fixed = 2 * LLAMA8_TOTAL
+    expected = (80 * 10**9 - fixed) // per_seq
+    b = ec.max_batch("Llama-3-8B", "H100", context=4096)
+    assert b == expected == 118
+    fits = ec.decode_cost("Llama-3-8B", "H100", b, context=4096, n_gpus=1)
+    over = ec.decode_cost("Llama-3-8B", "H100", b + 1, context=4096, n_gpus=1)
+    assert fits.fits and fits.fit_message.startswith("fits")
+    assert not over.fits and "DOES NOT FIT" in over.fit_message and "needs at least 2 x H100" in over.fit_message
+    assert over.memory.needed_bytes == pytest.approx(fixed + (b + 1) * per_seq)
+    # more GPUs hold more sequences: 2 x 80 GB
+    assert ec.max_batch("Llama-3-8B", "H100", context=4096, n_gpus=2) == (160 * 10**9 - fixed) // per_seq
+    assert ec.max_batch("DeepSeek-V3", "H100", context=4096) == 0, "671B parameters never fit one 80 GB GPU"
+
+
+def test_cost_says_when_it_does_not_fit() -> None:
+    one = ec.decode_cost("DeepSeek-V3", "H100", 1, n_gpus=1)
+    assert not one.fits and f"needs at least {one.memory.gpus_needed} x H100" in one.fit_message
+    assert one.memory.gpus_needed == math.ceil(one.memory.needed_bytes / H100_MEM) >= 17
+    default = ec.decode_cost("DeepSeek-V3", "H100", 1)
+    assert default.fits and default.n_gpus == one.memory.gpus_needed
+    est = calc.estimate("Llama-3-8B", "H100", batch=119, context=4096, n_gpus=1)
+    assert not est.fits and "DOES NOT FIT" in dict(est.rows())["fits?"]
+    assert calc.estimate("Llama-3-8B", "H100", batch=118, context=4096, n_gpus=1).fits
+    assert calc.estimate("Llama-3-8B", "H100", batch=119, context=4096).n_gpus == 2
+
+
+def test_deepseek_absorbed_and_explicit_forms() -> None:
+    absorbed = ec.decode_cost("DeepSeek-V3", "H200", 64, context=4096, dtype="fp8")
+    explicit = ec.decode_cost("DeepSeek-V3", "H200", 64, context=4096, dtype="fp8", mla_form="explicit")
+    # 61 layers x 128 heads x (192 + 128) per-head values vs 61 x 576 latent values: 71x the cache
+    assert explicit.memory.kv_cache_bytes / absorbed.memory.kv_cache_bytes == pytest.approx(128 * 320 / 576)
+    assert explicit.n_gpus > absorbed.n_gpus and explicit.step_time_s > absorbed.step_time_s
+    assert ec.critical_batch("DeepSeek-V3", context=4096) < ec.critical_batch("DeepSeek-V3", context=4096, mla_form="explicit")
+
+
 # ---------------------------------------------------------------------------------- decode cost
 
 def test_decode_cost_mixtral_batch_1_by_hand() -> None:
@@ -188,6 +229,8 @@ def test_t4_and_fp32_pick_the_right_roof() -> None:
     (lambda: ec.activation_bytes("Llama-3-8B", 0), "tokens"),
     (lambda: ec.regime_batches("Llama-3-8B"), "dense"),
     (lambda: ec.regime_batches("Mixtral-8x7B", touched_fraction=1.0), "touched_fraction"),
+    (lambda: ec.decode_cost("DeepSeek-V3", "H100", 1, mla_form="naive"), "mla_form"),
+    (lambda: ec.max_batch("Llama-3-8B", "H100", n_gpus=0), "n_gpus"),
 ])
 def test_invalid_inputs_raise(call, match: str) -> None:
     with pytest.raises(ValueError, match=match):
