@@ -141,6 +141,19 @@ def test_t4_bandwidth_is_the_datasheet_figure() -> None:
     assert t4.peak_flops["fp16"] / t4.memory_bandwidth_bytes_per_s == pytest.approx(203.125)  # the ridge
 
 
+def test_link_table_by_hand() -> None:
+    table = hardware.links()
+    assert list(table) == ["NVLink 4 (H100 SXM)", "PCIe 5.0 x16", "InfiniBand NDR (1 port)"]
+    # per direction: NVLink 900 GB/s bidirectional / 2, PCIe Gen5 x16 128 GB/s both ways / 2, NDR 400 Gb/s / 8
+    assert [link.bytes_per_s for link in table.values()] == [900e9 / 2, 128e9 / 2, 400e9 / 8]
+    assert all(link.datasheet.startswith("datasheet") and link.source.startswith("https://") for link in table.values())
+    for bad, msg in [({"links": []}, "non-empty"), ({"links": [{"name": "x"}]}, "exactly"),
+                     ({"links": [{"name": "x", "bytes_per_s": 0, "datasheet": "d", "source": "https://x"}]}, "bytes_per_s"),
+                     ({"links": [{"name": "x", "bytes_per_s": 1, "datasheet": "d", "source": "x"}]}, "URL")]:
+        with pytest.raises(ValueError, match=msg):
+            hardware.parse_links(bad)
+
+
 def test_gpu_table() -> None:
     table = hardware.gpus()
     assert list(table) == ["T4", "L4", "A100-40GB", "A100-80GB", "H100", "H200"]
