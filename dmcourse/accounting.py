@@ -1,4 +1,5 @@
-"""Parameter, FLOP and byte accounting for a :class:`~dmcourse.configs.ModelConfig`.
+"""Chapter 2 (Dense models): parameter, FLOP and byte accounting for a
+:class:`~dmcourse.configs.ModelConfig`.
 
 Conventions (chapter 2 explains each):
 
@@ -317,9 +318,11 @@ def kv_cache_bytes_per_token(config: ModelConfig, dtype: str = "bf16", mla_compr
 
     GQA: ``2 (K and V) * n_layers * n_kv_heads * head_dim * bytes``: grouped-query attention
     caches only the KV heads, not one per query head. MLA (DeepSeek-V3): the compressed latent
-    and the shared RoPE key, ``n_layers * (kv_lora_rank + qk_rope_head_dim) * bytes``; with
-    ``mla_compressed=False``, the decompressed per-head K and V a naive implementation caches,
-    ``n_layers * n_heads * (qk_nope + qk_rope + v_head_dim) * bytes``.
+    and the shared RoPE key, ``n_layers * (kv_lora_rank + qk_rope_head_dim) * bytes`` -- the cache
+    of the absorbed form (:data:`MLA_FORMS`); with ``mla_compressed=False``, the decompressed
+    per-head K and V of the explicit form (what a naive implementation caches),
+    ``n_layers * n_heads * (qk_nope + qk_rope + v_head_dim) * bytes``. Pair it with the FLOPs of the
+    same form: :func:`mla_cache_compressed` maps a form to this flag.
     """
     c, b = config, bytes_per_param(dtype)
     if c.attention == "mla":

@@ -1,12 +1,13 @@
-"""Chapter 6 (Inference economics): what serving a model needs (memory, GPUs) and what a generated token costs
-(time, GPU-seconds, dollars), for dense and MoE models on a GPU of the datasheet table.
+"""Chapter 6 (Inference economics): what serving a model needs (memory, GPUs) and what a generated
+token costs (time, GPU-seconds, dollars), for dense and MoE models on a GPU of the datasheet table.
 
 Built on the lower modules, whose formulas are used, never repeated:
 
 * :mod:`dmcourse.accounting`: parameters, weight bytes by dtype, KV-cache bytes (GQA; DeepSeek's
   compressed MLA latent), attention FLOPs, does-it-fit (:class:`~dmcourse.accounting.Fit`);
 * :mod:`dmcourse.roofline`: the decode step of a dense model or an MoE (bytes read, FLOPs, experts
-  touched ``E * (1 - (1 - k/E) ** B)``), the critical batch, the datasheet roof of a GPU;
+  touched ``E * (1 - (1 - k/E) ** B)``, composed for a config by
+  :func:`~dmcourse.roofline.decode_kwargs`), the critical batch, the datasheet roof of a GPU;
 * :mod:`dmcourse.hardware`: the GPU datasheet table (``dmcourse/data/gpus.json``).
 
 What this module adds:
@@ -18,7 +19,7 @@ What this module adds:
   equal active size, the comparisons the chapter draws;
 * :func:`max_batch`: the largest batch whose weights, cache and activations fit ``n_gpus`` GPUs;
   every cost says whether its configuration fits (:attr:`DecodeCost.fits`, :attr:`DecodeCost.fit_message`);
-* :func:`regime_batches`: the batches where an MoE's advantages over a dense model appear and vanish;
+* :func:`regime_batches`: the batches where an MoE's advantages over a dense model appear and vanish.
 
 Next door: the dense-equivalent rules of thumb (:mod:`dmcourse.dense_equivalent`) and the
 calculator, one pure function over this module (:mod:`dmcourse.calculator`).
