@@ -11,6 +11,7 @@ import math
 import pytest
 
 from dmcourse import dense_equivalent as deq
+
 H100_PEAK_BF16, H100_BW = 989.5e12, 3.35e12  # datasheet, dense (gpus.json)
 # Mixtral-8x7B by hand (config.json): d=4096, 32 layers, 32 heads, 8 KV heads of 128, 8 experts
 # of width 14336, top-2, vocab 32000, untied head.
