@@ -1,4 +1,5 @@
-"""Parameter, FLOP and byte accounting for a :class:`~dmcourse.configs.ModelConfig`.
+"""Chapter 2 (Dense models): parameter, FLOP and byte accounting for a
+:class:`~dmcourse.configs.ModelConfig`.
 
 Conventions (chapter 2 explains each):
 
@@ -14,7 +15,10 @@ Conventions (chapter 2 explains each):
   a buffer updated without gradients, not a parameter: not counted. Its multi-token-prediction
   module is reported as ``mtp`` and not added to ``total`` (the 685B on the hub = 671B + MTP).
 * FLOPs: one multiply-add = 2 FLOPs. Forward per token ~ 2 x (weights used in matmuls) + the
-  attention term 2 * n_layers * n_heads * (d_qk + d_v) * context, which grows with the context.
+  attention term 2 * n_layers * n_heads * (d_score + d_mix) * context, which grows with the
+  context. MLA (DeepSeek-V3) is counted in one form at a time (:data:`MLA_FORMS`): by default the
+  *absorbed* form with the compressed latent cache, as DeepSeek serves it; the *explicit* form
+  goes with the decompressed per-head cache.
   Training ~ 3x forward (the backward pass costs about twice the forward): ~6N.
 * Bytes: ``GB = 1e9`` bytes, ``GiB = 2**30`` bytes. Datasheets and model hubs use GB; ``nvidia-smi``
   and ``torch.cuda`` report MiB/GiB. Quantised formats' scales are not counted (a few % at most).
@@ -219,32 +223,71 @@ def matmul_params_per_token(config: ModelConfig) -> int:
     return p.active - p.embedding - p.norms - p.lm_head + config.vocab_size * config.d_model
 
 
-def attention_flops_per_token(config: ModelConfig, context: int) -> int:
+MLA_FORMS: tuple[str, ...] = ("absorbed", "explicit")
+"""The two ways to compute multi-head latent attention (MLA, DeepSeek-V2/V3), each with its own
+cache: ``"absorbed"`` reads the compressed latent cache directly (the form DeepSeek serves);
+``"explicit"`` decompresses per-head keys and values and caches those."""
+
+
+def mla_cache_compressed(mla_form: str) -> bool:
+    """Whether ``mla_form`` reads the compressed latent cache (``"absorbed"``: True) or the
+    decompressed per-head one (``"explicit"``: False); the ``mla_compressed`` argument of
+    :func:`kv_cache_bytes` that goes with the FLOPs of :func:`attention_flops_per_token`."""
+    if mla_form not in MLA_FORMS:
+        raise ValueError(f"mla_form must be one of {MLA_FORMS}, got {mla_form!r}")
+    return mla_form == "absorbed"
+
+
+def attention_dims(config: ModelConfig, mla_form: str = "absorbed") -> tuple[int, int]:
+    """``(d_score, d_mix)``: per head, the width of the vectors dotted to score one cached token
+    and the width of the cached vector summed with the attention weights.
+
+    GQA: ``(head_dim, head_dim)``. MLA in the ``"explicit"`` form: ``(qk_nope + qk_rope, v_head_dim)``
+    (DeepSeek-V3: 128 + 64 and 128) over decompressed per-head keys and values. MLA in the
+    ``"absorbed"`` form: ``(kv_lora_rank + qk_rope, kv_lora_rank)`` (DeepSeek-V3: 512 + 64 and 512):
+    the key up-projection is folded into the query and the value up-projection into the output, so
+    every head scores and sums the *cached latent* itself. The folded up-projections cost, per
+    token, exactly the FLOPs of the ``kv_b`` weights the explicit form spends decompressing the new
+    token (both ``2 * kv_lora_rank * n_heads * (qk_nope + v_head_dim)``), so
+    :func:`matmul_params_per_token` is the same in both forms; only the per-context-token term
+    differs.
+    """
+    c = config
+    if mla_cache_compressed(mla_form) and c.attention == "mla":
+        return c.kv_lora_rank + c.qk_rope_head_dim, c.kv_lora_rank
+    return c.qk_head_dim, c.v_head_size
+
+
+def attention_flops_per_token(config: ModelConfig, context: int, mla_form: str = "absorbed") -> int:
     """Forward FLOPs of the attention scores and weighted sum for one token that attends to
-    ``context`` tokens: ``2 * n_layers * n_heads * (d_qk + d_v) * context`` (QK^T and A V).
+    ``context`` tokens: ``2 * n_layers * n_heads * (d_score + d_mix) * context`` (QK^T and A V),
+    with ``(d_score, d_mix)`` from :func:`attention_dims`.
 
     The sliding window (if any) caps ``context``. For a whole causal sequence of length L the
-    average context is about L/2. MLA is counted in its explicit form (per-head d_qk = nope+rope).
+    average context is about L/2. MLA is counted in ``mla_form`` (default ``"absorbed"``, the form
+    that reads the compressed cache of :func:`kv_cache_bytes_per_token`; use ``"explicit"`` together
+    with ``mla_compressed=False`` there). GQA models ignore ``mla_form``.
     """
     if not isinstance(context, int) or isinstance(context, bool) or context < 0:
         raise ValueError(f"context must be a non-negative int (tokens attended to), got {context!r}")
     c = config
     if c.sliding_window is not None:
         context = min(context, c.sliding_window)
-    return 2 * c.n_layers * c.n_heads * (c.qk_head_dim + c.v_head_size) * context
+    d_score, d_mix = attention_dims(c, mla_form)
+    return 2 * c.n_layers * c.n_heads * (d_score + d_mix) * context
 
 
-def forward_flops_per_token(config: ModelConfig, context: int = 0) -> int:
+def forward_flops_per_token(config: ModelConfig, context: int = 0, mla_form: str = "absorbed") -> int:
     """Forward FLOPs for one token: ``2 * matmul_params_per_token + attention term`` (FLOP).
 
     ``context=0`` gives the familiar ~2N (N = active parameters)."""
-    return 2 * matmul_params_per_token(config) + attention_flops_per_token(config, context)
+    return 2 * matmul_params_per_token(config) + attention_flops_per_token(config, context, mla_form)
 
 
-def training_flops_per_token(config: ModelConfig, context: int = 0) -> int:
+def training_flops_per_token(config: ModelConfig, context: int = 0, mla_form: str = "absorbed") -> int:
     """Forward + backward FLOPs for one token, ~3x forward (~6N): the backward pass computes
     gradients with respect to both activations and weights, two matmuls per forward matmul."""
-    return 3 * forward_flops_per_token(config, context)
+    return 3 * forward_flops_per_token(config, context, mla_form)
 
 
 # --------------------------------------------------------------------------------------------
@@ -275,9 +318,11 @@ def kv_cache_bytes_per_token(config: ModelConfig, dtype: str = "bf16", mla_compr
 
     GQA: ``2 (K and V) * n_layers * n_kv_heads * head_dim * bytes``: grouped-query attention
     caches only the KV heads, not one per query head. MLA (DeepSeek-V3): the compressed latent
-    and the shared RoPE key, ``n_layers * (kv_lora_rank + qk_rope_head_dim) * bytes``; with
-    ``mla_compressed=False``, the decompressed per-head K and V a naive implementation caches,
-    ``n_layers * n_heads * (qk_nope + qk_rope + v_head_dim) * bytes``.
+    and the shared RoPE key, ``n_layers * (kv_lora_rank + qk_rope_head_dim) * bytes`` -- the cache
+    of the absorbed form (:data:`MLA_FORMS`); with ``mla_compressed=False``, the decompressed
+    per-head K and V of the explicit form (what a naive implementation caches),
+    ``n_layers * n_heads * (qk_nope + qk_rope + v_head_dim) * bytes``. Pair it with the FLOPs of the
+    same form: :func:`mla_cache_compressed` maps a form to this flag.
     """
     c, b = config, bytes_per_param(dtype)
     if c.attention == "mla":
@@ -360,13 +405,15 @@ def fits_on_gpu(
     batch: int = 1,
     kv_dtype: str | None = None,
     extra_bytes: float = 0,
+    mla_form: str = "absorbed",
 ) -> Fit:
     """Whether ``model`` fits in the datasheet memory of ``n_gpus`` x ``gpu``.
 
     model: a ModelConfig (all ``total`` weights in ``dtype``, plus the KV cache of ``batch``
     sequences of ``context`` tokens in ``kv_dtype``, default ``dtype``) or a number of bytes of
     weights. ``extra_bytes``: anything else you want to reserve (activations, workspace). No hidden
-    overhead factor is added: what counts is listed in the returned :class:`Fit`.
+    overhead factor is added: what counts is listed in the returned :class:`Fit`. ``mla_form``:
+    which cache an MLA model keeps (:func:`mla_cache_compressed`).
     """
     spec = hardware.gpu(gpu)
     if not isinstance(n_gpus, int) or isinstance(n_gpus, bool) or n_gpus < 1:
@@ -375,7 +422,7 @@ def fits_on_gpu(
         raise ValueError(f"extra_bytes must be a non-negative number, got {extra_bytes!r}")
     if isinstance(model, ModelConfig):
         w = weight_bytes(model, dtype)
-        kv = kv_cache_bytes(model, context, batch, kv_dtype or dtype)
+        kv = kv_cache_bytes(model, context, batch, kv_dtype or dtype, mla_cache_compressed(mla_form))
     elif isinstance(model, (int, float)) and not isinstance(model, bool) and model >= 0:
         if context:
             raise ValueError("context needs a ModelConfig (the KV cache depends on the architecture)")

@@ -1,4 +1,6 @@
-"""GPU datasheet figures, kept in one place: ``dmcourse/data/gpus.json``.
+"""Chapter 2 (Dense models, "Does it fit on one GPU?"): datasheet figures, one data file per kind --
+GPUs in ``dmcourse/data/gpus.json`` (:func:`gpus`, :func:`gpu`), interconnects in
+``dmcourse/data/links.json`` (:func:`links`, used by the communication model of chapter 8).
 
 Every figure there is a vendor datasheet number with its source URL; wherever the book shows one
 it says "datasheet". ``memory_bytes`` is the datasheet's GB times 1e9, as printed; a program can
@@ -102,3 +104,48 @@ def gpu(name: str | GPUSpec) -> GPUSpec:
         if _key(spec_name) == _key(name):
             return spec
     raise ValueError(f"unknown GPU {name!r}; known (datasheet table): {', '.join(table)}")
+
+
+@dataclass(frozen=True)
+class LinkSpec:
+    """One interconnect's datasheet figure: ``bytes_per_s`` per GPU and per direction (what one rank
+    can send while it receives as much); ``datasheet``: how that follows from the printed figure;
+    ``source``: the page that prints it."""
+
+    name: str
+    bytes_per_s: float
+    datasheet: str
+    source: str
+
+
+def parse_links(doc: Mapping[str, Any]) -> dict[str, LinkSpec]:
+    """Validate a links.json document (``{"links": [{...}, ...]}``) and return ``{name: LinkSpec}``
+    in file order. Raises ``ValueError`` naming the entry and field that is wrong."""
+    entries = doc.get("links") if isinstance(doc, Mapping) else None
+    if not isinstance(entries, list) or not entries:
+        raise ValueError("links.json must hold a non-empty list under 'links'")
+    out: dict[str, LinkSpec] = {}
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, Mapping) or set(entry) != {"name", "bytes_per_s", "datasheet", "source"}:
+            raise ValueError(f"links.json entry {i} must have exactly name, bytes_per_s, datasheet, source; got {entry!r}")
+        rate = entry["bytes_per_s"]
+        if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not rate > 0:
+            raise ValueError(f"links.json {entry['name']!r}: bytes_per_s must be a positive number, got {rate!r}")
+        if not str(entry["source"]).startswith("http"):
+            raise ValueError(f"links.json {entry['name']!r}: source must be a URL, got {entry['source']!r}")
+        if entry["name"] in out:
+            raise ValueError(f"links.json: duplicate link name {entry['name']!r}")
+        out[entry["name"]] = LinkSpec(name=entry["name"], bytes_per_s=float(rate), datasheet=entry["datasheet"],
+                                      source=entry["source"])
+    return out
+
+
+@lru_cache(maxsize=1)
+def _load_links() -> dict[str, LinkSpec]:
+    text = (resources.files("dmcourse") / "data" / "links.json").read_text()
+    return parse_links(json.loads(text))
+
+
+def links() -> dict[str, LinkSpec]:
+    """All links in ``dmcourse/data/links.json``, ``{name: LinkSpec}`` in file order."""
+    return dict(_load_links())

@@ -463,24 +463,78 @@ def expected_experts_touched(n_experts: int, top_k: int, tokens: int) -> float:
     return n_experts * (1.0 - (1.0 - top_k / n_experts) ** tokens)
 
 
-@dataclass(frozen=True)
-class DecodeStep:
-    """FLOPs and bytes of one decode step (one new token for each of ``batch`` sequences)."""
+def batch_touching(n_experts: int, top_k: int, fraction: float) -> int:
+    """Smallest batch whose tokens touch at least ``fraction`` of the ``n_experts`` experts on average
+    (:func:`expected_experts_touched`), in closed form:
+    ``E (1 - (1 - k/E)^B) >= f E  <=>  B >= log(1 - f) / log(1 - k/E)``.
 
-    batch: int
+    The ceiling is checked against :func:`expected_experts_touched` itself, so a rounding error in
+    the logarithms cannot shift the answer by one."""
+    n_experts = _check_positive_int("n_experts", n_experts)
+    top_k = _check_positive_int("top_k", top_k)
+    if top_k > n_experts:
+        raise ValueError(f"top_k={top_k} exceeds n_experts={n_experts}")
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction < 1:
+        raise ValueError(f"fraction must be a number in (0, 1), got {fraction!r}")
+    if top_k == n_experts:
+        return 1
+    batch = max(1, math.ceil(math.log(1 - fraction) / math.log(1 - top_k / n_experts)))
+    target = fraction * n_experts
+    while batch > 1 and expected_experts_touched(n_experts, top_k, batch - 1) >= target:
+        batch -= 1
+    while expected_experts_touched(n_experts, top_k, batch) < target:
+        batch += 1
+    return batch
+
+
+def smallest_batch(ok: Callable[[int], bool], lo: int, hi: int) -> int | None:
+    """Smallest integer ``b`` in ``[lo, hi]`` with ``ok(b)``, for a predicate that is False then True
+    on that range (monotone); ``None`` when ``ok(hi)`` is False. A bisection: about
+    ``log2(hi - lo)`` calls of ``ok``. The one search the cost model uses (critical batches,
+    dense-equivalent crossings)."""
+    lo, hi = _check_positive_int("lo", lo, 0), _check_positive_int("hi", hi, 0)
+    if hi < lo:
+        raise ValueError(f"hi={hi} is below lo={lo}")
+    if not ok(hi):
+        return None
+    if ok(lo):
+        return lo
+    while hi - lo > 1:  # ok(lo) is False, ok(hi) is True
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if ok(mid) else (mid, hi)
+    return hi
+
+
+@dataclass(frozen=True)
+class Cost:
+    """FLOPs and bytes of some work (a layer call, a step): the two numbers the roofline needs."""
+
     flops: float
     nbytes: float
-    weight_bytes: float
-    experts_touched: float
 
     @property
     def intensity(self) -> float:
-        """FLOP/byte of the whole step."""
+        """FLOP/byte."""
         return self.flops / self.nbytes
 
     def time_s(self, peak_flops: float, bandwidth: float) -> float:
-        """Roofline time of the step (s): ``max(flops / peak, bytes / bandwidth)``."""
+        """Roofline time (s): ``max(flops / peak, bytes / bandwidth)``."""
         return roofline_time(self.flops, self.nbytes, peak_flops, bandwidth)
+
+    def __add__(self, other: Cost) -> Cost:
+        return Cost(self.flops + other.flops, self.nbytes + other.nbytes)
+
+
+@dataclass(frozen=True)
+class DecodeStep(Cost):
+    """A :class:`Cost` (``flops``, ``nbytes``; ``intensity``, ``time_s``) for one decode step (one
+    new token for each of ``batch`` sequences), with what the step is made of: ``weight_bytes``
+    (the weights read, the rest of ``nbytes`` is KV cache) and ``experts_touched`` (per MoE layer,
+    on average)."""
+
+    batch: int = 1
+    weight_bytes: float = 0.0
+    experts_touched: float = 1.0
 
 
 def decode_step(
@@ -536,42 +590,13 @@ def decode_critical_batch(
 ) -> float:
     """Smallest batch at which :func:`decode_step` (with the keyword arguments ``model``, without
     ``batch``) is compute-bound; ``math.inf`` if none up to ``max_batch`` is. The step's intensity
-    grows with the batch, so a bisection finds it."""
+    grows with the batch, so :func:`smallest_batch` finds it."""
     if "batch" in model:
         raise ValueError("decode_critical_batch searches the batch: do not pass batch")
     ridge = ridge_point(peak_flops, bandwidth)
     max_batch = _check_positive_int("max_batch", max_batch)
-
-    def bound(b: int) -> bool:
-        return decode_step(batch=b, **model).intensity >= ridge
-
-    if not bound(max_batch):
-        return math.inf
-    lo, hi = 0, max_batch  # bound(lo) is False (or lo == 0), bound(hi) is True
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        lo, hi = (lo, mid) if bound(mid) else (mid, hi)
-    return float(hi)
-
-
-@dataclass(frozen=True)
-class Cost:
-    """FLOPs and bytes of some work (a layer call, a step): the two numbers the roofline needs."""
-
-    flops: float
-    nbytes: float
-
-    @property
-    def intensity(self) -> float:
-        """FLOP/byte."""
-        return self.flops / self.nbytes
-
-    def time_s(self, peak_flops: float, bandwidth: float) -> float:
-        """Roofline time (s): ``max(flops / peak, bytes / bandwidth)``."""
-        return roofline_time(self.flops, self.nbytes, peak_flops, bandwidth)
-
-    def __add__(self, other: Cost) -> Cost:
-        return Cost(self.flops + other.flops, self.nbytes + other.nbytes)
+    found = smallest_batch(lambda b: decode_step(batch=b, **model).intensity >= ridge, 1, max_batch)
+    return math.inf if found is None else float(found)
 
 
 def swiglu_cost(tokens: int, d_model: int, d_ff: int, bytes_per_element: float) -> Cost:
@@ -629,19 +654,38 @@ def decode_counts(config: Any) -> dict[str, int]:
     }
 
 
-def decode_step_for_config(config: Any, batch: int, dtype: str = "bf16", context: int = 0) -> DecodeStep:
-    """:func:`decode_step` for a :class:`~dmcourse.configs.ModelConfig` with the counts of
-    :func:`decode_counts`, in ``dtype``; each sequence also reads its KV cache of ``context``
-    tokens and pays the attention FLOPs over them (:mod:`dmcourse.accounting`)."""
+def decode_kwargs(config: Any, dtype: str = "bf16", context: int = 0, *, kv_dtype: str | None = None,
+                  mla_form: str = "absorbed", counts: dict[str, int] | None = None) -> dict[str, Any]:
+    """The keyword arguments of :func:`decode_step` (all but ``batch``) for a
+    :class:`~dmcourse.configs.ModelConfig`, from :mod:`dmcourse.accounting`: the parameter
+    ``counts`` (default :func:`decode_counts`; pass others to cost a variant such as a dense twin)
+    in ``dtype``, and each sequence's KV-cache read of ``context`` tokens in ``kv_dtype`` (default
+    ``dtype``) with the attention FLOPs over them.
+
+    MLA models are costed in one form (:data:`dmcourse.accounting.MLA_FORMS`): ``"absorbed"``
+    (default) reads the compressed latent cache and pays the absorbed attention FLOPs;
+    ``"explicit"`` reads the decompressed per-head cache and pays the per-head FLOPs."""
     from dmcourse import accounting
 
-    return decode_step(
-        batch=batch,
-        **decode_counts(config),
-        bytes_per_param=accounting.bytes_per_param(dtype),
-        kv_bytes_per_seq=accounting.kv_cache_bytes(config, context, 1, dtype) if context else 0.0,
-        attention_flops_per_seq=accounting.attention_flops_per_token(config, context) if context else 0.0,
-    )
+    compressed = accounting.mla_cache_compressed(mla_form)
+    kv = dtype if kv_dtype is None else kv_dtype
+    return {
+        **(decode_counts(config) if counts is None else counts),
+        "bytes_per_param": accounting.bytes_per_param(dtype),
+        "kv_bytes_per_seq": accounting.kv_cache_bytes(config, context, 1, kv, mla_compressed=compressed)
+        if context else 0.0,
+        "attention_flops_per_seq": float(accounting.attention_flops_per_token(config, context, mla_form))
+        if context else 0.0,
+    }
+
+
+def decode_step_for_config(config: Any, batch: int, dtype: str = "bf16", context: int = 0, *,
+                           kv_dtype: str | None = None, mla_form: str = "absorbed",
+                           counts: dict[str, int] | None = None) -> DecodeStep:
+    """:func:`decode_step` for a :class:`~dmcourse.configs.ModelConfig` at ``batch`` sequences of
+    ``context`` tokens, with the arguments of :func:`decode_kwargs`."""
+    return decode_step(batch=batch, **decode_kwargs(config, dtype, context, kv_dtype=kv_dtype, mla_form=mla_form,
+                                                    counts=counts))
 
 
 def datasheet_roof(gpu: str, precision: str = "bf16") -> tuple[float, float]:

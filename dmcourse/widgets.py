@@ -1,8 +1,8 @@
-"""The inference-cost calculator: an ipywidgets front end on :func:`dmcourse.economics.estimate`.
+"""The inference-cost calculator: an ipywidgets front end on :func:`dmcourse.calculator.estimate`.
 
 Everything that computes is a plain function, tested without a kernel: :func:`custom_config`
 (a model from the calculator's fields), :func:`model_for` (a preset or the custom model),
-:func:`estimate_for` (the calculator's inputs -> :class:`~dmcourse.economics.Estimate`),
+:func:`estimate_for` (the calculator's inputs -> :class:`~dmcourse.calculator.Estimate`),
 :func:`estimate_html` (the table it shows) and :func:`plot_estimate` (its figure, also drawn on
 static pages, where widgets cannot run). :func:`calculator` only wires widgets to them.
 
@@ -19,6 +19,7 @@ from typing import Any
 import matplotlib.pyplot as plt
 
 from dmcourse import accounting, economics, hardware, plot
+from dmcourse import calculator as calc
 from dmcourse.configs import PRESETS, ModelConfig
 
 #: An *assumed* price, the calculator's starting value: not a datasheet figure and not a quote.
@@ -60,13 +61,13 @@ def model_for(choice: str, custom: Mapping[str, int] | None = None) -> ModelConf
 
 
 def estimate_for(choice: str, gpu: str, dtype: str, batch: int, context: int, usd_per_gpu_hour: float,
-                 custom: Mapping[str, int] | None = None) -> economics.Estimate:
-    """The calculator's computation: :func:`dmcourse.economics.estimate` for its inputs."""
-    return economics.estimate(model_for(choice, custom), gpu, dtype=dtype, batch=batch, context=context,
-                              usd_per_gpu_hour=usd_per_gpu_hour)
+                 custom: Mapping[str, int] | None = None) -> calc.Estimate:
+    """The calculator's computation: :func:`dmcourse.calculator.estimate` for its inputs."""
+    return calc.estimate(model_for(choice, custom), gpu, dtype=dtype, batch=batch, context=context,
+                         usd_per_gpu_hour=usd_per_gpu_hour)
 
 
-def estimate_html(est: economics.Estimate) -> str:
+def estimate_html(est: calc.Estimate) -> str:
     """An HTML table of :meth:`Estimate.rows`, with a line saying what is datasheet and what assumed."""
     body = "".join(f"<tr><td>{html.escape(k)}</td><td><b>{html.escape(v)}</b></td></tr>" for k, v in est.rows())
     note = ("Roofline lower bound with datasheet bandwidth and peak; ideal scaling over the GPUs "
@@ -74,9 +75,9 @@ def estimate_html(est: economics.Estimate) -> str:
     return f"<table>{body}</table><p style='font-size:smaller'>{html.escape(note)}</p>"
 
 
-def plot_estimate(est: economics.Estimate, config: ModelConfig | None = None, batches: Sequence[int] = BATCHES,
+def plot_estimate(est: calc.Estimate, config: ModelConfig | None = None, batches: Sequence[int] = BATCHES,
                   axes: Sequence[plt.Axes] | None = None) -> plt.Figure:
-    """Two panels for one :class:`~dmcourse.economics.Estimate`: the memory it needs (weights, KV
+    """Two panels for one :class:`~dmcourse.calculator.Estimate`: the memory it needs (weights, KV
     cache, activations) against the datasheet memory of the GPUs costed; and GPU-seconds (and, with
     a price, dollars) per million tokens as the batch varies, the estimate's batch marked,
     memory- and compute-bound parts of the curve drawn differently. ``config``: the estimate's model

@@ -99,6 +99,61 @@ def test_kv_cache_mla_is_compressed() -> None:
     assert kv_cache_bytes_per_token(c, "bf16", mla_compressed=False) == 61 * 128 * (192 + 128) * 2
 
 
+def test_mla_flops_and_cache_in_one_form_by_hand() -> None:
+    from dmcourse import accounting
+
+    c = load_preset("DeepSeek-V3")  # config.json: 61 layers, 128 heads, kv_lora_rank 512, rope 64, nope 128, v 128
+    layers, heads, rank, rope, nope, v = 61, 128, 512, 64, 128, 128
+    # absorbed (default): score over the cached latent + rope key (576), weighted sum over the latent (512)
+    assert attention_flops_per_token(c, 4096) == 2 * layers * heads * ((rank + rope) + rank) * 4096
+    assert kv_cache_bytes(c, 4096, dtype="bf16", mla_compressed=accounting.mla_cache_compressed("absorbed")) \
+        == 4096 * layers * (rank + rope) * 2
+    # explicit: per-head keys of 128 + 64, values of 128, over the decompressed per-head cache
+    assert attention_flops_per_token(c, 4096, "explicit") == 2 * layers * heads * ((nope + rope) + v) * 4096
+    assert kv_cache_bytes(c, 4096, dtype="bf16", mla_compressed=accounting.mla_cache_compressed("explicit")) \
+        == 4096 * layers * heads * (nope + rope + v) * 2
+    assert forward_flops_per_token(c, 10, "explicit") < forward_flops_per_token(c, 10)
+    # the absorbed up-projections (q_nope 128 -> 512 per head, latent 512 -> v 128 per head) cost per
+    # token what the explicit form's kv_b (512 -> 128 x (128 + 128)) costs: 2N is the same in both forms
+    folded = 2 * heads * nope * rank + 2 * heads * rank * v
+    kv_b = rank * heads * (nope + v)
+    q = c.d_model * c.q_lora_rank + c.q_lora_rank * heads * (nope + rope)
+    assert accounting.attention_params(c) - q - c.d_model * (rank + rope) - heads * v * c.d_model == kv_b
+    assert folded == 2 * kv_b
+    assert accounting.attention_dims(c) == (rank + rope, rank)
+    assert accounting.attention_dims(c, "explicit") == (nope + rope, v)
+    # GQA models have one form: mla_form changes nothing
+    llama = load_preset("Llama-3-8B")
+    assert attention_flops_per_token(llama, 100, "explicit") == attention_flops_per_token(llama, 100) == 2 * 32 * 32 * 256 * 100
+    with pytest.raises(ValueError, match="mla_form"):
+        attention_flops_per_token(c, 1, "decompressed")
+    with pytest.raises(ValueError, match="mla_form"):
+        fits_on_gpu(c, "H200", "fp8", context=10, mla_form="naive")
+    # the explicit form's cache is the bigger one when it has to fit
+    assert fits_on_gpu(c, "H200", "fp8", n_gpus=8, context=4096, batch=64).fits
+    assert not fits_on_gpu(c, "H200", "fp8", n_gpus=8, context=4096, batch=64, mla_form="explicit").fits
+
+
+def test_t4_bandwidth_is_the_datasheet_figure() -> None:
+    t4 = hardware.gpu("T4")
+    assert t4.memory_bandwidth_bytes_per_s == 256 * 10e9 / 8 == 320e9  # 256-bit GDDR6 at 10 Gb/s per pin
+    assert "datasheet" in t4.memory_bandwidth_source and t4.memory_bandwidth_source.endswith(".pdf")
+    assert t4.peak_flops["fp16"] / t4.memory_bandwidth_bytes_per_s == pytest.approx(203.125)  # the ridge
+
+
+def test_link_table_by_hand() -> None:
+    table = hardware.links()
+    assert list(table) == ["NVLink 4 (H100 SXM)", "PCIe 5.0 x16", "InfiniBand NDR (1 port)"]
+    # per direction: NVLink 900 GB/s bidirectional / 2, PCIe Gen5 x16 128 GB/s both ways / 2, NDR 400 Gb/s / 8
+    assert [link.bytes_per_s for link in table.values()] == [900e9 / 2, 128e9 / 2, 400e9 / 8]
+    assert all(link.datasheet.startswith("datasheet") and link.source.startswith("https://") for link in table.values())
+    for bad, msg in [({"links": []}, "non-empty"), ({"links": [{"name": "x"}]}, "exactly"),
+                     ({"links": [{"name": "x", "bytes_per_s": 0, "datasheet": "d", "source": "https://x"}]}, "bytes_per_s"),
+                     ({"links": [{"name": "x", "bytes_per_s": 1, "datasheet": "d", "source": "x"}]}, "URL")]:
+        with pytest.raises(ValueError, match=msg):
+            hardware.parse_links(bad)
+
+
 def test_gpu_table() -> None:
     table = hardware.gpus()
     assert list(table) == ["T4", "L4", "A100-40GB", "A100-80GB", "H100", "H200"]

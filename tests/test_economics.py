@@ -1,5 +1,5 @@
-"""dmcourse.economics (memory, GPUs needed, decode time and cost, dense-equivalent rules) and the
-pure functions of the calculator in dmcourse.widgets.
+"""dmcourse.economics (memory, GPUs needed, capacity, decode time and cost), dmcourse.calculator and
+the pure functions of the calculator in dmcourse.widgets.
 
 Reference values are derived here by hand from the models' config.json values and the datasheet
 figures (gpus.json), not from the functions under test.
@@ -14,6 +14,7 @@ import pytest
 
 matplotlib.use("Agg")
 
+from dmcourse import calculator as calc  # noqa: E402
 from dmcourse import economics as ec  # noqa: E402
 from dmcourse import widgets  # noqa: E402
 from dmcourse.configs import ModelConfig, load_preset  # noqa: E402
@@ -80,6 +81,47 @@ def test_gpus_needed_by_hand() -> None:
     assert ec.gpus_needed("Llama-3-70B", "H100", "int4") == 1
     assert ec.gpus_needed("Mixtral-8x7B", "H100") == 2, "94 GB of experts do not fit one 80 GB GPU"
     assert ec.gpus_needed("Mixtral-8x7B", "H200") == 1
+
+
+def test_max_batch_by_hand_exactly_fits_and_one_over() -> None:
+    # Llama-3-8B, bf16, context 4096, one H100 (80 GB datasheet). Per sequence: the KV cache
+    # 4096 x 2 x 32 layers x 8 heads x 128 x 2 bytes, plus one decode token's activations
+    # (2 x 4096 residual + max(attention 4096 + 4096 + 2*1024, FFN 3 x 14336) values x 2 bytes) and
+    # its fp32 logits (128256 x 4 bytes).
+    per_seq = 4096 * 2 * 32 * 8 * 128 * 2 + (2 * 4096 + 3 * 14336) * 2 + 128256 * 4
+    fixed = 2 * LLAMA8_TOTAL
+    expected = (80 * 10**9 - fixed) // per_seq
+    b = ec.max_batch("Llama-3-8B", "H100", context=4096)
+    assert b == expected == 118
+    fits = ec.decode_cost("Llama-3-8B", "H100", b, context=4096, n_gpus=1)
+    over = ec.decode_cost("Llama-3-8B", "H100", b + 1, context=4096, n_gpus=1)
+    assert fits.fits and fits.fit_message.startswith("fits")
+    assert not over.fits and "DOES NOT FIT" in over.fit_message and "needs at least 2 x H100" in over.fit_message
+    assert over.memory.needed_bytes == pytest.approx(fixed + (b + 1) * per_seq)
+    # more GPUs hold more sequences: 2 x 80 GB
+    assert ec.max_batch("Llama-3-8B", "H100", context=4096, n_gpus=2) == (160 * 10**9 - fixed) // per_seq
+    assert ec.max_batch("DeepSeek-V3", "H100", context=4096) == 0, "671B parameters never fit one 80 GB GPU"
+
+
+def test_cost_says_when_it_does_not_fit() -> None:
+    one = ec.decode_cost("DeepSeek-V3", "H100", 1, n_gpus=1)
+    assert not one.fits and f"needs at least {one.memory.gpus_needed} x H100" in one.fit_message
+    assert one.memory.gpus_needed == math.ceil(one.memory.needed_bytes / H100_MEM) >= 17
+    default = ec.decode_cost("DeepSeek-V3", "H100", 1)
+    assert default.fits and default.n_gpus == one.memory.gpus_needed
+    est = calc.estimate("Llama-3-8B", "H100", batch=119, context=4096, n_gpus=1)
+    assert not est.fits and "DOES NOT FIT" in dict(est.rows())["fits?"]
+    assert calc.estimate("Llama-3-8B", "H100", batch=118, context=4096, n_gpus=1).fits
+    assert calc.estimate("Llama-3-8B", "H100", batch=119, context=4096).n_gpus == 2
+
+
+def test_deepseek_absorbed_and_explicit_forms() -> None:
+    absorbed = ec.decode_cost("DeepSeek-V3", "H200", 64, context=4096, dtype="fp8")
+    explicit = ec.decode_cost("DeepSeek-V3", "H200", 64, context=4096, dtype="fp8", mla_form="explicit")
+    # 61 layers x 128 heads x (192 + 128) per-head values vs 61 x 576 latent values: 71x the cache
+    assert explicit.memory.kv_cache_bytes / absorbed.memory.kv_cache_bytes == pytest.approx(128 * 320 / 576)
+    assert explicit.n_gpus > absorbed.n_gpus and explicit.step_time_s > absorbed.step_time_s
+    assert ec.critical_batch("DeepSeek-V3", context=4096) < ec.critical_batch("DeepSeek-V3", context=4096, mla_form="explicit")
 
 
 # ---------------------------------------------------------------------------------- decode cost
@@ -149,59 +191,17 @@ def test_long_context_keeps_gqa_decode_memory_bound() -> None:
     assert ec.critical_batch("Llama-3-70B", "H100", context=4096) == math.inf
 
 
-# ------------------------------------------------------------------------------- dense equivalents
-
-def test_rules_by_hand() -> None:
-    assert ec.geometric_mean_rule(46.7e9, 12.9e9) == pytest.approx(math.sqrt(46.7e9 * 12.9e9))
-    assert ec.quoted_epoch_rule(141e9, 8, 2) == pytest.approx(141e9 * 2**0.63 / 8**0.44)
-    assert 85e9 < ec.quoted_epoch_rule(141e9, 8, 2) < 90e9, "the source's ~90B for Mixtral-8x22B follows"
-    assert ec.quoted_epoch_rule(1.76e12, 8, 2) > 1.05e12, "the source's ~950B for GPT-4 does not"
-    assert ec.half_total_rule(141e9) == 70.5e9
-    for rule in ec.RULES.values():
-        assert rule.provenance and rule.traceable and rule.formula
-        assert rule.fn(100.0, 25.0, 8, 2) > 0
-
-
-def test_roofline_dense_equivalent() -> None:
-    # a dense model is its own dense equivalent (minus the embedding it only looks up) at any batch
-    for batch in (1, 64, 4096):
-        assert ec.roofline_dense_equivalent("Llama-3-8B", batch) == pytest.approx(LLAMA8_TOTAL - 128256 * 4096)
-    # Mixtral: batch 1 reads 2 experts per layer; batch 64 (memory-bound) reads all; 16384 is compute-bound
-    assert ec.roofline_dense_equivalent("Mixtral-8x7B", 1) == pytest.approx(MX_NON_EXPERT - V * D + L * 2 * MX_EXPERT)
-    mid = ec.roofline_dense_equivalent("Mixtral-8x7B", 64)
-    assert mid == pytest.approx(MX_NON_EXPERT - V * D + L * E * (1 - 0.75**64) * MX_EXPERT)
-    assert ec.roofline_dense_equivalent("Mixtral-8x7B", 16384) == pytest.approx(MX_NON_EXPERT - V * D + L * 2 * MX_EXPERT)
-
-
-def test_dense_equivalent_batches_by_hand() -> None:
-    ridge = H100_PEAK_BF16 / H100_BW
-    base = MX_NON_EXPERT - V * D
-
-    def memory_bound_equivalent(b: int) -> float:  # parameters read by a memory-bound step
-        return base + L * E * (1 - (1 - K / E) ** b) * MX_EXPERT
-
-    target = MX_TOTAL / 2
-    rising = next(b for b in range(1, 300) if memory_bound_equivalent(b) >= target)
-    # past the twin's critical batch: equivalent = read parameters x ridge / B (twin compute-bound)
-    falling = next(b for b in range(296, 5000) if memory_bound_equivalent(b) * ridge / b <= target)
-    assert ec.dense_equivalent_batches("Mixtral-8x7B", target) == (rising, falling)
-    assert ec.dense_equivalent_batches("Mixtral-8x7B", 1e9) == (1, None), "below the active size: never again"
-    assert ec.dense_equivalent_batches("Mixtral-8x7B", 1e12) == (None, None), "above the total: never"
-    with pytest.raises(ValueError, match="params"):
-        ec.dense_equivalent_batches("Mixtral-8x7B", 0)
-
-
 # ------------------------------------------------------------------------------------- calculator
 
 def test_estimate_is_consistent_and_labels_the_price() -> None:
-    est = ec.estimate("Mixtral-8x7B", "H100", batch=8, context=1024, usd_per_gpu_hour=2.5)
+    est = calc.estimate("Mixtral-8x7B", "H100", batch=8, context=1024, usd_per_gpu_hour=2.5)
     assert est.n_gpus == est.memory.gpus_needed == 2
     assert est.params_total == MX_TOTAL
     assert est.cost.usd_per_million_tokens == pytest.approx(est.cost.gpu_seconds_per_token * 1e6 * 2.5 / 3600)
     text = dict(est.rows())
     assert "assumed" in text["cost per million tokens"] and "every expert resident" in text["weights"]
-    assert ec.estimate("Llama-3-8B").cost.usd_per_million_tokens is None
-    assert "no price" in dict(ec.estimate("Llama-3-8B").rows())["cost per million tokens"]
+    assert calc.estimate("Llama-3-8B").cost.usd_per_million_tokens is None
+    assert "no price" in dict(calc.estimate("Llama-3-8B").rows())["cost per million tokens"]
 
 
 def test_t4_and_fp32_pick_the_right_roof() -> None:
@@ -209,7 +209,7 @@ def test_t4_and_fp32_pick_the_right_roof() -> None:
     assert ec.compute_precision("H100", "int4") == "bf16"
     assert ec.compute_precision("A100-80GB", "fp32") == "fp32"
     c = ec.decode_cost("Llama-3-8B", "T4", 1, n_gpus=2)
-    assert c.peak_flops == 65e12 and c.bandwidth == 300e9
+    assert c.peak_flops == 65e12 and c.bandwidth == 320e9  # T4 datasheet: 256-bit GDDR6 x 10 Gb/s / 8
 
 
 @pytest.mark.parametrize(("call", "match"), [
@@ -229,12 +229,8 @@ def test_t4_and_fp32_pick_the_right_roof() -> None:
     (lambda: ec.activation_bytes("Llama-3-8B", 0), "tokens"),
     (lambda: ec.regime_batches("Llama-3-8B"), "dense"),
     (lambda: ec.regime_batches("Mixtral-8x7B", touched_fraction=1.0), "touched_fraction"),
-    (lambda: ec.geometric_mean_rule(10, 20), "exceeds"),
-    (lambda: ec.geometric_mean_rule(0, 0), "total"),
-    (lambda: ec.quoted_epoch_rule(1e9, 2, 8), "exceeds"),
-    (lambda: ec.quoted_epoch_rule(-1e9, 8, 2), "total"),
-    (lambda: ec.half_total_rule(None), "total"),
-    (lambda: ec.roofline_dense_equivalent("Mixtral-8x7B", 0), "batch"),
+    (lambda: ec.decode_cost("DeepSeek-V3", "H100", 1, mla_form="naive"), "mla_form"),
+    (lambda: ec.max_batch("Llama-3-8B", "H100", n_gpus=0), "n_gpus"),
 ])
 def test_invalid_inputs_raise(call, match: str) -> None:
     with pytest.raises(ValueError, match=match):

@@ -6,6 +6,8 @@ import math
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from dmcourse import roofline as rl
 
@@ -166,6 +168,62 @@ def test_decode_critical_batch() -> None:
     assert b > dense_b, "an MoE needs a larger batch than a dense model to leave the memory roof"
     assert rl.decode_critical_batch(peak, bw, dense_params=10**9, bytes_per_param=2,
                                     kv_bytes_per_seq=1e8) == math.inf, "reading the KV cache caps the intensity"
+
+
+def test_decode_step_is_a_cost() -> None:
+    step = rl.decode_step(batch=3, dense_params=10**6, bytes_per_param=2, kv_bytes_per_seq=100.0)
+    assert isinstance(step, rl.Cost)
+    assert step.time_s(1e12, 1e9) == rl.Cost(step.flops, step.nbytes).time_s(1e12, 1e9)
+    assert step.intensity == step.flops / step.nbytes and step.nbytes - step.weight_bytes == 300.0
+
+
+def test_smallest_batch_is_the_first_true() -> None:
+    for threshold in (0, 1, 2, 7, 100, 1023, 1024):
+        assert rl.smallest_batch(lambda b, t=threshold: b >= t, 0, 1024) == max(threshold, 0)
+    assert rl.smallest_batch(lambda b: b >= 5, 5, 5) == 5
+    assert rl.smallest_batch(lambda b: False, 1, 10**9) is None
+    calls = []
+    rl.smallest_batch(lambda b: calls.append(b) or b >= 123_456, 1, 2**24)
+    assert len(calls) <= 26, "a bisection, not a scan"
+    with pytest.raises(ValueError, match="below"):
+        rl.smallest_batch(lambda b: True, 5, 4)
+
+
+@given(e=st.integers(1, 512), k=st.integers(1, 16), f=st.floats(0.01, 0.999))
+@settings(max_examples=200, deadline=None)
+def test_batch_touching_is_the_smallest_batch(e: int, k: int, f: float) -> None:
+    """The closed form is the first batch whose expected experts touched reach the fraction."""
+    k = min(k, e)
+    b = rl.batch_touching(e, k, f)
+    assert rl.expected_experts_touched(e, k, b) >= f * e
+    assert b == 1 or rl.expected_experts_touched(e, k, b - 1) < f * e
+
+
+def test_batch_touching_by_hand() -> None:
+    assert rl.batch_touching(8, 2, 0.9) == math.ceil(math.log(0.1) / math.log(0.75)) == 9
+    assert rl.batch_touching(4, 4, 0.5) == 1
+    with pytest.raises(ValueError, match="fraction"):
+        rl.batch_touching(8, 2, 1.0)
+
+
+def test_deepseek_decode_uses_one_mla_form() -> None:
+    from dmcourse import configs
+
+    ds = configs.load_preset("DeepSeek-V3")
+    layers, heads, rank, rope, nope, v, ctx, b = 61, 128, 512, 64, 128, 128, 4096, 16
+    absorbed = rl.decode_step_for_config(ds, b, "bf16", ctx)
+    explicit = rl.decode_step_for_config(ds, b, "bf16", ctx, mla_form="explicit")
+    assert absorbed.weight_bytes == explicit.weight_bytes, "the weights are the same in both forms"
+    assert absorbed.nbytes - absorbed.weight_bytes == b * ctx * layers * (rank + rope) * 2
+    assert explicit.nbytes - explicit.weight_bytes == b * ctx * layers * heads * (nope + rope + v) * 2
+    weight_flops = absorbed.flops - b * 2 * layers * heads * (rank + rope + rank) * ctx
+    assert explicit.flops - b * 2 * layers * heads * (nope + rope + v) * ctx == pytest.approx(weight_flops)
+    peak, bw = rl.datasheet_roof("H100", "bf16")
+    crit = {f: rl.decode_critical_batch(peak, bw, **rl.decode_kwargs(ds, "bf16", ctx, mla_form=f)) for f in ("absorbed", "explicit")}
+    assert math.isfinite(crit["absorbed"]) and crit["explicit"] == math.inf, "the decompressed cache is read at ~1 FLOP/byte"
+    # what an explicit form over a compressed cache would be (the old mix) is not offered
+    with pytest.raises(ValueError, match="mla_form"):
+        rl.decode_kwargs(ds, "bf16", ctx, mla_form="mixed")
 
 
 @pytest.mark.parametrize(("call", "match"), [
