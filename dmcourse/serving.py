@@ -330,26 +330,33 @@ def experts_touched_skewed(counts: torch.Tensor, top_k: int, tokens: int) -> flo
     return float((1 - (1 - p.clamp(max=1.0)) ** tokens).sum())
 
 
-def replicated_max_load(counts: torch.Tensor, n_gpus: int, n_redundant: int = 0) -> float:
-    """Load of the busiest of ``n_gpus`` GPUs over the mean (1 = balanced) in expert parallelism,
-    with ``n_redundant`` extra replicas given, one by one, to the expert of highest load per replica
-    (a replicated expert's tokens split evenly over its copies), and the copies placed heaviest first
-    on the least-loaded GPU holding fewer than its share of ``ceil(copies / n_gpus)`` (DeepSeek-V3's
-    redundant experts, greedily)."""
-    c = _counts(counts)
-    n_gpus, n_redundant = _int("n_gpus", n_gpus, 1), _int("n_redundant", n_redundant, 0)
+def _greedy_max_load(c: torch.Tensor, n_gpus: int, n_redundant: int) -> float:
     replicas = torch.ones_like(c)
     for _ in range(n_redundant):
         replicas[int((c / replicas).argmax())] += 1
-    pieces = sorted(((float(c[e] / replicas[e]), e) for e in range(c.numel()) for _ in range(int(replicas[e]))),
+    pieces = sorted((float(c[e] / replicas[e]) for e in range(c.numel()) for _ in range(int(replicas[e]))),
                     reverse=True)
     slots = math.ceil(len(pieces) / n_gpus)
     load, held = [0.0] * n_gpus, [0] * n_gpus
-    for w, _ in pieces:
+    for w in pieces:
         g = min((i for i in range(n_gpus) if held[i] < slots), key=lambda i: load[i])
         load[g] += w
         held[g] += 1
-    return max(load) / (float(c.sum()) / n_gpus)
+    return max(load)
+
+
+def replicated_max_load(counts: torch.Tensor, n_gpus: int, n_redundant: int = 0) -> float:
+    """Load of the busiest of ``n_gpus`` GPUs over the mean (1 = balanced) in expert parallelism
+    when up to ``n_redundant`` extra expert replicas may be added (DeepSeek-V3's redundant experts).
+
+    For each ``r`` in ``0..n_redundant``: give ``r`` replicas, one by one, to the expert of highest
+    load per copy (its tokens split evenly over its copies); place the copies heaviest first on the
+    least-loaded GPU that holds fewer than ``ceil(copies / n_gpus)``. Returns the best of these
+    greedy layouts (a heuristic, not the optimum). counts: (E,) assignments per expert."""
+    c = _counts(counts)
+    n_gpus, n_redundant = _int("n_gpus", n_gpus, 1), _int("n_redundant", n_redundant, 0)
+    best = min(_greedy_max_load(c, n_gpus, r) for r in range(n_redundant + 1))
+    return best / (float(c.sum()) / n_gpus)
 
 
 def load_popularity() -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -280,6 +281,19 @@ def test_replicated_max_load():
     assert base == pytest.approx(9.0 / 4)
     assert sv.replicated_max_load(skewed, 4, 4) < base
     assert sv.replicated_max_load(skewed, 1, 3) == pytest.approx(1.0)  # one GPU holds everything
+    # one replica: the hot expert as 4 + 4 on two GPUs, each with one more expert (1): 5 of mean 4
+    assert sv.replicated_max_load(skewed, 4, 1) == pytest.approx(5 / 4)
+    # three replicas: 4 copies of 2, one per GPU, plus 2 + 1 + 1 + ... : every GPU carries 4
+    assert sv.replicated_max_load(skewed, 4, 3) == pytest.approx(1.0)
+
+
+@given(counts=st.lists(st.integers(0, 1000), min_size=2, max_size=24), n_gpus=st.integers(1, 8), extra=st.integers(0, 6))
+def test_property_more_replicas_never_raise_the_busiest_gpu(counts, n_gpus, extra):
+    c = torch.tensor(counts, dtype=torch.float64)
+    assume(float(c.sum()) > 0)
+    loads = [sv.replicated_max_load(c, n_gpus, r) for r in range(extra + 1)]
+    assert all(b <= a + 1e-12 for a, b in itertools.pairwise(loads))
+    assert loads[-1] >= 1 - 1e-12  # the busiest GPU carries at least the mean
 
 
 @pytest.mark.parametrize("call", [
