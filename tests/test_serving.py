@@ -317,3 +317,23 @@ def test_shipped_popularity_record():
             assert idx.dim() == 3 and idx.shape[-1] == k and 0 <= int(idx.min()) and int(idx.max()) < E
             # top-k picks distinct experts per token
             assert bool((idx.sort(dim=-1).values.diff(dim=-1) > 0).all())
+
+
+def test_popularity_tool_smoke_run(tmp_path, monkeypatch):
+    """tools/expert_popularity.py (which made the shipped file) runs and writes what load_popularity reads."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("expert_popularity",
+                                                  Path(__file__).resolve().parents[1] / "tools" / "expert_popularity.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    monkeypatch.setenv("DMCOURSE_PROGRESS", "0")
+    out = tmp_path / "pop.json"
+    assert tool.main(["--out", str(out), "--steps", "2"]) == 0
+    doc = json.loads(out.read_text())
+    assert doc["command"] == f"python tools/expert_popularity.py --out {out} --steps 2"
+    assert set(doc["configs"]) == set(sv.load_popularity()["configs"])
+    entry = doc["configs"]["Mixtral top-2, no balancing"]
+    assert torch.tensor(entry["indices"]).shape == (2, tool.EVAL_SEQS, tool.EVAL_LEN, 2)

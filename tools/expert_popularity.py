@@ -8,7 +8,7 @@ MoE layer, the expert chosen by every token (``indices``: sequences x tokens x t
 The counts and the skew are computed from these indices by the chapter, not stored.
 
     python tools/expert_popularity.py            # about a minute on one CPU core
-    python tools/expert_popularity.py --out /tmp/popularity.json
+    python tools/expert_popularity.py --out /tmp/popularity.json --steps 5   # a smoke run
 """
 
 from __future__ import annotations
@@ -39,12 +39,12 @@ CONFIGS = {
 }
 
 
-def record(name: str, balancing: T.Balancing, arch: dict, task: T.MixtureTask) -> dict:
-    """Train one configuration (seed 0) and route the held-out sequences."""
+def record(name: str, balancing: T.Balancing, arch: dict, task: T.MixtureTask, steps: int = STEPS) -> dict:
+    """Train one configuration (seed 0) for ``steps`` steps and route the held-out sequences."""
     arch = {**BASE, **arch}
     dmcourse.seed_everything(0)
     model = T.toy_moe(task, **arch)
-    config = T.TrainConfig(steps=STEPS, lr=3e-3, log_every=STEPS, seed=0)
+    config = T.TrainConfig(steps=steps, lr=3e-3, log_every=steps, seed=0)
     t0 = time.perf_counter()
     history = T.train(model, task.batch_fn(BATCH, SEQ), T.moe_loss_fn(balancing), config,
                       hooks=balancing.hooks(), desc=name)
@@ -65,21 +65,24 @@ def record(name: str, balancing: T.Balancing, arch: dict, task: T.MixtureTask) -
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", default=str(OUT), help=f"output JSON (default {OUT})")
+    parser.add_argument("--steps", type=int, default=STEPS, help=f"training steps (default {STEPS}, the chapter's)")
     args = parser.parse_args(argv)
+    if args.steps < 1:
+        parser.error(f"--steps must be >= 1, got {args.steps}")
     torch.set_num_threads(1)
     task = T.MixtureTask(shared=0.5)
     doc = {
         "about": "Expert choices of trained toy routers (dmcourse.train.toy_moe on MixtureTask(shared=0.5)): "
                  "indices[layer][sequence][token][j] = the j-th expert token `token` of held-out sequence "
                  "`sequence` was sent to. Made by the command below from the course's own training code.",
-        "command": "python tools/expert_popularity.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "command": " ".join(["python tools/expert_popularity.py", *(sys.argv[1:] if argv is None else argv)]),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "versions": {"dmcourse": dmcourse.__version__, "torch": torch.__version__,
                      "python": platform.python_version()},
         "task": repr(task),
-        "training": {"steps": STEPS, "batch": BATCH, "seq_len": SEQ, "lr": 3e-3, "seed": 0},
+        "training": {"steps": args.steps, "batch": BATCH, "seq_len": SEQ, "lr": 3e-3, "seed": 0},
         "held_out": {"sequences": EVAL_SEQS, "tokens": EVAL_LEN, "generator_seed": 12345},
-        "configs": {name: record(name, bal, arch, task) for name, (bal, arch) in CONFIGS.items()},
+        "configs": {name: record(name, bal, arch, task, args.steps) for name, (bal, arch) in CONFIGS.items()},
     }
     with open(args.out, "w") as f:
         json.dump(doc, f, separators=(",", ":"))
