@@ -201,7 +201,8 @@ def quantize_int8(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def int8_linear(x: torch.Tensor, w_int8: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
     """``x @ (w_int8 * scales[:, None]).T`` with the weight-only int8 kernel torch ships for CPUs,
     ``torch.ops.aten._weight_int8pack_mm``: x (M, K) bf16/fp32, w_int8 (N, K) int8, scales (N,) in
-    x's dtype -> (M, N). Raises RuntimeError where the kernel is missing."""
+    x's dtype -> (M, N). Raises RuntimeError where the kernel is missing. On CPUs (torch 2.13) it
+    is fast with bf16 activations and takes a slow path with fp32 ones (the chapter measures both)."""
     if not hasattr(torch.ops.aten, "_weight_int8pack_mm"):
         raise RuntimeError(f"torch {torch.__version__} has no aten._weight_int8pack_mm")
     if w_int8.dtype != torch.int8 or w_int8.dim() != 2 or x.dim() != 2 or x.shape[1] != w_int8.shape[1]:
