@@ -4,6 +4,7 @@ Each module holds one idea of the course; chapters build a small version inline,
 module computes the same thing, and use the module from then on.
 """
 
+from dmcourse._version import __version__
 from dmcourse.accounting import ParamCount, count_params
 from dmcourse.configs import ModelConfig, load_preset
 from dmcourse.device import DeviceInfo, device_info, in_colab, pick_device, pick_dtype, seed_everything
@@ -11,9 +12,8 @@ from dmcourse.moe import MoE, from_mixtral_block
 from dmcourse.routing import Router, Routing
 from dmcourse.timing import Timing, time_fn
 
-__version__ = "0.1.0"
-
 __all__ = [
+    "__version__",
     "DeviceInfo",
     "MoE",
     "ModelConfig",
