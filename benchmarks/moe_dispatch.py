@@ -56,9 +56,9 @@ import torch
 from dmcourse import stream
 from dmcourse.device import device_info, pick_device
 from dmcourse.ffn import SwiGLU
-from dmcourse.moe import MoE, expert_swiglu, from_mixtral_block, linear, sort_by_expert
 from dmcourse.measure import (default_buffer_bytes, last_level_cache_bytes, measure_bandwidth, measure_matmul,
                               rotating, rotation_count)
+from dmcourse.moe import MoE, expert_swiglu, from_mixtral_block, linear, sort_by_expert
 from dmcourse.roofline import roofline_time
 from dmcourse.timing import time_fn
 
