@@ -1,6 +1,6 @@
 """Argument checks for the public functions of the package, with one wording everywhere.
 
-Chapter 1 ("Your device, and how to measure it") is the first to meet them: every function a
+Chapter 1 ("Your device and how we measure") is the first to meet them: every function a
 chapter calls checks what it is given at its boundary and raises a ``ValueError`` (a bad value) or
 a ``TypeError`` (not a tensor) whose message names the argument, what was expected and what came::
 

@@ -1,6 +1,6 @@
 """What expert and tensor parallelism put on the wire, and how long a link takes to carry it.
 
-Chapter 8 ("Expert parallelism") introduces it. Plain functions, usable without a process group:
+Chapter 8 ("Beyond one device: expert parallelism on torch.distributed") introduces it. Plain functions, usable without a process group:
 byte counts of the all-to-alls of an expert-parallel MoE layer (:mod:`dmcourse.parallel`) and of
 tensor parallelism's all-reduce, the rows that cross node boundaries with and without DeepSeek's
 node-limited routing, and a communication model ``time = latency + bytes / bandwidth`` with

@@ -1,6 +1,6 @@
 """Measurements of expert parallelism that run on every rank of a launch.
 
-Chapter 8 ("Expert parallelism") runs them through :func:`dmcourse.launch.run`. Each ``task_*``
+Chapter 8 ("Beyond one device: expert parallelism on torch.distributed") runs them through :func:`dmcourse.launch.run`. Each ``task_*``
 takes a :class:`dmcourse.launch.RankContext` (its rank, the world size, its device and dtype) and
 returns something JSON can encode; :data:`TASKS` names them for ``python -m dmcourse.launch NAME``
 (the launcher finds this table by name, ``"dmcourse.ep_tasks:TASKS"``, and imports this module only
@@ -21,7 +21,7 @@ import torch
 import torch.distributed as dist
 
 from dmcourse.balance import bias_update, sequence_wise_balance_loss
-from dmcourse.comm import dtype_bytes, allreduce_bytes, cross_node_rows, nodes_per_token, offrank_bytes
+from dmcourse.comm import allreduce_bytes, cross_node_rows, dtype_bytes, nodes_per_token, offrank_bytes
 from dmcourse.ffn import swiglu
 from dmcourse.moe import MoE
 from dmcourse.parallel import ExpertParallelMoE, TensorParallelSwiGLU

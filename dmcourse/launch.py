@@ -1,6 +1,6 @@
 """Run a function on several processes that talk through ``torch.distributed``, and get results back.
 
-Chapter 8 ("Expert parallelism") introduces it. A notebook cannot run collectives inline: every
+Chapter 8 ("Beyond one device: expert parallelism on torch.distributed") introduces it. A notebook cannot run collectives inline: every
 rank is its own process. This module starts them, and knows no experiment: it finds the tasks it
 runs by name (:func:`resolve`; the chapter's measurements are in :mod:`dmcourse.ep_tasks`).
 

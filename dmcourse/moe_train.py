@@ -1,7 +1,7 @@
 """MoE training glue for :func:`dmcourse.train.train`: balancing losses, the bias balancer, routing
 statistics and capacity limits, as a loss function, hooks and a context manager.
 
-Chapter 4 ("Load balancing") introduces it; chapter 7 uses it again. The trainer knows nothing about
+Chapter 4 ("Routing collapse and load balancing") introduces it; chapter 7 uses it again. The trainer knows nothing about
 MoE: this module finds a model's :class:`dmcourse.moe.MoE` layers (:func:`moe_layers`), reads the
 routing of their last forward pass, and turns :mod:`dmcourse.balance` into what the trainer takes.
 """

@@ -1,6 +1,6 @@
 """Expert parallelism on ``torch.distributed``: experts sharded over ranks, tokens sent to them.
 
-Chapter 8 ("Expert parallelism") introduces it.
+Chapter 8 ("Beyond one device: expert parallelism on torch.distributed") introduces it.
 
 Each of ``world_size`` ranks holds the whole (small) router and ``E_local = n_experts / world_size``
 experts: rank ``r`` owns experts ``r * E_local ... (r + 1) * E_local - 1``. One forward pass of

@@ -1,6 +1,6 @@
 """A toy task on which experts can specialise, and a small model to learn it.
 
-Chapter 4 ("Load balancing") introduces it; chapter 7 trains on it too.
+Chapter 4 ("Routing collapse and load balancing") introduces it; chapter 7 trains on it too.
 
 **The task** (:class:`MixtureTask`): regression on a mixture of ``n_clusters`` sub-tasks. Each token
 ``x`` (``d_in``) is drawn around one of ``n_clusters`` random centres, and its target ``y`` (``d_out``)

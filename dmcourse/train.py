@@ -1,6 +1,6 @@
 """A tiny, extensible trainer that knows nothing about MoE.
 
-Chapter 4 ("Load balancing") introduces it; chapter 7 ("Training and middle paths") extends it by
+Chapter 4 ("Routing collapse and load balancing") introduces it; chapter 7 ("Training dense vs MoE, and the middle paths") extends it by
 passing other models, batch functions, losses and hooks -- the loop itself stays this one.
 
 :func:`train` takes
