@@ -26,7 +26,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-from dmcourse.checks import check_int
+from dmcourse.checks import check_int, one_of
 
 ATTENTION_KINDS = ("gqa", "mla")
 QK_NORMS = ("none", "head", "full")
@@ -121,8 +121,7 @@ class ModelConfig:
             positive(name, allow_none=True)
         positive("moe_layer_freq")
         for name, allowed in (("attention", ATTENTION_KINDS), ("qk_norm", QK_NORMS), ("ffn", FFN_KINDS)):
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"{self.name}: {name} must be one of {allowed}, got {getattr(self, name)!r}")
+            one_of(f"{self.name}: {name}", getattr(self, name), allowed)
 
         # attention geometry
         if self.attention == "gqa":

@@ -21,6 +21,7 @@ import torch
 import torch.distributed as dist
 
 from dmcourse.balance import bias_update, sequence_wise_balance_loss
+from dmcourse.checks import one_of
 from dmcourse.comm import allreduce_bytes, cross_node_rows, dtype_bytes, nodes_per_token, offrank_bytes
 from dmcourse.ffn import swiglu
 from dmcourse.moe import MoE
@@ -333,9 +334,7 @@ def task_crash(ctx: RankContext, rank: int = 1, after_collectives: int = 1, mode
     (as a crash or an out-of-memory kill would), ``"hang"`` sleeps for an hour (the others' collective
     times out, or the launch's deadline ends it).
     """
-    modes = ("raise", "exit", "hang")
-    if mode not in modes:
-        raise ValueError(f"mode must be one of {modes}, got {mode!r}")
+    one_of("mode", mode, ("raise", "exit", "hang"))
     t = torch.ones(1, device=ctx.device)
     for step in range(after_collectives + 1):
         if ctx.rank == rank and step == after_collectives:

@@ -46,7 +46,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from dmcourse.checks import check_int, positive_float
+from dmcourse.checks import check_int, one_of, positive_float
 
 BACKENDS = ("auto", "gloo", "nccl")
 START_METHODS = ("spawn", "fork")
@@ -70,8 +70,7 @@ class RankContext:
 
 def pick_backend(world_size: int, backend: str = "auto") -> str:
     """``"nccl"`` when ``backend="auto"`` and there is one CUDA GPU per rank, else ``"gloo"``."""
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    one_of("backend", backend, BACKENDS)
     if backend == "auto":
         usable = torch.cuda.is_available() and torch.cuda.device_count() >= world_size
         return "nccl" if usable and dist.is_nccl_available() else "gloo"
@@ -199,8 +198,7 @@ def spawn(
     check_int("threads_per_rank", threads_per_rank)
     if not callable(fn):
         raise TypeError(f"fn must be a callable, got {type(fn).__name__}")
-    if start_method not in START_METHODS:
-        raise ValueError(f"start_method must be one of {START_METHODS}, got {start_method!r}")
+    one_of("start_method", start_method, START_METHODS)
     backend = pick_backend(world_size, backend)
     if start_method == "fork":
         if backend == "nccl" or torch.cuda.is_initialized():

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from dmcourse.checks import check_int, positive_float
+from dmcourse.checks import check_int, one_of, positive_float
 from dmcourse.device import pick_device
 from dmcourse.timing import Timing, synchronize, time_fn
 
@@ -191,8 +191,7 @@ def measure_bandwidth(
     :func:`default_buffer_bytes`; it must be at least 1 MiB.
     """
     device = _device(device)
-    if kind not in ("copy", "read", "read_kernel"):
-        raise ValueError(f"kind must be 'copy', 'read' or 'read_kernel', got {kind!r}")
+    one_of("kind", kind, ("copy", "read", "read_kernel"))
     if kind == "read_kernel":
         from dmcourse import stream
 
@@ -250,8 +249,7 @@ def matmul_precision(precision: str) -> Iterator[torch.dtype]:
     ``"tf32"`` allows TF32 tensor cores for fp32 matmuls, ``"fp32"`` forbids them (true fp32);
     the previous setting is restored on exit.
     """
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
+    one_of("precision", precision, sorted(PRECISIONS))
     previous = torch.backends.cuda.matmul.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
     try:

@@ -26,7 +26,7 @@ from dmcourse.balance import (
     router_z_loss,
     sequence_wise_balance_loss,
 )
-from dmcourse.checks import nonnegative_float, positive_float
+from dmcourse.checks import nonnegative_float, one_of, positive_float
 from dmcourse.moe import MoE
 from dmcourse.train import Hook, LossFn, StepContext, task_mse
 
@@ -59,8 +59,7 @@ class Balancing:
     def __post_init__(self) -> None:
         for f in ("aux_alpha", "z_coef", "seq_alpha", "bias_gamma"):
             nonnegative_float(f, getattr(self, f))
-        if self.aux_convention not in AUX_CONVENTIONS:
-            raise ValueError(f"aux_convention must be one of {AUX_CONVENTIONS}, got {self.aux_convention!r}")
+        one_of("aux_convention", self.aux_convention, AUX_CONVENTIONS)
 
     def hooks(self) -> list[Hook]:
         """The hooks this balancing needs (the bias balancer when ``bias_gamma > 0``)."""

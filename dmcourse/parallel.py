@@ -40,7 +40,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from dmcourse.checks import check_int, check_shape
+from dmcourse.checks import check_int, check_shape, one_of
 from dmcourse.ffn import swiglu
 from dmcourse.moe import DISPATCH_FUNCTIONS, MoE, combine, sort_by_expert
 from dmcourse.routing import Router, Routing
@@ -100,8 +100,7 @@ class ExpertParallelMoE(nn.Module):
             if w.dim() != 3 or w.shape[0] != self.e_local:
                 raise ValueError(f"{name} must hold this rank's {self.e_local} experts (E_local, ., .), "
                                  f"got {tuple(w.shape)}")
-        if dispatch not in DISPATCH_FUNCTIONS:
-            raise ValueError(f"dispatch must be one of {tuple(DISPATCH_FUNCTIONS)}, got {dispatch!r}")
+        one_of("dispatch", dispatch, tuple(DISPATCH_FUNCTIONS))
         self.router = router
         self.w_gate = nn.Parameter(w_gate.detach().clone())
         self.w_up = nn.Parameter(w_up.detach().clone())

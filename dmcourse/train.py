@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dmcourse.checks import check_int, positive_float
+from dmcourse.checks import check_int, one_of, positive_float, probability
 
 # ------------------------------------------------------------------------------------------------
 # the trainer
@@ -72,8 +72,8 @@ class TrainConfig:
         check_int("log_every", self.log_every)
         check_int("warmup_steps", self.warmup_steps, 0)
         positive_float("lr", self.lr)
-        if self.schedule not in ("constant", "cosine"):
-            raise ValueError(f"schedule must be 'constant' or 'cosine', got {self.schedule!r}")
+        one_of("schedule", self.schedule, ("constant", "cosine"))
+        probability("min_lr_ratio", self.min_lr_ratio)
         if self.grad_clip is not None and not self.grad_clip > 0:
             raise ValueError(f"grad_clip must be positive or None, got {self.grad_clip!r}")
         if self.amp_dtype not in (None, torch.bfloat16, torch.float16, torch.float32):
