@@ -1,7 +1,9 @@
 """dmcourse: the helper package of the course "Dense models vs Mixture-of-Experts".
 
 Each module holds one idea of the course; chapters build a small version inline, check that the
-module computes the same thing, and use the module from then on.
+module computes the same thing, and use the module from then on. Chapter 1 ("Your device and how
+we measure") imports it first; each module's docstring names the chapter that introduces it, and
+``tests/test_structure.py`` declares which module may import which (lower layers only).
 """
 
 from dmcourse._version import __version__
