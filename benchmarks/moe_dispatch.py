@@ -27,7 +27,7 @@ bandwidth is measured in the same interleaved rounds as the decode calls of each
 shared VM's bandwidth drifts by tens of percent within minutes), as the fastest of three ways of
 moving bytes through buffers larger than the cache: a copy (bytes read + written), a read-only
 ``torch.sum``, and on CPU the read-only loop ``dmcourse.stream.read_sum``. The matmul throughput is
-a large square ``torch.matmul`` (the roofline chapter's ceiling) with ``dmcourse.roofline``, the
+a large square ``torch.matmul`` (the roofline chapter's ceiling) with ``dmcourse.measure``, the
 median of three measurements spread over the run. Also recorded per row: the floor with the copy
 bandwidth alone; a stricter one whose compute ceiling is the faster of ``torch.matmul`` and the same
 GEMM through ``dmcourse.moe.linear`` (oneDNN on CPU); and one with the bandwidths measured apart from
@@ -56,9 +56,10 @@ import torch
 from dmcourse import stream
 from dmcourse.device import device_info, pick_device
 from dmcourse.ffn import SwiGLU
+from dmcourse.measure import (default_buffer_bytes, last_level_cache_bytes, measure_bandwidth, measure_matmul,
+                              rotating, rotation_count)
 from dmcourse.moe import MoE, expert_swiglu, from_mixtral_block, linear, sort_by_expert
-from dmcourse.roofline import (default_buffer_bytes, last_level_cache_bytes, measure_bandwidth, measure_matmul,
-                               roofline_time, rotating, rotation_count)
+from dmcourse.roofline import roofline_time
 from dmcourse.timing import time_fn
 
 DECODE_TOKENS = (1, 4, 16, 64)
@@ -118,7 +119,7 @@ def _bandwidth_probes(dev: torch.device) -> tuple[dict, dict]:
 
 def _ceilings(dev: torch.device, dtype: torch.dtype) -> dict:
     """Memory bandwidth (B/s: copy, torch.sum, and on CPU dmcourse.stream.read_sum) and large-GEMM
-    throughput (FLOP/s: torch.matmul as dmcourse.roofline measures it, and the same square GEMM
+    throughput (FLOP/s: torch.matmul as dmcourse.measure measures it, and the same square GEMM
     through dmcourse.moe.linear)."""
     bw = measure_bandwidth(dev, kind="copy")
     read = measure_bandwidth(dev, kind="read")

@@ -1,9 +1,12 @@
 """dmcourse: the helper package of the course "Dense models vs Mixture-of-Experts".
 
 Each module holds one idea of the course; chapters build a small version inline, check that the
-module computes the same thing, and use the module from then on.
+module computes the same thing, and use the module from then on. Chapter 1 ("Your device and how
+we measure") imports it first; each module's docstring names the chapter that introduces it, and
+``tests/test_structure.py`` declares which module may import which (lower layers only).
 """
 
+from dmcourse._version import __version__
 from dmcourse.accounting import ParamCount, count_params
 from dmcourse.configs import ModelConfig, load_preset
 from dmcourse.device import DeviceInfo, device_info, in_colab, pick_device, pick_dtype, seed_everything
@@ -11,9 +14,8 @@ from dmcourse.moe import MoE, from_mixtral_block
 from dmcourse.routing import Router, Routing
 from dmcourse.timing import Timing, time_fn
 
-__version__ = "0.1.0"
-
 __all__ = [
+    "__version__",
     "DeviceInfo",
     "MoE",
     "ModelConfig",

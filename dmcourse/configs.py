@@ -1,6 +1,8 @@
 """Model configurations: one typed dataclass for dense and MoE decoder-only transformers, and
 named presets for the nine models the course discusses.
 
+Chapter 2 ("Dense models: the FFN, and what 'every parameter, every token' costs") introduces it.
+
 A :class:`ModelConfig` holds exactly what parameter, FLOP and byte accounting needs (sizes of
 every weight matrix), validated on construction: a bad value raises ``ValueError`` naming the
 field. ``load_preset(name)`` returns a preset; ``PRESETS`` lists them.
@@ -23,6 +25,8 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+
+from dmcourse.checks import check_int, one_of
 
 ATTENTION_KINDS = ("gqa", "mla")
 QK_NORMS = ("none", "head", "full")
@@ -105,10 +109,7 @@ class ModelConfig:
             value = getattr(self, name)
             if value is None and allow_none:
                 return
-            low = 0 if allow_zero else 1
-            if not isinstance(value, int) or isinstance(value, bool) or value < low:
-                kind = "a non-negative" if allow_zero else "a positive"
-                raise ValueError(f"{self.name}: {name} must be {kind} int, got {value!r}")
+            check_int(f"{self.name}: {name}", value, 0 if allow_zero else 1)
 
         if not isinstance(self.name, str) or not self.name:
             raise ValueError(f"name must be a non-empty string, got {self.name!r}")
@@ -120,8 +121,7 @@ class ModelConfig:
             positive(name, allow_none=True)
         positive("moe_layer_freq")
         for name, allowed in (("attention", ATTENTION_KINDS), ("qk_norm", QK_NORMS), ("ffn", FFN_KINDS)):
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"{self.name}: {name} must be one of {allowed}, got {getattr(self, name)!r}")
+            one_of(f"{self.name}: {name}", getattr(self, name), allowed)
 
         # attention geometry
         if self.attention == "gqa":

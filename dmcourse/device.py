@@ -1,5 +1,7 @@
 """Which device and dtype a notebook uses, what the machine is, seeding and Colab detection.
 
+Chapter 1 ("Your device and how we measure") introduces it.
+
 The course runs everywhere: CUDA when there is a GPU, else the CPU. The dtype follows the hardware:
 
 * compute capability >= 8.0 (A100, L4, H100, H200, RTX 30xx and newer): ``torch.bfloat16``
@@ -18,6 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+
+from dmcourse.checks import check_int
 
 BF16_MIN_CAPABILITY: tuple[int, int] = (8, 0)
 
@@ -122,8 +126,7 @@ def device_info(device: torch.device | str | None = None) -> DeviceInfo:
 
 def seed_everything(seed: int) -> torch.Generator:
     """Seed Python, NumPy and torch (CPU and CUDA); return a CPU generator seeded the same way."""
-    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
-        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    check_int("seed", seed, 0)
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)

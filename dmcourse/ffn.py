@@ -1,5 +1,7 @@
 """The dense feed-forward network (FFN) of a transformer block: a plain MLP and SwiGLU.
 
+Chapter 2 ("Dense models: the FFN, and what 'every parameter, every token' costs") introduces it.
+
 Weights follow ``nn.Linear``'s (out_features, in_features) convention everywhere, the layout the
 MoE experts share (``w_gate (d_ff, d_model)``, ``w_up (d_ff, d_model)``, ``w_down (d_model, d_ff)``;
 an expert stack adds a leading ``E`` axis).
@@ -16,13 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dmcourse.checks import check_int
+
 ACTIVATIONS = ("relu", "gelu", "silu")
-
-
-def _check_dims(name: str, value: object) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return value
 
 
 def swiglu(x: torch.Tensor, w_gate: torch.Tensor, w_up: torch.Tensor, w_down: torch.Tensor) -> torch.Tensor:
@@ -81,8 +79,8 @@ class SwiGLU(nn.Module):
         device: torch.device | str | None = None,
     ) -> None:
         super().__init__()
-        self.d_model = _check_dims("d_model", d_model)
-        self.d_ff = _check_dims("d_ff", d_ff)
+        self.d_model = check_int("d_model", d_model)
+        self.d_ff = check_int("d_ff", d_ff)
         kw = {"bias": bias, "dtype": dtype, "device": device}
         self.w_gate = nn.Linear(d_model, d_ff, **kw)
         self.w_up = nn.Linear(d_model, d_ff, **kw)
@@ -118,8 +116,8 @@ class MLP(nn.Module):
         super().__init__()
         if activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
-        self.d_model = _check_dims("d_model", d_model)
-        self.d_ff = _check_dims("d_ff", d_ff)
+        self.d_model = check_int("d_model", d_model)
+        self.d_ff = check_int("d_ff", d_ff)
         self.activation = activation
         kw = {"bias": bias, "dtype": dtype, "device": device}
         self.w_up = nn.Linear(d_model, d_ff, **kw)

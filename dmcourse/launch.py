@@ -1,6 +1,8 @@
 """Run a function on several processes that talk through ``torch.distributed``, and get results back.
 
-A notebook cannot run collectives inline: every rank is its own process. This module starts them.
+Chapter 8 ("Beyond one device: expert parallelism on torch.distributed") introduces it. A notebook cannot run collectives inline: every
+rank is its own process. This module starts them, and knows no experiment: it finds the tasks it
+runs by name (:func:`resolve`; the chapter's measurements are in :mod:`dmcourse.ep_tasks`).
 
 * :func:`spawn` -- start ``world_size`` processes with ``torch.multiprocessing``, give each an
   initialised process group, run ``fn(ctx, **kwargs)`` on each, return the per-rank results.
@@ -44,6 +46,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from dmcourse.checks import check_int, one_of, positive_float
+
 BACKENDS = ("auto", "gloo", "nccl")
 START_METHODS = ("spawn", "fork")
 
@@ -66,8 +70,7 @@ class RankContext:
 
 def pick_backend(world_size: int, backend: str = "auto") -> str:
     """``"nccl"`` when ``backend="auto"`` and there is one CUDA GPU per rank, else ``"gloo"``."""
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    one_of("backend", backend, BACKENDS)
     if backend == "auto":
         usable = torch.cuda.is_available() and torch.cuda.device_count() >= world_size
         return "nccl" if usable and dist.is_nccl_available() else "gloo"
@@ -84,11 +87,6 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def _check_positive(name: str, value: object, kind: type = int) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float) if kind is float else int) or value <= 0:
-        raise ValueError(f"{name} must be a positive {kind.__name__}, got {value!r}")
 
 
 def _context(rank: int, world_size: int, backend: str, local_rank: int) -> RankContext:
@@ -194,14 +192,13 @@ def spawn(
     importing torch) or ``"fork"`` (copies of this process: starts in milliseconds, but only safe
     from a process that has not started threads or CUDA -- the command line uses it on Linux).
     """
-    _check_positive("world_size", world_size)
-    _check_positive("timeout_s", timeout_s, float)
-    _check_positive("deadline_s", deadline_s, float)
-    _check_positive("threads_per_rank", threads_per_rank)
+    check_int("world_size", world_size)
+    positive_float("timeout_s", timeout_s)
+    positive_float("deadline_s", deadline_s)
+    check_int("threads_per_rank", threads_per_rank)
     if not callable(fn):
         raise TypeError(f"fn must be a callable, got {type(fn).__name__}")
-    if start_method not in START_METHODS:
-        raise ValueError(f"start_method must be one of {START_METHODS}, got {start_method!r}")
+    one_of("start_method", start_method, START_METHODS)
     backend = pick_backend(world_size, backend)
     if start_method == "fork":
         if backend == "nccl" or torch.cuda.is_initialized():
@@ -239,20 +236,53 @@ def spawn(
 # Tasks the command line knows, and the subprocess wrapper a notebook uses.
 
 
-def tasks() -> dict[str, Callable[..., Any]]:
-    """The measurements the command line can run, by name (they live in :mod:`dmcourse.parallel`)."""
-    from dmcourse import parallel
+#: Tables of the measurements the command line knows, as ``"module:attribute"`` naming a dict
+#: ``{name: function}``. The launcher imports them only when a task is looked up, never at import
+#: time, so the experiments may import this module (for :class:`RankContext`) without a loop.
+TASK_TABLES: tuple[str, ...] = ("dmcourse.ep_tasks:TASKS",)
 
-    return dict(parallel.TASKS)
+
+def _import(spec: str) -> Any:
+    """The object ``"package.module:attribute"`` names (imports the module)."""
+    module, sep, attribute = spec.partition(":")
+    if not sep or not module or not attribute:
+        raise ValueError(f"expected 'module:attribute', got {spec!r}")
+    try:
+        return getattr(importlib.import_module(module), attribute)
+    except (ImportError, AttributeError) as err:
+        raise ValueError(f"cannot import {spec!r}: {err}") from None
+
+
+def tasks() -> dict[str, Callable[..., Any]]:
+    """The measurements the command line can run by short name (from the tables of :data:`TASK_TABLES`)."""
+    found: dict[str, Callable[..., Any]] = {}
+    for table in TASK_TABLES:
+        found.update(_import(table))
+    return found
+
+
+def resolve(task: str) -> Callable[..., Any]:
+    """A task by short name (a key of :func:`tasks`) or as ``"module:function"`` (any importable
+    function taking a :class:`RankContext`: a notebook's own measurement in a module of its own)."""
+    if ":" in task:
+        fn = _import(task)
+    else:
+        known = tasks()
+        if task not in known:
+            raise ValueError(f"unknown task {task!r}: expected one of {sorted(known)} or 'module:function'")
+        fn = known[task]
+    if not callable(fn):
+        raise TypeError(f"task {task!r} is not callable: {type(fn).__name__}")
+    return fn
 
 
 def run_tasks(ctx: RankContext, names: list[str], params: dict) -> dict:
     """One rank's part of a launch that runs several tasks in order: ``{name: result}``."""
-    known = tasks()
     out = {}
     for name in names:
+        fn = resolve(name)
         t0 = time.perf_counter()
-        out[name] = known[name](ctx, **params.get(name, {}))
+        out[name] = fn(ctx, **params.get(name, {}))
         out[name + ".seconds"] = time.perf_counter() - t0
     return out
 
@@ -275,7 +305,8 @@ def _collate(names: list[str], per_rank: list[dict], meta: dict, seconds: float)
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m dmcourse.launch", description=__doc__.split("\n\n")[0])
-    parser.add_argument("tasks", nargs="+", help=f"tasks to run in order, from: {', '.join(sorted(tasks()))}")
+    parser.add_argument("tasks", nargs="+",
+                        help=f"tasks to run in order, from: {', '.join(sorted(tasks()))}, or 'module:function'")
     parser.add_argument("--nproc", type=int, default=2, help="number of ranks (ignored under torchrun)")
     parser.add_argument("--backend", default="auto", choices=BACKENDS)
     parser.add_argument("--params", default="{}", help='JSON: {"task": {"argument": value}}')
@@ -286,9 +317,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="how to start the ranks (default: fork on Linux with gloo, else spawn)")
     parser.add_argument("--out", default=None, help="write the JSON here instead of stdout")
     a = parser.parse_args(argv)
-    unknown = [t for t in a.tasks if t not in tasks()]
-    if unknown:
-        parser.error(f"unknown task(s) {unknown}: expected some of {sorted(tasks())}")
+    for task in a.tasks:
+        try:
+            resolve(task)
+        except (ValueError, TypeError) as err:
+            parser.error(str(err))
     params = json.loads(a.params)
     if not isinstance(params, dict) or set(params) - set(a.tasks):
         parser.error(f"--params must be a JSON object keyed by the tasks run ({a.tasks}), got {a.params!r}")

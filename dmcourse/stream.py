@@ -176,7 +176,7 @@ def use_for(x: torch.Tensor, w: torch.Tensor) -> bool:
 
 def read_sum(x: torch.Tensor) -> float:
     """Sum of a contiguous float32 CPU tensor, by a loop that only reads (16-float vectors, four
-    running sums, prefetch): what :func:`dmcourse.roofline.measure_bandwidth` times for
+    running sums, prefetch): what :func:`dmcourse.measure.measure_bandwidth` times for
     ``kind="read_kernel"``."""
     if x.device.type != "cpu" or x.dtype != torch.float32 or not x.is_contiguous():
         raise ValueError(f"x must be a contiguous float32 CPU tensor, got {x.dtype} on {x.device}")

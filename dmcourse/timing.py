@@ -1,6 +1,6 @@
 """Timing that does the right thing on each device.
 
-Three rules, explained in chapter 1:
+Chapter 1 ("Your device and how we measure") introduces it. Three rules, explained there:
 
 1. Warm up first: the first calls pay for allocation, kernel selection, caches and lazy init.
 2. On a GPU, work is queued asynchronously: time with CUDA events (or synchronise, then read the
@@ -16,6 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+
+from dmcourse.checks import check_int
 
 
 @dataclass(frozen=True)
@@ -61,12 +63,6 @@ def synchronize(device: torch.device | str) -> None:
         torch.cuda.synchronize(device)
 
 
-def _check_count(name: str, value: object, minimum: int) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return value
-
-
 def time_fn(
     fn: Callable[[], object],
     *,
@@ -85,9 +81,9 @@ def time_fn(
     """
     if not callable(fn):
         raise TypeError(f"fn must be a callable taking no arguments, got {type(fn).__name__}")
-    warmup = _check_count("warmup", warmup, 0)
-    repeats = _check_count("repeats", repeats, 1)
-    inner = _check_count("inner", inner, 1)
+    warmup = check_int("warmup", warmup, 0)
+    repeats = check_int("repeats", repeats)
+    inner = check_int("inner", inner)
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(device)

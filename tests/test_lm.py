@@ -6,7 +6,8 @@ from dmcourse.accounting import count_params
 from dmcourse.ffn import SwiGLU
 from dmcourse.lm import ALPHABET, CharData, LMConfig, TinyLM, decode, encode, lm_loss, load_checkpoint, make_corpus, save_checkpoint
 from dmcourse.moe import MoE
-from dmcourse.train import Balancing, TrainConfig, evaluate, moe_loss_fn, task_loss_fn, train
+from dmcourse.moe_train import Balancing, moe_loss_fn
+from dmcourse.train import TrainConfig, evaluate, task_loss_fn, train
 
 import pytest
 

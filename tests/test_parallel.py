@@ -1,4 +1,4 @@
-"""Expert parallelism (dmcourse.parallel) and the launcher (dmcourse.launch).
+"""Expert parallelism (dmcourse.parallel, dmcourse.comm, dmcourse.ep_tasks) and the launcher (dmcourse.launch).
 
 The multi-process tests run real gloo process groups on CPU (2 and 4 ranks) through the command
 line a notebook uses (``launch.run``: a subprocess, results as JSON), each bounded by the launch's
@@ -17,7 +17,7 @@ import time
 import pytest
 import torch
 
-from dmcourse import launch, parallel
+from dmcourse import comm, ep_tasks, launch, parallel
 
 TOL = 1e-5  # float32; the expert-parallel layer computes the same rows as the single-process one
 
@@ -38,16 +38,16 @@ def test_experts_per_rank_and_splits() -> None:
 
 def test_byte_counts() -> None:
     # k copies of a d_model vector out and k results back, 2 bytes each in bf16
-    assert parallel.bytes_per_token(8, 7168, torch.bfloat16) == 2 * 8 * 7168 * 2
-    assert parallel.bytes_per_token(2, 4096, torch.float32) == 2 * 2 * 4096 * 4
+    assert comm.bytes_per_token(8, 7168, torch.bfloat16) == 2 * 8 * 7168 * 2
+    assert comm.bytes_per_token(2, 4096, torch.float32) == 2 * 2 * 4096 * 4
     with pytest.raises(ValueError, match="k must be"):
-        parallel.bytes_per_token(0, 16)
-    assert parallel.offrank_bytes([5, 3, 0, 2], rank=1, row_bytes=10) == (5 + 0 + 2) * 10
+        comm.bytes_per_token(0, 16)
+    assert comm.offrank_bytes([5, 3, 0, 2], rank=1, row_bytes=10) == (5 + 0 + 2) * 10
     with pytest.raises(ValueError, match="rank 4"):
-        parallel.offrank_bytes([1, 2], 4, 1)
+        comm.offrank_bytes([1, 2], 4, 1)
     # ring all-reduce: reduce-scatter + all-gather, each (p-1)/p of the tensor
-    assert parallel.allreduce_bytes(1000, 4, torch.float32) == 2 * 3 * 1000 * 4 // 4
-    assert parallel.allreduce_bytes(1000, 1, torch.float32) == 0
+    assert comm.allreduce_bytes(1000, 4, torch.float32) == 2 * 3 * 1000 * 4 // 4
+    assert comm.allreduce_bytes(1000, 1, torch.float32) == 0
 
 
 def _brute_nodes(indices: torch.Tensor, per_node: int) -> list[int]:
@@ -66,29 +66,29 @@ def _brute_cross(indices: torch.Tensor, home: int, per_node: int, dedup: bool) -
 def test_node_counts_match_brute_force(n_experts: int, k: int, per_node: int) -> None:
     g = torch.Generator().manual_seed(n_experts * k)
     idx = torch.rand(50, n_experts, generator=g).topk(k, dim=-1).indices
-    assert parallel.nodes_per_token(idx, per_node).tolist() == _brute_nodes(idx, per_node)
+    assert comm.nodes_per_token(idx, per_node).tolist() == _brute_nodes(idx, per_node)
     for home, dedup in itertools.product(range(n_experts // per_node), (False, True)):
-        assert parallel.cross_node_rows(idx, home, per_node, dedup) == _brute_cross(idx, home, per_node, dedup)
+        assert comm.cross_node_rows(idx, home, per_node, dedup) == _brute_cross(idx, home, per_node, dedup)
 
 
 def test_comm_model_and_fit() -> None:
-    assert parallel.comm_time_s(1e9, 50e9) == pytest.approx(0.02)
-    assert parallel.comm_time_s(0, 1e9, 1e-5) == pytest.approx(1e-5)
+    assert comm.comm_time_s(1e9, 50e9) == pytest.approx(0.02)
+    assert comm.comm_time_s(0, 1e9, 1e-5) == pytest.approx(1e-5)
     with pytest.raises(ValueError):
-        parallel.comm_time_s(1, 0)
+        comm.comm_time_s(1, 0)
     sizes = [1e4, 1e5, 1e6, 1e7]
-    latency, bw = parallel.fit_link(sizes, [20e-6 + b / 3e9 for b in sizes])
+    latency, bw = comm.fit_link(sizes, [20e-6 + b / 3e9 for b in sizes])
     assert latency == pytest.approx(20e-6, rel=1e-6) and bw == pytest.approx(3e9, rel=1e-6)
-    latency, bw = parallel.fit_link(sizes, [b / 2e9 for b in sizes])  # no latency at all
+    latency, bw = comm.fit_link(sizes, [b / 2e9 for b in sizes])  # no latency at all
     assert latency == pytest.approx(0.0, abs=1e-12) and bw == pytest.approx(2e9, rel=1e-6)
     with pytest.raises(ValueError, match="no bandwidth"):
-        parallel.fit_link([1, 2, 3], [3.0, 2.0, 1.0])
+        comm.fit_link([1, 2, 3], [3.0, 2.0, 1.0])
     with pytest.raises(ValueError, match="seconds > 0"):
-        parallel.fit_link([1, 2], [0.0, 1.0])
+        comm.fit_link([1, 2], [0.0, 1.0])
 
 
 def test_link_figures_are_per_direction() -> None:
-    links = parallel.LINKS
+    links = comm.LINKS
     # datasheets: NVLink 900 GB/s and PCIe Gen5 128 GB/s count both directions; NDR is 400 Gb/s each way
     assert links["NVLink 4 (H100 SXM)"].bytes_per_s == 900e9 / 2
     assert links["PCIe 5.0 x16"].bytes_per_s == 128e9 / 2
@@ -107,11 +107,26 @@ def test_launcher_arguments() -> None:
     port = launch.free_port()
     assert 0 < port < 65536
     with pytest.raises(ValueError, match="world_size"):
-        launch.spawn(parallel.task_noop, 0)
+        launch.spawn(ep_tasks.task_noop, 0)
     with pytest.raises(ValueError, match="start_method"):
-        launch.spawn(parallel.task_noop, 2, start_method="thread")
+        launch.spawn(ep_tasks.task_noop, 2, start_method="thread")
     with pytest.raises(SystemExit):
         launch.main(["no_such_task"])
+
+
+def test_launcher_finds_tasks_by_name() -> None:
+    """The launcher names its tasks and imports them only when asked (no launch <-> experiments loop)."""
+    assert launch.tasks() == ep_tasks.TASKS
+    assert launch.resolve("check") is ep_tasks.task_check
+    assert launch.resolve("dmcourse.ep_tasks:task_noop") is ep_tasks.task_noop
+    with pytest.raises(ValueError, match="unknown task 'nope'"):
+        launch.resolve("nope")
+    with pytest.raises(ValueError, match="cannot import 'dmcourse.ep_tasks:nope'"):
+        launch.resolve("dmcourse.ep_tasks:nope")
+    with pytest.raises(TypeError, match="not callable"):
+        launch.resolve("dmcourse.ep_tasks:TASKS")
+    with pytest.raises(SystemExit):
+        launch.main(["dmcourse.no_such_module:task"])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -189,6 +204,6 @@ def test_deadline_ends_a_hanging_launch() -> None:
 @pytest.mark.timeout(120)
 def test_spawn_in_process_returns_results_by_rank() -> None:
     # the library path: fresh interpreters ("spawn"), safe from any process
-    res = launch.spawn(parallel.task_noop, 2, start_method="spawn", timeout_s=30, deadline_s=100)
+    res = launch.spawn(ep_tasks.task_noop, 2, start_method="spawn", timeout_s=30, deadline_s=100)
     assert res == [{"rank": 0}, {"rank": 1}]
     json.dumps(res)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dmcourse import moe, roofline, stream
+from dmcourse import measure, moe, stream
 from dmcourse.routing import Router
 
 needs_kernel = pytest.mark.skipif(not stream.available(), reason=f"kernel {stream.status()}")
@@ -106,7 +106,7 @@ def test_switched_off_falls_back_to_onednn(rebuild):
     with pytest.raises(RuntimeError, match="DMCOURSE_NO_KERNEL"):
         stream.linear_stream(x, w)
     with pytest.raises(RuntimeError, match="read_kernel"):
-        roofline.measure_bandwidth("cpu", kind="read_kernel", buffer_bytes=roofline.MiB)
+        measure.measure_bandwidth("cpu", kind="read_kernel", buffer_bytes=measure.MiB)
 
 
 def test_no_compiler_says_so(rebuild):
@@ -136,6 +136,6 @@ def test_build_is_cached(rebuild, tmp_path):
 
 @needs_kernel
 def test_measure_bandwidth_with_the_read_kernel():
-    m = roofline.measure_bandwidth("cpu", kind="read_kernel", buffer_bytes=2 * roofline.MiB, warmup=1, repeats=3)
+    m = measure.measure_bandwidth("cpu", kind="read_kernel", buffer_bytes=2 * measure.MiB, warmup=1, repeats=3)
     assert m.value > 0 and m.settings["kind"] == "read_kernel"
-    assert m.settings["counted_bytes_per_call"] == 2 * roofline.MiB  # read only: the bytes once
+    assert m.settings["counted_bytes_per_call"] == 2 * measure.MiB  # read only: the bytes once

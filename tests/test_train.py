@@ -1,5 +1,5 @@
-"""dmcourse.train: the toy task, the toy models, the trainer (history, hooks, reproducibility) and the
-MoE loss function / hooks."""
+"""The toy task and models (dmcourse.toy), the trainer (dmcourse.train: history, hooks,
+reproducibility) and the MoE loss function / hooks (dmcourse.moe_train)."""
 
 from __future__ import annotations
 
@@ -11,24 +11,16 @@ from torch import nn
 
 from dmcourse.balance import CapacityLimitedRouter, expert_capacity, load_balancing_loss
 from dmcourse.moe import MoE
-from dmcourse.train import (
+from dmcourse.moe_train import (
     Balancing,
-    History,
-    MixtureTask,
-    StepContext,
-    TaskBatch,
-    TrainConfig,
     bias_update_hook,
     capacity_limited,
-    evaluate,
     moe_layers,
     moe_loss_fn,
     routing_stats_hook,
-    to_device,
-    toy_dense,
-    toy_moe,
-    train,
 )
+from dmcourse.toy import MixtureTask, TaskBatch, toy_dense, toy_moe
+from dmcourse.train import History, StepContext, TrainConfig, evaluate, to_device, train
 
 # ------------------------------------------------------------------------------------------------
 # the task

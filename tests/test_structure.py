@@ -1,0 +1,281 @@
+"""The shape of the package: which module may import which, and how big a teaching module may grow.
+
+The import graph is read from the source with ``ast`` (top-level imports, imports inside functions
+and under ``TYPE_CHECKING`` alike), so a lazy import counts as an arrow too. Rules:
+
+* no import cycle;
+* no submodule imports the package root (``import dmcourse``, ``from dmcourse import <a name
+  of __init__>``): the root re-exports the course's main names and imports half the package, so
+  an arrow to it drags all of that under the module (a roofline record once did, for a version);
+* every arrow points down :data:`LAYERS` (a module imports only modules of lower layers);
+* no teaching module is over :data:`MAX_LINES` lines (``dmcourse/grading/``, the instructor extra,
+  is not a teaching module);
+* every teaching module's docstring names the chapter that introduces it.
+
+Exceptions are listed in the ``ALLOWED_*`` tables below, each with the issue that removes it.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT
+
+PACKAGE = "dmcourse"
+MAX_LINES = 450
+
+#: The layers of the package, lowest first. A module may import only modules of lower layers
+#: (never one of its own layer, never a higher one); a subpackage counts as one module. A new
+#: module must be placed here (the test says so).
+LAYERS: tuple[tuple[str, ...], ...] = (
+    # 0 foundations: no dmcourse import at all
+    ("_version", "checks"),
+    # 1 the machine, datasheets, configurations, plots, the CPU kernel
+    ("device", "timing", "hardware", "configs", "plot", "stream"),
+    # 2 counting, building blocks, measuring, launching processes, the generic trainer
+    ("accounting", "ffn", "routing", "measure", "comm", "launch", "train"),
+    # 3 the MoE layer, balancing, the roofline model
+    ("moe", "balance", "roofline"),
+    # 4 what is built on them: models, expert parallelism, MoE training glue, the cost model
+    ("lm", "parallel", "toy", "moe_train", "economics"),
+    # 5 experiments and interactive views
+    ("upcycle", "ep_tasks", "roofline_plot", "widgets"),
+    # 6 the instructor extra
+    ("grading",),
+    # 7 the package root re-exports the course's main names
+    ("",),
+)
+
+#: Arrows to the package root allowed for now: importer -> issue.
+ALLOWED_ROOT_IMPORTS: dict[str, str] = {
+    # the grading guard locates the package directory with dmcourse.__file__; issue 15 (engineer
+    # "grading") moves the instructor tools out of the student package
+    "dmcourse.grading.guard": "issue 15",
+}
+
+#: Upward or same-layer arrows allowed for now: (importer, imported) -> issue.
+ALLOWED_ARROWS: dict[tuple[str, str], str] = {}
+
+#: Teaching modules allowed over MAX_LINES for now: module -> issue (and who shrinks it).
+ALLOWED_LONG: dict[str, str] = {
+    "dmcourse.economics": "issue 15: engineer 'costs' splits economics.py by idea",
+    "dmcourse.balance": "issue 15: engineer 'gating' moves balance.py's argument checks to dmcourse.checks",
+    "dmcourse.roofline": "issue 15: engineer 'colab' moves the records and CLI section out of roofline.py",
+}
+
+#: Teaching modules whose docstring does not name its chapter yet: module -> issue. (Their owners
+#: in issue 15 add the line; the stale-entry test then asks to remove them from here.)
+ALLOWED_NO_CHAPTER: dict[str, str] = {m: "issue 15" for m in (
+    "dmcourse.balance", "dmcourse.economics", "dmcourse.hardware", "dmcourse.lm", "dmcourse.moe", "dmcourse.plot",
+    "dmcourse.roofline_plot", "dmcourse.routing", "dmcourse.stream", "dmcourse.upcycle", "dmcourse.widgets",
+)}
+
+
+# ----------------------------------------------------------------------------------------------
+# reading the graph
+
+
+def module_files() -> dict[str, Path]:
+    """Every module of the package by dotted name (a package by its own name)."""
+    found = {}
+    for path in sorted((ROOT / PACKAGE).rglob("*.py")):
+        parts = path.relative_to(ROOT).with_suffix("").parts
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        found[".".join(parts)] = path
+    return found
+
+
+def _absolute(module: str, is_package: bool, level: int, target: str | None) -> str:
+    """The absolute name a relative ``from ... import`` in ``module`` refers to."""
+    base = module.split(".")
+    if not is_package:
+        base = base[:-1]
+    base = base[: len(base) - (level - 1)] if level > 1 else base
+    return ".".join(base + ([target] if target else []))
+
+
+def imports_of(module: str, path: Path, modules: set[str]) -> set[str]:
+    """The package modules ``module`` imports, anywhere in its source. ``from pkg import name``
+    counts as an import of ``pkg.name`` when that is a module, else of ``pkg``."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names if a.name.split(".")[0] == PACKAGE)
+        elif isinstance(node, ast.ImportFrom):
+            source = (_absolute(module, path.name == "__init__.py", node.level, node.module) if node.level
+                      else node.module or "")
+            if source.split(".")[0] != PACKAGE:
+                continue
+            for alias in node.names:
+                candidate = f"{source}.{alias.name}"
+                found.add(candidate if candidate in modules else source)
+    found.discard(module)
+    return found
+
+
+def import_graph() -> dict[str, set[str]]:
+    files = module_files()
+    names = set(files)
+    return {m: imports_of(m, p, names) for m, p in files.items()}
+
+
+def layer_of(module: str) -> int:
+    """The layer index of ``module`` (its top-level name under the package)."""
+    short = module.removeprefix(PACKAGE).removeprefix(".").split(".")[0]
+    for i, layer in enumerate(LAYERS):
+        if short in layer:
+            return i
+    raise KeyError(short)
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle as a list of modules (first == last), or None."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    path: list[str] = []
+
+    def visit(m: str) -> list[str] | None:
+        state[m] = 1
+        path.append(m)
+        for n in sorted(graph.get(m, ())):
+            if state.get(n) == 1:
+                return path[path.index(n):] + [n]
+            if n not in state and (cycle := visit(n)):
+                return cycle
+        path.pop()
+        state[m] = 2
+        return None
+
+    for m in sorted(graph):
+        if m not in state and (cycle := visit(m)):
+            return cycle
+    return None
+
+
+# ----------------------------------------------------------------------------------------------
+# the rules
+
+
+def test_the_reader_sees_every_kind_of_import(tmp_path: Path) -> None:
+    """The graph reader finds absolute, aliased, relative and function-level imports."""
+    pkg = tmp_path / PACKAGE
+    (pkg / "sub").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "a.py").write_text("def f():\n    from dmcourse import b as bee\n    import dmcourse.c\n")
+    (pkg / "sub" / "__init__.py").write_text("from . import d\nfrom .. import a\nfrom ..b import thing\n")
+    modules = {"dmcourse", "dmcourse.a", "dmcourse.b", "dmcourse.c", "dmcourse.sub", "dmcourse.sub.d"}
+    assert imports_of("dmcourse.a", pkg / "a.py", modules) == {"dmcourse.b", "dmcourse.c"}
+    assert imports_of("dmcourse.sub", pkg / "sub" / "__init__.py", modules) == {
+        "dmcourse.sub.d", "dmcourse.a", "dmcourse.b"}
+    (pkg / "e.py").write_text("from dmcourse import MoE\nimport dmcourse\n")
+    assert imports_of("dmcourse.e", pkg / "e.py", modules) == {"dmcourse"}
+
+
+def test_cycle_finder() -> None:
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": set()}) is None
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+
+
+def test_no_import_cycle() -> None:
+    cycle = find_cycle(import_graph())
+    assert cycle is None, f"import cycle: {' -> '.join(cycle or [])}"
+
+
+def test_no_submodule_imports_the_package_root() -> None:
+    offenders = sorted(m for m, deps in import_graph().items()
+                       if m != PACKAGE and PACKAGE in deps and m not in ALLOWED_ROOT_IMPORTS)
+    assert not offenders, (f"{offenders} import the package root `dmcourse`; import the submodule that "
+                           "defines the name instead (e.g. dmcourse._version for the version)")
+
+
+def test_every_module_has_a_layer() -> None:
+    missing = sorted({m for m in module_files() if not _has_layer(m)})
+    assert not missing, f"place {missing} in LAYERS of tests/test_structure.py (lowest layer first)"
+
+
+def _has_layer(module: str) -> bool:
+    try:
+        layer_of(module)
+    except KeyError:
+        return False
+    return True
+
+
+def test_arrows_point_down_the_layers() -> None:
+    graph = import_graph()
+    upward = []
+    for m, deps in graph.items():
+        if not _has_layer(m):
+            continue  # reported by test_every_module_has_a_layer
+        for d in deps:
+            same_unit = layer_of(m) == layer_of(d) and m.split(".")[:2] == d.split(".")[:2]
+            if d == PACKAGE or same_unit or not _has_layer(d) or (m, d) in ALLOWED_ARROWS:
+                continue  # the root rule, a subpackage's inner imports, unplaced modules: other tests
+            if layer_of(d) >= layer_of(m):
+                upward.append(f"{m} (layer {layer_of(m)}) -> {d} (layer {layer_of(d)})")
+    assert not upward, "imports that do not point down LAYERS:\n" + "\n".join(sorted(upward))
+
+
+def test_allow_lists_are_still_needed() -> None:
+    """An exception that no longer applies must leave its table, so the tables only shrink."""
+    graph = import_graph()
+    files = module_files()
+    stale = [m for m in ALLOWED_ROOT_IMPORTS if PACKAGE not in graph.get(m, set())]
+    stale += [f"{m} -> {d}" for m, d in ALLOWED_ARROWS if d not in graph.get(m, set())]
+    stale += [m for m in ALLOWED_LONG if m not in files or _lines(files[m]) <= MAX_LINES]
+    stale += [m for m in ALLOWED_NO_CHAPTER if m not in files or _names_a_chapter(files[m])]
+    assert not stale, f"remove these from the allow-lists of tests/test_structure.py: {stale}"
+
+
+def _lines(path: Path) -> int:
+    return len(path.read_text().splitlines())
+
+
+@pytest.mark.parametrize("module", sorted(m for m in module_files() if not m.startswith(f"{PACKAGE}.grading")))
+def test_teaching_modules_stay_small(module: str) -> None:
+    lines = _lines(module_files()[module])
+    if module in ALLOWED_LONG:
+        pytest.skip(f"{module}: {lines} lines, allowed for now ({ALLOWED_LONG[module]})")
+    assert lines <= MAX_LINES, (f"{module} has {lines} lines (> {MAX_LINES}): split it by idea, "
+                                "one idea per module")
+
+
+def _names_a_chapter(path: Path) -> bool:
+    return bool(re.search(r"\b[Cc]hapter \d", ast.get_docstring(ast.parse(path.read_text())) or ""))
+
+
+@pytest.mark.parametrize("module", sorted(m for m in module_files() if not m.startswith(f"{PACKAGE}.grading")))
+def test_module_docstring_names_its_chapter(module: str) -> None:
+    """A reader who opens a module learns which chapter teaches it ("Chapter 5 (...) introduces it")."""
+    if module in ALLOWED_NO_CHAPTER:
+        pytest.skip(f"{module}: no chapter named yet ({ALLOWED_NO_CHAPTER[module]})")
+    assert _names_a_chapter(module_files()[module]), f"{module}'s docstring names no chapter ('Chapter N ...')"
+
+
+def test_layer_names_are_modules() -> None:
+    """LAYERS names only modules that exist (a stale entry would hide a misplaced new one)."""
+    top = {m.removeprefix(PACKAGE).removeprefix(".").split(".")[0] for m in module_files()}
+    ghosts = sorted({name for layer in LAYERS for name in layer} - top)
+    assert not ghosts, f"LAYERS names modules that do not exist: {ghosts}"
+
+
+def test_one_source_for_the_version() -> None:
+    """pyproject.toml reads the version from dmcourse/_version.py; nothing else writes it down."""
+    import tomllib
+
+    import dmcourse
+    from dmcourse import _version
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert "version" not in project["project"] and "version" in project["project"]["dynamic"]
+    assert project["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "dmcourse._version.__version__"}
+    assert dmcourse.__version__ is _version.__version__
+    writers = [m for m, p in module_files().items() if m != "dmcourse._version" and any(
+        isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "__version__" for t in node.targets)
+        for node in ast.walk(ast.parse(p.read_text())))]
+    assert not writers, f"{writers} assign __version__: import it from dmcourse._version"
