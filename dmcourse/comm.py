@@ -11,11 +11,10 @@ Units: bytes, seconds, bytes/s (per direction, per GPU).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
 from dmcourse.checks import check_int, nonnegative_float, positive_float
+from dmcourse.hardware import LinkSpec, links
 
 
 def dtype_bytes(dtype: torch.dtype) -> int:
@@ -88,30 +87,13 @@ def cross_node_rows(indices: torch.Tensor, home_node: int, experts_per_node: int
 # A communication model: time = latency + bytes / bandwidth
 
 
-@dataclass(frozen=True)
-class Link:
-    """A link's datasheet figure: ``bytes_per_s`` is per direction, per GPU (what one rank can send
-    while it also receives as much)."""
+Link = LinkSpec
+"""A link's datasheet figure (:class:`dmcourse.hardware.LinkSpec`): ``bytes_per_s`` is per
+direction, per GPU (what one rank can send while it also receives as much)."""
 
-    name: str
-    bytes_per_s: float
-    datasheet: str
-    source: str
-
-
-LINKS: dict[str, Link] = {link.name: link for link in (
-    Link("NVLink 4 (H100 SXM)", 450e9,
-         "datasheet: NVLink 900 GB/s per GPU, 'bidirectional' (NVIDIA's Hopper architecture page); "
-         "450 GB/s each way",
-         "https://www.nvidia.com/en-us/data-center/h100/"),
-    Link("PCIe 5.0 x16", 64e9,
-         "datasheet: PCIe Gen5 128 GB/s, counting both directions; 64 GB/s each way",
-         "https://www.nvidia.com/en-us/data-center/h100/"),
-    Link("InfiniBand NDR (1 port)", 50e9,
-         "datasheet: NDR 400 Gb/s per port (ConnectX-7), each way; 400/8 = 50 GB/s",
-         "https://docs.nvidia.com/networking/display/ConnectX7VPI/Introduction"),
-)}
-"""Datasheet link figures (per GPU, per direction). DGX H100 pairs each GPU with one 400 Gb/s port."""
+LINKS: dict[str, Link] = links()
+"""Datasheet link figures (per GPU, per direction) from ``dmcourse/data/links.json``. DGX H100 pairs
+each GPU with one 400 Gb/s port."""
 
 
 def comm_time_s(n_bytes: float, bytes_per_s: float, latency_s: float = 0.0) -> float:

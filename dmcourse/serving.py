@@ -3,7 +3,7 @@
 
 The roofline's decode step (:func:`dmcourse.roofline.decode_step`) reads the weights of the experts
 a batch touches, ``E * (1 - (1 - k/E) ** B)`` per MoE layer. This module applies it to four serving
-techniques, calling the roofline, accounting and parallel formulas rather than restating them:
+techniques, calling the roofline, accounting and communication formulas rather than restating them:
 
 * **speculative decoding / multi-token prediction**: verifying ``g`` draft tokens of ``B``
   sequences is one step of ``B (g + 1)`` tokens (:func:`verify_step`); with i.i.d. acceptance
@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 
-from dmcourse import accounting, parallel
+from dmcourse import accounting, comm
 from dmcourse import roofline as rl
 from dmcourse.configs import ModelConfig
 from dmcourse.timing import time_fn
@@ -215,16 +215,12 @@ def int8_linear(x: torch.Tensor, w_int8: torch.Tensor, scales: torch.Tensor) -> 
 # Offloaded experts
 # --------------------------------------------------------------------------------------------
 
-#: Host links (datasheet, per direction; parallel.LINKS has PCIe 5.0). The GPU datasheets print
-#: the sum of both directions.
-LINKS: dict[str, parallel.Link] = {
-    "PCIe 3.0 x16 (T4)": parallel.Link(
-        "PCIe 3.0 x16 (T4)", 16e9, "datasheet: T4 interconnect bandwidth 32 GB/s (x16 PCIe Gen3, both "
-        "directions); 16 GB/s each way", "https://www.nvidia.com/en-us/data-center/tesla-t4/"),
-    "PCIe 4.0 x16 (A100)": parallel.Link(
-        "PCIe 4.0 x16 (A100)", 32e9, "datasheet: A100 PCIe Gen4 64 GB/s (both directions); 32 GB/s each way",
-        "https://www.nvidia.com/en-us/data-center/a100/"),
-    "PCIe 5.0 x16 (H100)": parallel.LINKS["PCIe 5.0 x16"],
+#: Host links (datasheet, per direction, from ``dmcourse/data/links.json``). The GPU datasheets
+#: print the sum of both directions.
+LINKS: dict[str, comm.Link] = {
+    "PCIe 3.0 x16 (T4)": comm.LINKS["PCIe 3.0 x16 (T4)"],
+    "PCIe 4.0 x16 (A100)": comm.LINKS["PCIe 4.0 x16 (A100)"],
+    "PCIe 5.0 x16 (H100)": comm.LINKS["PCIe 5.0 x16"],
 }
 
 
@@ -249,7 +245,7 @@ def offload_step(config: ModelConfig, batch: int, miss_rate: float, link_bytes_p
                  other: str | QuantFormat = "bf16", overlap: bool = False) -> OffloadStep:
     """A decode step of ``batch`` tokens when a fraction ``miss_rate`` of the expert weights the
     step touches is not resident and comes over a link of ``link_bytes_per_s``
-    (:func:`dmcourse.parallel.comm_time_s`). Touched expert bytes: the experts part of
+    (:func:`dmcourse.comm.comm_time_s`). Touched expert bytes: the experts part of
     :func:`mixed_decode_cost` (``E_t(B)`` experts per layer). ``miss_rate = 0``: no transfer."""
     miss_rate = _number("miss_rate", miss_rate, 0.0, 1.0)
     cost = mixed_decode_cost(config, batch, experts, other)
@@ -257,7 +253,7 @@ def offload_step(config: ModelConfig, batch: int, miss_rate: float, link_bytes_p
     touched = rl.decode_step(batch=batch, bytes_per_param=quant_format(experts).bytes_per_param, **e_counts).nbytes
     fetched = miss_rate * touched
     return OffloadStep(cost.time_s(peak_flops, bandwidth), fetched,
-                       parallel.comm_time_s(fetched, _number("link_bytes_per_s", link_bytes_per_s, 1e-12)), overlap)
+                       comm.comm_time_s(fetched, _number("link_bytes_per_s", link_bytes_per_s, 1e-12)), overlap)
 
 
 def expert_bytes(config: ModelConfig, fmt: str | QuantFormat = "bf16") -> float:

@@ -143,9 +143,11 @@ def test_t4_bandwidth_is_the_datasheet_figure() -> None:
 
 def test_link_table_by_hand() -> None:
     table = hardware.links()
-    assert list(table) == ["NVLink 4 (H100 SXM)", "PCIe 5.0 x16", "InfiniBand NDR (1 port)"]
-    # per direction: NVLink 900 GB/s bidirectional / 2, PCIe Gen5 x16 128 GB/s both ways / 2, NDR 400 Gb/s / 8
-    assert [link.bytes_per_s for link in table.values()] == [900e9 / 2, 128e9 / 2, 400e9 / 8]
+    assert list(table) == ["NVLink 4 (H100 SXM)", "PCIe 5.0 x16", "InfiniBand NDR (1 port)", "PCIe 3.0 x16 (T4)",
+                           "PCIe 4.0 x16 (A100)"]
+    # per direction: NVLink 900 GB/s bidirectional / 2, PCIe Gen5 x16 128 GB/s both ways / 2, NDR 400 Gb/s / 8,
+    # PCIe Gen3 x16 32 GB/s both ways / 2, PCIe Gen4 x16 64 GB/s both ways / 2
+    assert [link.bytes_per_s for link in table.values()] == [900e9 / 2, 128e9 / 2, 400e9 / 8, 32e9 / 2, 64e9 / 2]
     assert all(link.datasheet.startswith("datasheet") and link.source.startswith("https://") for link in table.values())
     for bad, msg in [({"links": []}, "non-empty"), ({"links": [{"name": "x"}]}, "exactly"),
                      ({"links": [{"name": "x", "bytes_per_s": 0, "datasheet": "d", "source": "https://x"}]}, "bytes_per_s"),
