@@ -102,6 +102,8 @@ def load_benchmark(root: Path) -> Any:
     """``benchmarks/moe_dispatch.py`` of the checkout, as a module (its functions are reused, not copied)."""
     path = root / "benchmarks" / "moe_dispatch.py"
     spec = importlib.util.spec_from_file_location("dmcourse_bench_moe_dispatch", path)
+    if spec is None or spec.loader is None:
+        raise ValueError(f"cannot load the benchmark {path}: expected benchmarks/moe_dispatch.py in the checkout")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
