@@ -262,6 +262,8 @@ def check(device: str | None = None, *, quick: bool = False, notebooks: bool | N
         bw = max(roof["figures"]["bandwidth_bytes_per_s"].values())
         c.measure("gemm_sweep", f"python -m dmcourse.gpucheck: roofline.time_gemm over M, {precision}",
                   lambda: gemm_sweep(dev, precision, peak, bw, quick))
+    else:
+        c.skip("gemm_sweep", "needs the measured ceilings (roofline) for its roofline times")
     if root is None:
         c.skip("moe_dispatch", "benchmarks/moe_dispatch.py is not here (run from a checkout of the repository)")
     else:
