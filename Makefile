@@ -9,7 +9,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 # Tools that nbgrader and jupyter-book start as subprocesses (alembic, jupyter) come from .venv too.
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: help env lint book book-clean test test-fast browser-deps release stamp check-notebooks constraints benchmarks clean
+.PHONY: help env lint book book-clean test test-fast browser-deps release stamp check-notebooks constraints benchmarks gpu-check clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -69,6 +69,9 @@ constraints:  ## re-pin constraints.txt from the current .venv
 
 benchmarks: $(INSTALLED)  ## run every benchmark script (prints tables; not tests)
 	for b in benchmarks/*.py; do $(BIN)/python $$b || exit 1; done
+
+gpu-check: $(INSTALLED)  ## on a CUDA machine: every GPU figure + every notebook on the GPU -> dmcourse/data/records/
+	DMCOURSE_PROGRESS=0 $(BIN)/python -m dmcourse.gpucheck
 
 clean:  ## remove build outputs (keeps .venv)
 	rm -rf _build gradebook.db submitted autograded feedback

@@ -2,7 +2,7 @@
 SwiGLU (prefill), and each MoE time against its roofline floor (decode).
 
     python benchmarks/moe_dispatch.py                       # full run, prints the tables
-    python benchmarks/moe_dispatch.py --json book/data/moe_dispatch_cpu.json   # ... and records them
+    python benchmarks/moe_dispatch.py --json dmcourse/data/records/moe_dispatch_cpu.json   # ... and records them
     python benchmarks/moe_dispatch.py --quick               # small layer, seconds (smoke test)
 
 Settings (issue 4): on CPU fp32, 2 threads, 4096 tokens, d_model 1024, expert d_ff 2816, 8 experts,

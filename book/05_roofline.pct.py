@@ -67,7 +67,7 @@ print(f"compute dtype {PRECISION}: {S:g} bytes per element")
 # of them so that the data of one call has been evicted by the next calls.
 
 # %%
-llc = rl.last_level_cache_bytes(device)
+llc = measure.last_level_cache_bytes(device)
 print(f"last-level cache of this device: {llc / 2**20:.0f} MiB")
 
 
@@ -89,9 +89,9 @@ def my_copy_bandwidth(buffer_bytes: int, n_sets: int) -> float:
 
 
 small = max(llc // 16, 2**20)
-big = rl.default_buffer_bytes(device)
+big = measure.default_buffer_bytes(device)
 cached = my_copy_bandwidth(small, 1)
-from_memory = my_copy_bandwidth(big, rl.rotation_count(2 * big, device))
+from_memory = my_copy_bandwidth(big, measure.rotation_count(2 * big, device))
 print(f"copy of {small / 2**20:5.1f} MiB, one buffer (fits in cache): {cached / 1e9:8.1f} GB/s")
 print(f"copy of {big / 2**20:5.1f} MiB, rotating buffers          : {from_memory / 1e9:8.1f} GB/s")
 print(f"the cached copy looks {cached / from_memory:.1f}x faster than memory")
@@ -105,8 +105,8 @@ print(f"the cached copy looks {cached / from_memory:.1f}x faster than memory")
 # the traffic of reading weights, which is what inference mostly does.
 
 # %%
-copy = rl.measure_bandwidth(device, kind="copy")
-read = rl.measure_bandwidth(device, kind="read")
+copy = measure.measure_bandwidth(device, kind="copy")
+read = measure.measure_bandwidth(device, kind="read")
 assert copy.work == 2 * copy.settings["buffer_bytes"], "a copy counts the bytes read plus the bytes written"
 assert read.work == read.settings["buffer_bytes"], "a reduction only reads"
 print(copy, "| buffers:", copy.settings["buffer_bytes"] // 2**20, "MiB x", copy.settings["rotating_sets"])
@@ -139,8 +139,8 @@ mine = 2 * n**3 / t.median_s
 print(f"inline: {n} x {n} fp32 matmul, {t.median_s * 1e3:.2f} ms -> {mine / 1e12:.3f} TFLOP/s")
 del a, b
 
-precisions = rl.available_precisions(device)
-matmul = {p: rl.measure_matmul(device, precision=p) for p in precisions}
+precisions = measure.available_precisions(device)
+matmul = {p: measure.measure_matmul(device, precision=p) for p in precisions}
 for p, m in matmul.items():
     print(f"{m}  (size {m.settings['size']})")
 assert matmul["fp32"].work == 2 * matmul["fp32"].settings["size"] ** 3
@@ -268,7 +268,7 @@ for label, (peak, bw, precision) in {f"{info.name} ({PRECISION}, measured)": (PE
 # ## A GEMM sweep: from memory-bound to compute-bound
 #
 # Now measure it. Keep one weight matrix $K\times N$ and grow the number of tokens $M$. Each
-# GEMM is timed with `rl.time_gemm`, which rotates through copies of the operands large enough
+# GEMM is timed with `measure.time_gemm`, which rotates through copies of the operands large enough
 # together to overflow the cache, so the weights come from memory every call, as they would in a
 # model too large for the cache.
 
@@ -277,7 +277,7 @@ K = N = 2048 if not GPU else 8192
 Ms = [2**i for i in range(0, 11 if not GPU else 15)]
 sweep = []
 for m in Ms:
-    t = rl.time_gemm(m, K, N, device=device, precision=PRECISION, warmup=1, repeats=7)
+    t = measure.time_gemm(m, K, N, device=device, precision=PRECISION, warmup=1, repeats=7)
     flops, nbytes = rl.gemm_flops(m, K, N), rl.gemm_bytes(m, K, N, S)
     sweep.append(dict(m=m, t=t.median_s, intensity=flops / nbytes, achieved=flops / t.median_s,
                       predicted=rl.roofline_time(flops, nbytes, PEAK, BANDWIDTH)))
@@ -340,7 +340,7 @@ if best > 1.05 * PEAK:
 # %%
 D_MODEL, D_FF = (1024, 4096) if not GPU else (4096, 14336)
 ffn_bytes = 3 * D_MODEL * D_FF * S
-n_sets = rl.rotation_count(int(ffn_bytes), device)
+n_sets = measure.rotation_count(int(ffn_bytes), device)
 gen = torch.Generator(device=device).manual_seed(0)
 ffn_sets = [tuple(torch.randn(shape, device=device, dtype=dtype, generator=gen) * 0.02
                   for shape in [(D_FF, D_MODEL), (D_FF, D_MODEL), (D_MODEL, D_FF)]) for _ in range(n_sets)]
@@ -350,7 +350,7 @@ tokens_list = [1, 4, 16, 64, 256, 1024] + ([4096] if GPU else [])
 ffn_rows = []
 for T in tokens_list:
     x = torch.randn(T, D_MODEL, device=device, dtype=dtype)
-    t = rl.time_rotating(lambda wg, wu, wd: swiglu(x, wg, wu, wd), ffn_sets, device=device, warmup=1, repeats=7)
+    t = measure.time_rotating(lambda wg, wu, wd: swiglu(x, wg, wu, wd), ffn_sets, device=device, warmup=1, repeats=7)
     cost = rl.swiglu_cost(T, D_MODEL, D_FF, S)
     ffn_rows.append(dict(T=T, t=t.median_s, predicted=cost.time_s(PEAK, BANDWIDTH), intensity=cost.intensity))
 print(f"{'tokens':>7}{'per call':>12}{'per token':>12}{'predicted/token':>17}{'ratio':>7}{'intensity':>10}")
@@ -532,7 +532,7 @@ for name, (cfg, models) in summary.items():
 from dmcourse.moe import expert_swiglu, linear as moe_linear
 
 SIZE = matmul[PRECISION].settings["size"]
-linear_gemm = rl.measure_matmul(device, precision=PRECISION, size=SIZE, matmul=moe_linear)
+linear_gemm = measure.measure_matmul(device, precision=PRECISION, size=SIZE, matmul=moe_linear)
 PEAK_LAYERS = max(PEAK, linear_gemm.value)
 print(f"square {SIZE} GEMM, {PRECISION}: dmcourse.moe.linear {linear_gemm.value / 1e12:.3f} TFLOP/s, "
       f"torch.matmul {PEAK / 1e12:.3f} TFLOP/s; compute roof of this section {PEAK_LAYERS / 1e12:.3f} TFLOP/s")
@@ -541,11 +541,11 @@ E, TOPK = 8, 2
 DM, DFF = (512, 1024) if not GPU else (2048, 4096)
 expert_bytes = 3 * DM * DFF * S
 moe_copies = [MoE(DM, DFF, E, TOPK, dtype=dtype, device=device).eval()
-              for _ in range(rl.rotation_count(int(E * expert_bytes), device))]
+              for _ in range(measure.rotation_count(int(E * expert_bytes), device))]
 
 
 def dense_sets(d_ff):
-    count = rl.rotation_count(int(3 * DM * d_ff * S), device)
+    count = measure.rotation_count(int(3 * DM * d_ff * S), device)
     return [tuple(torch.randn(shape, device=device, dtype=dtype) * 0.02
                   for shape in [(d_ff, DM), (d_ff, DM), (DM, d_ff)]) for _ in range(count)]
 
@@ -556,10 +556,10 @@ measured = {"MoE": [], "dense, equal active": [], "dense, equal total": []}
 predicted = {key: [] for key in measured}
 for B in batch_list:
     x = torch.randn(B, DM, device=device, dtype=dtype)
-    measured["MoE"].append(rl.time_rotating(lambda layer: layer(x), [(m,) for m in moe_copies],
+    measured["MoE"].append(measure.time_rotating(lambda layer: layer(x), [(m,) for m in moe_copies],
                                             device=device, warmup=1, repeats=5).median_s)
     for key, sets in (("dense, equal active", dense_active), ("dense, equal total", dense_total)):
-        measured[key].append(rl.time_rotating(lambda wg, wu, wd: expert_swiglu(x, wg, wu, wd), sets,
+        measured[key].append(measure.time_rotating(lambda wg, wu, wd: expert_swiglu(x, wg, wu, wd), sets,
                                               device=device, warmup=1, repeats=5).median_s)
     predicted["MoE"].append(rl.moe_cost(B, DM, DFF, E, TOPK, S).time_s(PEAK_LAYERS, BANDWIDTH))
     predicted["dense, equal active"].append(rl.swiglu_cost(B, DM, TOPK * DFF, S).time_s(PEAK_LAYERS, BANDWIDTH))
@@ -674,9 +674,9 @@ plt.show()
 #
 # | helper | what it does |
 # |---|---|
-# | `rl.measure_bandwidth(device, kind="copy" / "read")` | memory bandwidth (bytes/s), rotating buffers larger than the cache |
-# | `rl.measure_matmul(device, precision=...)`, `rl.available_precisions` | matmul throughput (FLOP/s) per precision |
-# | `rl.time_gemm`, `rl.time_rotating` | timing with operands rotated out of the cache |
+# | `measure.measure_bandwidth(device, kind="copy" / "read")` | memory bandwidth (bytes/s), rotating buffers larger than the cache |
+# | `measure.measure_matmul(device, precision=...)`, `measure.available_precisions` | matmul throughput (FLOP/s) per precision |
+# | `measure.time_gemm`, `measure.time_rotating` | timing with operands rotated out of the cache |
 # | `rl.gemm_intensity`, `rl.attainable_flops`, `rl.ridge_point`, `rl.critical_batch_size` | the roofline model |
 # | `rl.expected_experts_touched`, `rl.decode_step`, `rl.decode_step_for_config`, `rl.decode_critical_batch` | decode steps of dense and MoE models |
 # | `rl.swiglu_cost`, `rl.moe_cost` | FLOPs and bytes of one FFN / MoE layer call |

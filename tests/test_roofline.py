@@ -170,68 +170,7 @@ def test_model_refuses_nonsense(call, match) -> None:
         call()
 
 
-# ---------------------------------------------------------------------------------- records and CLI
-
-
-def _check_record_file(out, *, expect_command: str) -> None:
-    import json
-
-    record = json.loads(out.read_text())
-    assert rl.read_record(out) == record
-    assert record["device_type"] == "cpu" and record["device"] and record["date"][:2] == "20"
-    assert record["command"].startswith(expect_command) and "--quick" in record["command"]
-    assert record["versions"]["torch"] == torch.__version__
-    figures = record["figures"]
-    assert set(figures["bandwidth_bytes_per_s"]) == {"copy", "read"} and set(figures["matmul_flops_per_s"]) == {"fp32"}
-    assert all(v > 0 and math.isfinite(v) for group in figures.values() for v in group.values())
-
-
-def test_cli_main_writes_a_valid_record(tmp_path, capsys) -> None:
-    out = tmp_path / "rec.json"
-    assert rl.main(["--device", "cpu", "--quick", "--precisions", "fp32", "--repeats", "2", "--out", str(out)]) == 0
-    assert "wrote" in capsys.readouterr().out
-    _check_record_file(out, expect_command="python -m dmcourse.roofline")
-
-
-@pytest.mark.slow
-def test_cli_as_a_module(tmp_path) -> None:
-    import subprocess
-    import sys
-
-    out = tmp_path / "rec.json"
-    done = subprocess.run([sys.executable, "-m", "dmcourse.roofline", "--device", "cpu", "--quick", "--threads", "1",
-                           "--precisions", "fp32", "--repeats", "2", "--out", str(out)],
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
-    _check_record_file(out, expect_command="python -m dmcourse.roofline")
-    assert json_cpu_threads(out) == 1
-
-
-def json_cpu_threads(path) -> int:
-    import json
-
-    return json.loads(path.read_text())["cpu_threads"]
-
-
-def test_cli_refuses_nonsense(tmp_path) -> None:
-    with pytest.raises(SystemExit):
-        rl.main(["--device", "cpu", "--precisions", "fp64", "--out", str(tmp_path / "x.json")])
-    with pytest.raises(SystemExit):
-        rl.main(["--device", "cpu", "--threads", "0", "--out", str(tmp_path / "x.json")])
-    assert not (tmp_path / "x.json").exists()
-
-
-def test_records_are_validated() -> None:
-    with pytest.raises(ValueError, match="lacks"):
-        rl.validate_record({"schema": 1})
-    good = {"schema": 1, "device": "X", "device_type": "cuda", "date": "2026-01-01", "versions": {},
-            "command": "", "figures": {"bandwidth_bytes_per_s": {"copy": 1e12}, "matmul_flops_per_s": {"bf16": 1e15}}}
-    assert rl.validate_record(good) is good
-    bad = {**good, "figures": {"bandwidth_bytes_per_s": {"copy": -1.0}, "matmul_flops_per_s": {"bf16": 1e15}}}
-    with pytest.raises(ValueError, match="copy"):
-        rl.validate_record(bad)
-    for record in rl.shipped_records():  # whatever is shipped must be readable
-        assert record["device_type"] == "cuda"
+# records and the CLI (python -m dmcourse.roofline): tests/test_records.py
 
 
 # ---------------------------------------------------------------------------------- layer costs, configs, datasheets
