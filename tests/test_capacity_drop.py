@@ -7,7 +7,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dmcourse.balance import CapacityLimitedRouter, capacity_mask, sequence_wise_balance_loss, unbiased_topk
+from dmcourse.balance import (
+    CapacityLimitedRouter,
+    capacity_mask,
+    sequence_wise_balance_loss,
+    unbiased_topk,
+)
 from dmcourse.moe import MoE
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see conftest.one_thread
