@@ -224,8 +224,10 @@ def noisy_topk(
     generator: torch.Generator | None = None,
 ) -> Routing:
     """Noisy top-k gating (Shazeer et al. 2017, eq. 3-5): ``H = logits + N(0, 1) * noise_std``,
-    then :func:`topk_softmax` on ``H``. ``noise_std`` is a float or a tensor broadcastable to
-    (T, E) -- in the paper ``softplus(x @ w_noise.T)``, learned. The noise helps exploration and
+    then :func:`topk_softmax` on ``H``. ``noise_std`` is a tensor broadcastable to (T, E) -- in the
+    paper (eq. 4) ``softplus(x @ w_noise.T)``, learned, so it depends on the token as well as the
+    expert (:class:`Router` with ``"noisy"`` computes it so) -- or a float, one std for every token
+    and expert (a simplification, for demonstrations). The noise helps exploration and
     balance during training; at inference pass ``noise_std=0`` (or use :func:`topk_softmax`).
 
     logits: (T, E) -> :class:`Routing` whose ``logits`` are the noisy logits ``H``.
