@@ -31,11 +31,22 @@ router logits small (the coefficient is 1e-3 in ST-MoE).
 
 **Sequence-wise balance loss** (DeepSeek-V3, eq. 17-20): per sequence, ``sum_i f_i P_i`` with
 ``f_i = N / (k S) * count_i`` and ``P_i`` the mean over the sequence of the per-token *normalised*
-affinities ``s_ti / sum_j s_tj``; averaged over sequences. Equal to 1 at perfect balance.
+affinities ``s_ti / sum_j s_tj``; averaged over sequences. Equal to 1 at perfect balance. ``count_i``
+counts the ``indices`` it is given: the paper's eq. 18 counts the top-k of the *unbiased* scores
+``s`` (:func:`unbiased_topk`), the course's trainer passes the experts actually chosen (top-k of
+``s + b``); the two differ only for tokens whose choice the bias changed.
 
 **Capacity** (GShard, Switch): expert ``i`` processes at most ``C = ceil(cf * T * k / E)``
-assignments; the rest are *dropped* (the token skips that expert; the residual carries it on).
-Which ones are dropped is an ordering choice, :data:`CAPACITY_ORDERS`, see :func:`capacity_mask`.
+assignments; the rest are *dropped*. A dropped assignment removes only that expert's term from the
+token's output: the token still gets its other experts' outputs (with their weights, not
+renormalised), and only a token whose *all* ``k`` assignments drop leaves the layer with nothing
+added, carried on by the residual connection alone. ``T`` is the set of tokens counted together:
+here whatever one call receives, i.e. the whole (flattened) batch of a forward, so a sequence heavy on
+one expert can use slots the other sequences left free; ``transformers``' Switch Transformers router
+counts per *sequence* (its cumulative sum runs along each sequence, ``expert_capacity`` slots per
+sequence); call :func:`capacity_mask` once per sequence for that. Which assignments drop is an
+ordering choice, :data:`CAPACITY_ORDERS`, see :func:`capacity_mask`. DeepSeek-V3 drops no tokens at
+all (report §2.1.2), in training or inference.
 
 **Auxiliary-loss-free balancing** (DeepSeek-V3, Wang et al. 2024): a per-expert bias ``b`` is added
 to the scores *for selection only* (the gating weights use the unbiased scores) and after each step
@@ -240,7 +251,10 @@ def sequence_wise_balance_loss(
 
     scores: (batch, seq, E) non-negative affinities (sigmoid scores in DeepSeek-V3; softmax
         probabilities work too), normalised per token here: ``s'_ti = s_ti / sum_j s_tj``.
-    indices: (batch, seq, k) the experts each token was sent to.
+    indices: (batch, seq, k) the experts counted in ``f``. DeepSeek-V3 (eq. 18) counts the top-k of
+        the *unbiased* scores, ``unbiased_topk(scores, k)``; passing the experts actually chosen
+        (top-k of ``s + bias``, as :func:`dmcourse.train.moe_loss_fn` does) counts the biased choice
+        instead. This function counts exactly what it is given.
     attention_mask: (batch, seq), 0 for padding (left out of ``f`` and ``P`` and of ``S``).
 
     For each sequence ``sum_i f_i P_i`` with ``f_i = E / (k S) * count_i`` and ``P_i = mean_t s'_ti``,
@@ -273,6 +287,15 @@ def sequence_wise_balance_loss(
     p = (normed * mask[..., None]).sum(dim=1) / n_tok[:, None]  # (batch, E)
     per_seq = (f * p).sum(dim=-1)
     return per_seq[keep].mean()
+
+
+def unbiased_topk(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """The paper's experts for the sequence-wise loss: top-k of the unbiased scores, (..., E) -> (..., k) int64."""
+    if not isinstance(scores, torch.Tensor) or scores.dim() < 1 or not scores.is_floating_point():
+        raise ValueError("scores must be a floating (..., n_experts) tensor")
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= scores.shape[-1]:
+        raise ValueError(f"k must be an int with 1 <= k <= n_experts={scores.shape[-1]}, got {k!r}")
+    return scores.detach().topk(k, dim=-1).indices
 
 
 # ----------------------------------------------------------------------------------------------
@@ -309,7 +332,10 @@ def capacity_mask(
     """Which assignments an expert with room for ``capacity`` keeps: indices (T, k) -> keep (T, k) bool.
 
     Each expert takes the assignments that reach it in priority ``order`` until it holds ``capacity``;
-    later ones are dropped (the token skips that expert). Orders (:data:`CAPACITY_ORDERS`):
+    later ones are dropped: the token loses that expert's term but keeps its other kept experts'; a
+    row with no ``True`` left is a token that only the residual carries. Capacity is counted over the
+    ``T`` rows given (a whole batch, flattened); for per-sequence capacity, as ``transformers``'
+    Switch router does, call it on each sequence's rows. Orders (:data:`CAPACITY_ORDERS`):
 
     * ``"position"`` -- by token position, earlier tokens first (Switch/``transformers``'
       ``SwitchTransformersTop1Router``: a cumulative sum over the sequence; Megatron-LM's
@@ -363,8 +389,10 @@ def capacity_mask(
 
 class CapacityLimitedRouter(nn.Module):
     """Wraps a router so that each expert keeps at most ``ceil(capacity_factor * T * k / E)`` of a
-    forward's ``T * k`` assignments (:func:`capacity_mask` in ``order``); the dropped ones get
-    combine weight 0, so the token skips that expert (the residual connection carries it on).
+    forward's ``T * k`` assignments, ``T`` = every token of the forward (the batch, not each
+    sequence; :func:`capacity_mask` in ``order``); a dropped assignment gets combine weight 0, so the
+    token skips that expert but keeps its other experts' terms with their unchanged weights; a token
+    whose ``k`` assignments all drop gets 0 from the layer (the residual connection carries it on).
 
     ``moe.router = CapacityLimitedRouter(moe.router, 1.25)`` turns a dropless
     :class:`dmcourse.moe.MoE` into a capacity-limited one (the dropped rows are still computed

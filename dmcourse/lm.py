@@ -152,7 +152,9 @@ class CharData:
 @dataclass(frozen=True)
 class LMConfig:
     """Sizes of a :class:`TinyLM`. ``n_experts == 0``: dense FFN of width ``d_ff``; otherwise an
-    :class:`~dmcourse.moe.MoE` with ``n_experts`` experts of width ``d_ff``, ``top_k`` per token."""
+    :class:`~dmcourse.moe.MoE` with ``n_experts`` experts of width ``d_ff``, ``top_k`` per token and
+    the MoE's default router (:func:`dmcourse.routing.default_router`: Switch gating for ``top_k = 1``,
+    so the language-model loss trains the router)."""
 
     vocab_size: int = len(ALPHABET)
     d_model: int = 64
@@ -217,7 +219,8 @@ class Block(nn.Module):
 
 
 def make_ffn(config: LMConfig) -> nn.Module:
-    """The FFN of one block: ``SwiGLU(d_model, d_ff)`` or ``MoE(d_model, d_ff, n_experts, top_k)``."""
+    """The FFN of one block: ``SwiGLU(d_model, d_ff)`` or ``MoE(d_model, d_ff, n_experts, top_k)`` with
+    the default router (Switch gating at ``top_k = 1``, Mixtral's softmax over the chosen k above)."""
     if config.is_moe:
         return MoE(config.d_model, config.d_ff, config.n_experts, config.top_k)
     return SwiGLU(config.d_model, config.d_ff)

@@ -43,7 +43,7 @@ from torch import nn
 
 from dmcourse import stream
 from dmcourse.ffn import SwiGLU
-from dmcourse.routing import ROUTERS, Router, Routing
+from dmcourse.routing import ROUTERS, Router, Routing, default_router
 
 DISPATCHES: tuple[str, ...] = ("sorted", "loop", "grouped")
 
@@ -256,8 +256,13 @@ class MoE(nn.Module):
             one :class:`~dmcourse.ffn.SwiGLU` ``shared`` of hidden size ``n_shared_experts * shared_d_ff``
             (the same thing as that many experts summed). ``shared_d_ff`` defaults to ``d_ff``.
         dispatch: one of :data:`DISPATCHES`; can be changed later (``moe.dispatch = "grouped"``).
-        router: one of :data:`~dmcourse.routing.ROUTERS`; ``n_groups``, ``topk_groups`` and
-            ``routed_scale`` are passed to the sigmoid router.
+        router: one of :data:`~dmcourse.routing.ROUTERS`, or ``None`` (the default) for
+            :func:`~dmcourse.routing.default_router`: Switch gating (``"softmax_topk"``, the chosen
+            expert's softmax probability) for ``top_k = 1``, Mixtral's ``"softmax"`` for ``top_k >= 2``.
+            With ``top_k = 1`` the rules that normalise over the chosen experts give a constant weight
+            and no task-loss gradient to the router, so they are refused unless
+            ``allow_constant_gate=True`` (see :func:`~dmcourse.routing.check_router_learns`).
+            ``n_groups``, ``topk_groups`` and ``routed_scale`` are passed to the sigmoid router.
     """
 
     def __init__(
@@ -270,10 +275,11 @@ class MoE(nn.Module):
         n_shared_experts: int = 0,
         shared_d_ff: int | None = None,
         dispatch: str = "sorted",
-        router: str = "softmax",
+        router: str | None = None,
         n_groups: int = 1,
         topk_groups: int = 1,
         routed_scale: float = 1.0,
+        allow_constant_gate: bool = False,
         dtype: torch.dtype | None = None,
         device: torch.device | str | None = None,
     ) -> None:
@@ -289,6 +295,8 @@ class MoE(nn.Module):
             shared_d_ff = d_ff
         if not isinstance(shared_d_ff, int) or isinstance(shared_d_ff, bool) or shared_d_ff < 1:
             raise ValueError(f"shared_d_ff must be a positive int, got {shared_d_ff!r}")
+        if router is None:
+            router = default_router(top_k)
         if router not in ROUTERS:
             raise ValueError(f"router must be one of {ROUTERS}, got {router!r}")
         self.d_model, self.d_ff, self.n_experts, self.top_k = d_model, d_ff, n_experts, top_k
@@ -297,7 +305,8 @@ class MoE(nn.Module):
         kw = {"dtype": dtype, "device": device}
         router_kw = {"n_groups": n_groups, "topk_groups": topk_groups, "scale": routed_scale} \
             if router == "sigmoid" else {}
-        self.router = Router(d_model, n_experts, top_k, router, **router_kw, **kw)
+        self.router = Router(d_model, n_experts, top_k, router, allow_constant_gate=allow_constant_gate,
+                             **router_kw, **kw)
         self.w_gate = nn.Parameter(torch.empty(n_experts, d_ff, d_model, **kw))
         self.w_up = nn.Parameter(torch.empty(n_experts, d_ff, d_model, **kw))
         self.w_down = nn.Parameter(torch.empty(n_experts, d_model, d_ff, **kw))
@@ -386,8 +395,9 @@ def from_mixtral_block(block: nn.Module, dispatch: str = "sorted") -> MoE:
                 f"inconsistent Mixtral block: router {tuple(router_weight.shape)}, experts gate "
                 f"{tuple(w_gate.shape)}, down {tuple(down.shape)}"
             )
+        # a faithful copy: Mixtral's rule even at top_k=1, where its weight is the constant 1
         moe = MoE(d_model, d_ff, n_experts, int(top_k), dispatch=dispatch, router="softmax",
-                  dtype=router_weight.dtype, device=router_weight.device)
+                  allow_constant_gate=True, dtype=router_weight.dtype, device=router_weight.device)
         moe.router.weight.copy_(router_weight)
         moe.w_gate.copy_(w_gate)
         moe.w_up.copy_(w_up)

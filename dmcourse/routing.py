@@ -20,6 +20,15 @@ The rules (all computed in float32, whatever the dtype of the logits):
 
 :class:`Router` is the ``nn.Module`` holding the weight (and the selection bias / noise weight the
 rules need) and picking a rule by name (:data:`ROUTERS`).
+
+**Top-1 needs Switch gating** (chapter 3). With ``k = 1``, every rule that normalises over the
+chosen experts (``"softmax"``, ``"noisy"``, ``"sigmoid"``) gives each token the weight 1 (times a
+constant): the weight does not depend on the router's weight, so the task loss sends it *no*
+gradient and only a balancing loss moves it. Switch Transformer's gating, the un-renormalised
+softmax probability of the chosen expert (:func:`softmax_topk`), keeps the router in the graph.
+So :func:`default_router` picks ``"softmax_topk"`` for ``k = 1`` and ``"softmax"`` otherwise, and
+:class:`Router` refuses a top-1 rule with a constant weight unless told that this is meant
+(``allow_constant_gate=True``, e.g. a faithful copy of a trained model for inference).
 """
 
 from __future__ import annotations
@@ -34,6 +43,33 @@ ROUTERS: tuple[str, ...] = ("softmax", "softmax_topk", "sigmoid", "noisy")
 """Names accepted by :class:`Router` (and ``MoE(router=...)``):
 ``"softmax"`` -> :func:`topk_softmax`, ``"softmax_topk"`` -> :func:`softmax_topk` (no renormalisation),
 ``"sigmoid"`` -> :func:`sigmoid_topk`, ``"noisy"`` -> :func:`noisy_topk`."""
+
+CONSTANT_AT_TOP1: tuple[str, ...] = ("softmax", "sigmoid", "noisy")
+"""The rules whose combine weight is a constant (1, or ``scale`` for ``"sigmoid"``) when ``k = 1``:
+they normalise over the chosen experts, so with one chosen expert the task loss cannot reach the
+router. ``"softmax_topk"`` (Switch gating) is the top-1 rule whose weight depends on the router."""
+
+
+def default_router(top_k: int) -> str:
+    """The rule :class:`Router` and :class:`dmcourse.moe.MoE` use when none is named: ``"softmax_topk"``
+    (Switch Transformer gating, the chosen expert's softmax probability) for ``top_k == 1``, so that
+    the task loss trains the router; ``"softmax"`` (Mixtral's mask-before-softmax) for ``top_k >= 2``."""
+    if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1:
+        raise ValueError(f"top_k must be a positive int, got {top_k!r}")
+    return "softmax_topk" if top_k == 1 else "softmax"
+
+
+def check_router_learns(method: str, top_k: int) -> None:
+    """Raise ``ValueError`` if a router with rule ``method`` and ``top_k`` would get no gradient from
+    the task loss (a top-1 rule from :data:`CONSTANT_AT_TOP1`), naming the rule to use instead."""
+    if top_k == 1 and method in CONSTANT_AT_TOP1:
+        raise ValueError(
+            f"router {method!r} with top_k=1 gives every token the combine weight "
+            f"{'scale' if method == 'sigmoid' else '1'} (it normalises over the one chosen expert), so the "
+            "task loss sends no gradient to the router; use router='softmax_topk' (Switch gating: the "
+            "chosen expert's softmax probability, the default for top_k=1) or top_k >= 2, or pass "
+            "allow_constant_gate=True if a constant weight is meant (e.g. inference on a copied model)"
+        )
 
 
 @dataclass(frozen=True)
@@ -188,8 +224,10 @@ def noisy_topk(
     generator: torch.Generator | None = None,
 ) -> Routing:
     """Noisy top-k gating (Shazeer et al. 2017, eq. 3-5): ``H = logits + N(0, 1) * noise_std``,
-    then :func:`topk_softmax` on ``H``. ``noise_std`` is a float or a tensor broadcastable to
-    (T, E) -- in the paper ``softplus(x @ w_noise.T)``, learned. The noise helps exploration and
+    then :func:`topk_softmax` on ``H``. ``noise_std`` is a tensor broadcastable to (T, E) -- in the
+    paper (eq. 4) ``softplus(x @ w_noise.T)``, learned, so it depends on the token as well as the
+    expert (:class:`Router` with ``"noisy"`` computes it so) -- or a float, one std for every token
+    and expert (a simplification, for demonstrations). The noise helps exploration and
     balance during training; at inference pass ``noise_std=0`` (or use :func:`topk_softmax`).
 
     logits: (T, E) -> :class:`Routing` whose ``logits`` are the noisy logits ``H``.
@@ -221,7 +259,12 @@ class Router(nn.Module):
       only for selection -- DeepSeek-V3's auxiliary-loss-free balancing updates it in place.
       ``n_groups``, ``topk_groups``, ``scale`` are passed to :func:`sigmoid_topk`.
     * ``"noisy"`` also holds ``noise_weight`` (n_experts, d_model), initialised to zero; the noise
-      std is ``softplus(x @ noise_weight.T)`` and noise is added only in training mode.
+      std is ``softplus(x @ noise_weight.T)``, one std per token and expert, and noise is added only
+      in training mode.
+
+    ``method=None`` picks :func:`default_router` (Switch gating for ``top_k = 1``). A top-1 rule
+    whose weight is constant (:data:`CONSTANT_AT_TOP1`) raises ``ValueError`` (see
+    :func:`check_router_learns`) unless ``allow_constant_gate=True``.
     """
 
     def __init__(
@@ -229,11 +272,12 @@ class Router(nn.Module):
         d_model: int,
         n_experts: int,
         top_k: int,
-        method: str = "softmax",
+        method: str | None = None,
         *,
         n_groups: int = 1,
         topk_groups: int = 1,
         scale: float = 1.0,
+        allow_constant_gate: bool = False,
         dtype: torch.dtype | None = None,
         device: torch.device | str | None = None,
     ) -> None:
@@ -243,8 +287,12 @@ class Router(nn.Module):
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
         if not isinstance(top_k, int) or isinstance(top_k, bool) or not 1 <= top_k <= n_experts:
             raise ValueError(f"top_k must be an int with 1 <= top_k <= n_experts={n_experts}, got {top_k!r}")
+        if method is None:
+            method = default_router(top_k)
         if method not in ROUTERS:
             raise ValueError(f"router method must be one of {ROUTERS}, got {method!r}")
+        if not allow_constant_gate:
+            check_router_learns(method, top_k)
         if method != "sigmoid" and (n_groups != 1 or topk_groups != 1 or scale != 1.0):
             raise ValueError(f"n_groups, topk_groups and scale apply to the 'sigmoid' router only, not {method!r}")
         self.d_model, self.n_experts, self.top_k, self.method = d_model, n_experts, top_k, method

@@ -4,8 +4,12 @@
   trained dense SwiGLU FFN into every expert of an MoE layer and give it a fresh router.
   :func:`upcycle_ffn` does one layer, :func:`upcycle_lm` a whole :class:`dmcourse.lm.TinyLM`
   (attention, norms, embeddings copied). With identical experts and routing weights that sum to 1
-  (softmax over the chosen k), the MoE computes exactly the dense FFN, whatever the router says:
-  ``sum_j w_j f(x) = f(x)``. Options people use to let the copies diverge: ``noise`` (Gaussian
+  (softmax over the chosen k, the default router for ``top_k >= 2``), the MoE computes exactly the
+  dense FFN, whatever the router says: ``sum_j w_j f(x) = f(x)``. At that start the router gets no
+  task-loss gradient either (``sum_j w_j`` is constant), until the experts' different tokens make
+  them differ. With ``top_k = 1`` the default router is Switch gating (the chosen expert's softmax
+  probability ``p``, so that the task loss trains the router): the start is ``p(x) f(x)``, not an
+  exact copy. Options people use to let the copies diverge: ``noise`` (Gaussian
   noise of ``noise * std`` of each weight matrix) and ``reinit_fraction`` (re-initialise that
   fraction of each expert's hidden units, as in Drop-Upcycling, Nakamura et al. 2025).
 * **Dense training, sparse inference** (DS-MoE, Pan et al. 2024): train with every expert active
@@ -36,10 +40,12 @@ def _check_fraction(name: str, value: object, upper_inclusive: bool = True) -> f
 
 @torch.no_grad()
 def upcycle_ffn(ffn: SwiGLU, n_experts: int, top_k: int, *, noise: float = 0.0, reinit_fraction: float = 0.0,
-                generator: torch.Generator | None = None, router: str = "softmax") -> MoE:
+                generator: torch.Generator | None = None, router: str | None = None) -> MoE:
     """An :class:`~dmcourse.moe.MoE` whose ``n_experts`` experts start as copies of ``ffn``.
 
-    The router is new (``nn.Linear``-style init). ``noise``: add N(0, (noise * std(W))^2) to each
+    The router is new (``nn.Linear``-style init), with the rule ``router`` (default: the MoE default,
+    :func:`dmcourse.routing.default_router`; the copy reproduces ``ffn`` exactly when the weights sum
+    to 1, i.e. ``"softmax"`` with ``top_k >= 2``, see the module docstring). ``noise``: add N(0, (noise * std(W))^2) to each
     expert's copy of each matrix W. ``reinit_fraction``: in each expert, re-draw that fraction of
     the hidden units (rows of ``w_gate``/``w_up``, columns of ``w_down``) from the fresh MoE init;
     the units are chosen at random per expert. Both 0: every expert equals ``ffn`` exactly.
@@ -102,8 +108,11 @@ def moe_modules(model: nn.Module) -> list[MoE]:
 
 @contextlib.contextmanager
 def with_top_k(model: nn.Module, k: int) -> Iterator[None]:
-    """Inside the block every MoE layer of ``model`` routes each token to ``k`` experts (softmax over
-    the chosen k, :func:`dmcourse.routing.topk_softmax`); the old ``k`` comes back afterwards."""
+    """Inside the block every MoE layer of ``model`` routes each token to ``k`` experts, with the
+    layer's own rule (for the ``"softmax"`` router: softmax over the chosen k,
+    :func:`dmcourse.routing.topk_softmax`); the old ``k`` comes back afterwards. Meant for
+    evaluation: at ``k = 1`` a ``"softmax"`` router's weight is the constant 1, which does not train
+    the router (see :func:`dmcourse.routing.check_router_learns`)."""
     layers = moe_modules(model)
     for m in layers:
         if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= m.n_experts:

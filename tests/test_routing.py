@@ -164,3 +164,20 @@ def test_noisy_topk_cpu_generator_with_cuda_logits() -> None:
     cpu = noisy_topk(logits, 2, 1.0, generator=torch.Generator().manual_seed(0))
     gpu = noisy_topk(logits.cuda(), 2, 1.0, generator=torch.Generator().manual_seed(0))
     assert torch.equal(gpu.indices.cpu(), cpu.indices)
+
+
+def test_noisy_router_noise_std_depends_on_the_token() -> None:
+    """Shazeer et al. (2017), eq. 4: the std is softplus(x @ W_noise.T), per token *and* expert."""
+    torch.manual_seed(0)
+    router = Router(16, 8, 2, "noisy").train()
+    with torch.no_grad():
+        router.noise_weight.normal_(0, 0.5)
+    x = torch.randn(40, 16)
+    r = router(x, generator=torch.Generator().manual_seed(7))
+    noise = torch.randn(40, 8, generator=torch.Generator().manual_seed(7))
+    std = ((r.logits - router_logits(x, router.weight).float()) / noise).detach()
+    want = torch.nn.functional.softplus(x @ router.noise_weight.T).detach()
+    torch.testing.assert_close(std, want, rtol=1e-4, atol=1e-5)
+    assert float(want.std(dim=0).min()) > 0.05, "the std must vary across tokens for each expert"
+    router.eval()
+    torch.testing.assert_close(router(x).logits, router_logits(x, router.weight))  # no noise at inference
