@@ -75,7 +75,7 @@ def _per_rank(tokens: int | list[int], world_size: int) -> list[int]:
 
 def task_check(ctx: RankContext, tokens: int | list[int] = 16, d_model: int = 32, d_ff: int = 64,
                n_experts: int = 8, k: int = 2, seed: int = 0, dead_experts: list[int] = (),
-               n_shared_experts: int = 0, router: str = "softmax") -> dict:
+               n_shared_experts: int = 0, router: str | None = None) -> dict:
     """Outputs and gradients of :class:`ExpertParallelMoE` vs the single-process :class:`MoE`.
 
     ``tokens``: tokens per rank (one int, or one per rank: uneven, 0 allowed). ``dead_experts``:

@@ -30,6 +30,7 @@ from torch import nn
 from dmcourse.ffn import SwiGLU
 from dmcourse.lm import LMConfig, TinyLM
 from dmcourse.moe import MoE
+from dmcourse.moe_train import moe_layers
 
 
 def _check_fraction(name: str, value: object, upper_inclusive: bool = True) -> float:
@@ -100,7 +101,8 @@ def upcycle_lm(model: TinyLM, n_experts: int, top_k: int, *, noise: float = 0.0,
 
 
 def moe_modules(model: nn.Module) -> list[MoE]:
-    layers = [m for m in model.modules() if isinstance(m, MoE)]
+    """The model's MoE layers (:func:`dmcourse.moe_train.moe_layers`); ``ValueError`` if it has none."""
+    layers = moe_layers(model)
     if not layers:
         raise ValueError("the model has no dmcourse.moe.MoE layer")
     return layers
