@@ -253,7 +253,7 @@ def sequence_wise_balance_loss(
         probabilities work too), normalised per token here: ``s'_ti = s_ti / sum_j s_tj``.
     indices: (batch, seq, k) the experts counted in ``f``. DeepSeek-V3 (eq. 18) counts the top-k of
         the *unbiased* scores, ``unbiased_topk(scores, k)``; passing the experts actually chosen
-        (top-k of ``s + bias``, as :func:`dmcourse.train.moe_loss_fn` does) counts the biased choice
+        (top-k of ``s + bias``, as :func:`dmcourse.moe_train.moe_loss_fn` does) counts the biased choice
         instead. This function counts exactly what it is given.
     attention_mask: (batch, seq), 0 for padding (left out of ``f`` and ``P`` and of ``S``).
 

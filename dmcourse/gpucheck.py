@@ -129,17 +129,17 @@ def moe_dispatch(root: Path, device: torch.device, quick: bool) -> dict:
 def training_steps(device: torch.device, quick: bool) -> dict:
     """Seconds per optimiser step of chapter 4's toy MoE and chapter 7's TinyLM MoE, with the course's
     autocast dtype on CUDA (bf16, fp16 + GradScaler below capability 8.0), fp32 on CPU."""
-    from dmcourse import lm, train
+    from dmcourse import lm, moe_train, toy, train
 
     amp = device_info(device).dtype if device.type == "cuda" else None
     steps = 3 if quick else 20
     out = {}
-    task = train.MixtureTask(seed=0)
-    toy = train.toy_moe(task)
+    task = toy.MixtureTask(seed=0)
+    toy_model = toy.toy_moe(task)
     config = train.TrainConfig(steps=steps, device=str(device), amp_dtype=amp, log_every=steps)
     cases = {
         "chapter 4: toy MoE (MixtureTask, 8 experts, top-2)": (
-            toy, task.batch_fn(8 if quick else 64, 16 if quick else 64), train.moe_loss_fn()),
+            toy_model, task.batch_fn(8 if quick else 64, 16 if quick else 64), moe_train.moe_loss_fn()),
         "chapter 7: TinyLM MoE (8 experts, top-2)": (
             lm.TinyLM(lm.LMConfig(n_experts=8, top_k=2, d_model=64 if quick else 256, seq_len=32 if quick else 128)),
             lm.CharData(lm.make_corpus(20_000)).batch_fn("train", 8 if quick else 64, 32 if quick else 128),

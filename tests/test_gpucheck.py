@@ -135,7 +135,7 @@ def test_t4_has_no_grouped_mm_and_the_grouped_dispatch_falls_back(fake_t4) -> No
 def test_t4_training_uses_gradscaler_with_fp16_autocast(fake_t4, monkeypatch) -> None:
     """train() on a 'cuda' device with amp_dtype fp16 (what a T4 gets) creates a GradScaler and runs the
     scaled step; here the CUDA calls are redirected to the CPU's autocast and GradScaler."""
-    from dmcourse import train
+    from dmcourse import moe_train, toy, train
 
     scalers, autocasts = [], []
     real_scaler, real_autocast = torch.amp.GradScaler, torch.autocast
@@ -152,10 +152,10 @@ def test_t4_training_uses_gradscaler_with_fp16_autocast(fake_t4, monkeypatch) ->
     monkeypatch.setattr(torch, "autocast", autocast)
     monkeypatch.setattr(torch.nn.Module, "to", lambda self, *a, **k: self)
     monkeypatch.setattr(train, "to_device", lambda batch, device: batch)
-    task = train.MixtureTask(seed=0)
-    model = train.toy_moe(task)
+    task = toy.MixtureTask(seed=0)
+    model = toy.toy_moe(task)
     amp = dev_module.pick_dtype("cuda")
-    history = train.train(model, task.batch_fn(4, 8), train.moe_loss_fn(),
+    history = train.train(model, task.batch_fn(4, 8), moe_train.moe_loss_fn(),
                           train.TrainConfig(steps=2, device="cuda", amp_dtype=amp), progress=False)
     assert scalers == ["cuda"] and autocasts and all(a == ("cuda", torch.float16, True) for a in autocasts)
     assert all(torch.isfinite(torch.tensor(v)) for v in history["loss"])

@@ -16,7 +16,8 @@ from dmcourse import routing
 from dmcourse.ffn import SwiGLU
 from dmcourse.lm import ALPHABET, LMConfig, TinyLM, lm_loss
 from dmcourse.moe import MoE
-from dmcourse.train import MixtureTask, task_mse, toy_moe
+from dmcourse.toy import MixtureTask, toy_moe
+from dmcourse.train import task_mse
 from dmcourse.upcycle import upcycle_ffn, upcycle_lm
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see conftest.one_thread
