@@ -1,5 +1,7 @@
 """Load balancing for Mixture-of-Experts routers: losses, capacity, the bias balancer, statistics.
 
+Chapter 4 ("Routing collapse and load balancing") introduces it.
+
 Everything here works on plain tensors -- router logits ``(T, E)``, selected experts ``(T, k)``, an
 optional attention mask -- so it fits any router (``dmcourse.routing.Routing`` carries exactly these).
 ``T`` tokens, ``E`` (= ``N`` in the papers) experts, ``k`` experts per token.

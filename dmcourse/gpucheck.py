@@ -250,9 +250,9 @@ def check(device: str | None = None, *, quick: bool = False, notebooks: bool | N
     if dev.type != "cuda":
         c.skip("GPU figures", f"no CUDA GPU on this machine (device {dev}): CPU figures, plumbing only")
     q = " --quick" if quick else ""
-    ceilings = c.measure("roofline", f"python -m dmcourse.roofline --device {dev.type}{q}",
+    ceilings = c.measure("roofline", f"python -m dmcourse.records --device {dev.type}{q}",
                          lambda: records.measure_ceilings(dev, quick=quick))
-    roof = records.make_record(ceilings, dev, command=f"python -m dmcourse.roofline --device {dev.type}{q}",
+    roof = records.make_record(ceilings, dev, command=f"python -m dmcourse.records --device {dev.type}{q}",
                                quick=quick) if ceilings else None
     if roof:
         c.measurements["roofline"]["result"] = roof["figures"]

@@ -1,5 +1,7 @@
 """A tiny character-level language model, dense or MoE, and the text it learns.
 
+Chapter 7 ("Training dense vs MoE, and the middle paths") introduces it.
+
 **The corpus** (:func:`make_corpus`): English-like text generated offline from a small grammar, so
 nothing is downloaded. Sentences come from a few *topics* with their own words and sentence shapes
 (a farm, a market with prices, a sky with weather, arithmetic lines such as ``12 plus 7 is 19.``):

@@ -1,4 +1,7 @@
-"""The course's matplotlib style and the stamp every measured figure carries."""
+"""The course's matplotlib style and the stamp every measured figure carries.
+
+Chapter 1 ("Your device and how we measure") introduces it; every chapter with a measured figure uses it.
+"""
 
 from __future__ import annotations
 

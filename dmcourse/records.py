@@ -3,7 +3,7 @@
 Introduced in chapter 5 ("Rooflines on your own device"); chapters 3 and 6 read them too. A record
 is a JSON file in ``dmcourse/data/records/`` whose name says its kind::
 
-    roofline_<device>_<date>.json    python -m dmcourse.roofline      (copy/read bandwidth, matmul FLOP/s)
+    roofline_<device>_<date>.json    python -m dmcourse.records      (copy/read bandwidth, matmul FLOP/s)
     moe_dispatch_<device>.json       python benchmarks/moe_dispatch.py --json ...
     gpucheck_<device>.json           python -m dmcourse.gpucheck      (every GPU figure of the course)
 
@@ -13,7 +13,7 @@ record names its device, its date and the command that made it; the book prints 
 reader's own measurement, and says so when no GPU record is shipped (nothing here is invented).
 
 This module also holds the roofline record (schema, :func:`measure_ceilings`, :func:`make_record`)
-and the command line ``python -m dmcourse.roofline`` (see :func:`main`).
+and the command line ``python -m dmcourse.records`` (see :func:`main`).
 Units: bytes, seconds, bytes/s, FLOP/s.
 """
 
@@ -325,12 +325,12 @@ def slug(text: str) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m dmcourse.roofline [--device cuda] [--quick] [--out FILE] [--precisions fp32 bf16] [--threads N]``"""
+    """``python -m dmcourse.records [--device cuda] [--quick] [--out FILE] [--precisions fp32 bf16] [--threads N]``"""
     import argparse
     import sys
 
     parser = argparse.ArgumentParser(
-        prog="python -m dmcourse.roofline",
+        prog="python -m dmcourse.records",
         description="Measure this device's memory bandwidth and matmul throughput; write a JSON record.",
     )
     parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
@@ -352,7 +352,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         found = measure_ceilings(device, quick=args.quick, precisions=args.precisions, repeats=args.repeats)
     except (ValueError, RuntimeError) as err:
         parser.error(str(err))
-    record = make_record(found, device, command=" ".join(["python -m dmcourse.roofline", *argv_list]), quick=args.quick)
+    record = make_record(found, device, command=" ".join(["python -m dmcourse.records", *argv_list]), quick=args.quick)
     out = args.out or f"{RECORD_PREFIX}{slug(record['device'])}_{record['date'][:10]}.json"
     write_record(record, out)
     for m in found.values():

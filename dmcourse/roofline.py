@@ -9,13 +9,10 @@ ceiling allows::
 Equivalently, its throughput is bounded by ``min(peak_flops, intensity * bandwidth)`` where the
 **arithmetic intensity** is ``flops / bytes`` (FLOP/byte). This module holds
 
-* the model: GEMM intensity, the min rule, the ridge point and critical batch size, decode-step
-  bytes/FLOPs for dense and MoE models, and the experts a batch touches;
-* records of measured ceilings and a command line that measures the current device (with
-  :mod:`dmcourse.measure`, where the measurements live) and writes a JSON record::
-
-      python -m dmcourse.roofline --out record.json          # full measurement
-      python -m dmcourse.roofline --quick --out record.json  # small sizes, seconds
+the model: GEMM intensity, the min rule, the ridge point and critical batch size, decode-step
+bytes/FLOPs for dense and MoE models, and the experts a batch touches. Measuring a device's
+ceilings is :mod:`dmcourse.measure`; records of measured ceilings and the command line that
+writes them (``python -m dmcourse.records --out record.json``) are :mod:`dmcourse.records`.
 
 Units: bytes, FLOPs, seconds, bytes/s, FLOP/s; intensities in FLOP/byte.
 """
@@ -371,13 +368,3 @@ def datasheet_roof(gpu: str, precision: str = "bf16") -> tuple[float, float]:
         raise ValueError(f"the datasheet table has no {precision!r} peak or bandwidth for {spec.name}; "
                          f"it has {sorted(peaks)}")
     return float(peaks[precision]), float(bandwidth)
-
-
-# --------------------------------------------------------------------------------------------
-# Records and the command line live in dmcourse.records (read with importlib.resources)
-# --------------------------------------------------------------------------------------------
-
-if __name__ == "__main__":  # python -m dmcourse.roofline: measure this device, write a JSON record
-    from dmcourse.records import main
-
-    raise SystemExit(main())

@@ -1,6 +1,8 @@
 """Drawing rooflines: the ceilings of a device on log-log axes, work placed on them, and an
 interactive explorer for live sessions (ipywidgets; static pages show a matplotlib figure instead).
 
+Chapter 5 ("Rooflines on your own device") introduces it.
+
 x: arithmetic intensity (FLOP/byte); y: attainable throughput, in FLOP/s divided by ``scale``
 (default 1e12: TFLOP/s). The model itself lives in :mod:`dmcourse.roofline`.
 """

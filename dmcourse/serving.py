@@ -1,6 +1,8 @@
 """Serving an MoE through the experts-touched decode model (chapter "Serving an MoE",
 ``book/09_serving.ipynb``).
 
+Chapter 9 ("Serving an MoE", placed after the economics chapter) introduces it.
+
 The roofline's decode step (:func:`dmcourse.roofline.decode_step`) reads the weights of the experts
 a batch touches, ``E * (1 - (1 - k/E) ** B)`` per MoE layer. This module applies it to four serving
 techniques, calling the roofline, accounting and communication formulas rather than restating them:

@@ -1,5 +1,7 @@
 """The middle paths between dense and MoE: upcycling and dense-train / sparse-infer.
 
+Chapter 7 ("Training dense vs MoE, and the middle paths") introduces it.
+
 * **Upcycling** (Komatsuzaki et al. 2022, "Sparse Upcycling"; NVIDIA's Nemotron upcycling): copy a
   trained dense SwiGLU FFN into every expert of an MoE layer and give it a fresh router.
   :func:`upcycle_ffn` does one layer, :func:`upcycle_lm` a whole :class:`dmcourse.lm.TinyLM`

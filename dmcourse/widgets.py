@@ -1,5 +1,7 @@
 """The inference-cost calculator: an ipywidgets front end on :func:`dmcourse.calculator.estimate`.
 
+Chapter 6 ("Inference economics") introduces it.
+
 Everything that computes is a plain function, tested without a kernel: :func:`custom_config`
 (a model from the calculator's fields), :func:`model_for` (a preset or the custom model),
 :func:`estimate_for` (the calculator's inputs -> :class:`~dmcourse.calculator.Estimate`),

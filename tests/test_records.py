@@ -1,5 +1,5 @@
 """dmcourse.records: shipped records are found with importlib.resources and validated; the roofline
-record's command line (python -m dmcourse.roofline) writes a valid record; no GPU record is invented."""
+record's command line (python -m dmcourse.records) writes a valid record; no GPU record is invented."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ def test_cli_main_writes_a_valid_record(tmp_path, capsys) -> None:
     out = tmp_path / "rec.json"
     assert records.main(["--device", "cpu", "--quick", "--precisions", "fp32", "--repeats", "2", "--out", str(out)]) == 0
     assert "wrote" in capsys.readouterr().out
-    _check_record_file(out, expect_command="python -m dmcourse.roofline")
+    _check_record_file(out, expect_command="python -m dmcourse.records")
 
 
 @pytest.mark.slow
@@ -40,7 +40,7 @@ def test_cli_as_a_module(tmp_path) -> None:
                            "--precisions", "fp32", "--repeats", "2", "--out", str(out)],
                           check=False, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
-    _check_record_file(out, expect_command="python -m dmcourse.roofline")
+    _check_record_file(out, expect_command="python -m dmcourse.records")
     assert json.loads(out.read_text())["cpu_threads"] == 1
 
 
@@ -53,7 +53,7 @@ def test_cli_refuses_nonsense(tmp_path) -> None:
 
 
 GOOD = {"schema": 1, "device": "X", "device_type": "cuda", "date": "2026-01-01", "versions": {},
-        "command": "python -m dmcourse.roofline", "figures": {"bandwidth_bytes_per_s": {"copy": 1e12},
+        "command": "python -m dmcourse.records", "figures": {"bandwidth_bytes_per_s": {"copy": 1e12},
                                                             "matmul_flops_per_s": {"bf16": 1e15}}}
 
 
@@ -108,7 +108,7 @@ def test_gpu_summary_labels_each_record_with_device_and_date(monkeypatch) -> Non
              "roofline": {**GOOD, "device": "Fake GPU (test)", "date": "2031-02-03", "versions": {"torch": "x"}},
              "measurements": {"moe_dispatch": {"command": "python benchmarks/moe_dispatch.py", "seconds": 1.0,
                                                "result": {**moe, "device_type": "cuda"}},
-                              "roofline": {"command": "python -m dmcourse.roofline", "seconds": 1.0, "result": {}}},
+                              "roofline": {"command": "python -m dmcourse.records", "seconds": 1.0, "result": {}}},
              "notebooks": [], "skipped": []}
     records.validate_gpucheck(check)
     monkeypatch.setattr(records, "load", lambda kind, device_type=None: [check] if kind == "gpucheck" else [])

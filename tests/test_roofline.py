@@ -170,7 +170,7 @@ def test_model_refuses_nonsense(call, match) -> None:
         call()
 
 
-# records and the CLI (python -m dmcourse.roofline): tests/test_records.py
+# records and the CLI (python -m dmcourse.records): tests/test_records.py
 
 
 # ---------------------------------------------------------------------------------- layer costs, configs, datasheets
