@@ -359,3 +359,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(m)
     print(f"wrote {out} ({record['device']}, {record['date']})")
     return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

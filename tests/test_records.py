@@ -36,7 +36,7 @@ def test_cli_main_writes_a_valid_record(tmp_path, capsys) -> None:
 @pytest.mark.slow
 def test_cli_as_a_module(tmp_path) -> None:
     out = tmp_path / "rec.json"
-    done = subprocess.run([sys.executable, "-m", "dmcourse.roofline", "--device", "cpu", "--quick", "--threads", "1",
+    done = subprocess.run([sys.executable, "-m", "dmcourse.records", "--device", "cpu", "--quick", "--threads", "1",
                            "--precisions", "fp32", "--repeats", "2", "--out", str(out)],
                           check=False, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
