@@ -139,9 +139,7 @@ def expert_counts(indices: torch.Tensor, n_experts: int, attention_mask: torch.T
 # losses
 
 
-def _as_layers(x: torch.Tensor | Sequence[torch.Tensor] | None) -> list[torch.Tensor] | None:
-    if x is None:
-        return None
+def _as_layers(x: torch.Tensor | Sequence[torch.Tensor]) -> list[torch.Tensor]:
     if isinstance(x, torch.Tensor):
         return [x]
     if isinstance(x, (list, tuple)) and len(x) > 0:
@@ -178,7 +176,7 @@ def load_balancing_loss(
     n_experts = layers[0].shape[1]
     if any(l.shape[1] != n_experts for l in layers):
         raise ValueError(f"every layer needs the same number of experts, got {[l.shape[1] for l in layers]}")
-    chosen = _as_layers(indices)
+    chosen = None if indices is None else _as_layers(indices)
     if chosen is not None and len(chosen) != len(layers):
         raise ValueError(f"indices gives {len(chosen)} layers, router_logits {len(layers)}")
     if chosen is not None:
@@ -230,14 +228,14 @@ def router_z_loss(
     (..., E) or a tuple of per-layer tensors (the mean is over all layers' tokens);
     attention_mask: one entry per token of a layer, 0 for padding (left out of the mean).
     """
-    total = None
+    total = torch.zeros(())
     n_real = 0.0
     for logits in _as_layers(router_logits):
         flat = _check_logits(logits)
         mask = _token_mask(attention_mask, flat.shape[0], flat.device)
         z2 = torch.logsumexp(flat.float(), dim=-1) ** 2
         part = (z2 * mask).sum()
-        total = part if total is None else total + part
+        total = total.to(part.device) + part
         n_real += float(mask.sum())
     if n_real == 0:
         raise ValueError("no tokens: the attention mask masks every token")
@@ -367,8 +365,8 @@ def capacity_mask(
     slot = torch.arange(k, device=device).repeat(n_tokens)
     if order == "score":
         if weights is None or not isinstance(weights, torch.Tensor) or tuple(weights.shape) != (n_tokens, k):
-            got = tuple(weights.shape) if isinstance(weights, torch.Tensor) else weights
-            raise ValueError(f"order='score' needs weights of shape (T, k)={(n_tokens, k)}, got {got}")
+            shape = tuple(weights.shape) if isinstance(weights, torch.Tensor) else weights
+            raise ValueError(f"order='score' needs weights of shape (T, k)={(n_tokens, k)}, got {shape}")
         # stable sorts: position, then by descending weight, then group by expert
         perm = torch.argsort(-weights.detach().float().reshape(-1), stable=True)
     elif order == "choice":

@@ -108,7 +108,8 @@ def device_info(device: torch.device | str | None = None) -> DeviceInfo:
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
         capability: tuple[int, int] | None = (props.major, props.minor)
-        name, memory = props.name, int(props.total_memory)
+        memory: int | None = int(props.total_memory)
+        name = props.name
     else:
         capability, name, memory = None, _cpu_name(), _system_memory_bytes()
     return DeviceInfo(

@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import statistics
 import time
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -74,7 +75,7 @@ def _per_rank(tokens: int | list[int], world_size: int) -> list[int]:
 
 
 def task_check(ctx: RankContext, tokens: int | list[int] = 16, d_model: int = 32, d_ff: int = 64,
-               n_experts: int = 8, k: int = 2, seed: int = 0, dead_experts: list[int] = (),
+               n_experts: int = 8, k: int = 2, seed: int = 0, dead_experts: Sequence[int] = (),
                n_shared_experts: int = 0, router: str | None = None) -> dict:
     """Outputs and gradients of :class:`ExpertParallelMoE` vs the single-process :class:`MoE`.
 
@@ -114,14 +115,16 @@ def task_check(ctx: RankContext, tokens: int | list[int] = 16, d_model: int = 32
         b = torch.zeros(()) if b is None else b.detach().float().cpu()
         return float((a - b).abs().max()) if a.numel() and b.numel() else 0.0
 
-    out = {"tokens": per_rank[ctx.rank], "k": k, "output": err(y, y_ref[sl]), "x_grad": err(x.grad, x_ref.grad[sl]),
+    assert x_ref.grad is not None, "the reference backward gave x no gradient"
+    out: dict[str, Any] = {"tokens": per_rank[ctx.rank], "k": k, "output": err(y, y_ref[sl]),
+           "x_grad": err(x.grad, x_ref.grad[sl]),
            "router_grad": err(ep.router.weight.grad, moe.router.weight.grad),
            "w_gate_grad": err(ep.w_gate.grad, moe.w_gate.grad[ex] if moe.w_gate.grad is not None else None),
            "w_up_grad": err(ep.w_up.grad, moe.w_up.grad[ex] if moe.w_up.grad is not None else None),
            "w_down_grad": err(ep.w_down.grad, moe.w_down.grad[ex] if moe.w_down.grad is not None else None),
            "scale": float(y_ref.detach().abs().max()), "experts": [ex.start, ex.stop],
            "send_splits": ep.last["send_splits"], "recv_splits": ep.last["recv_splits"]}
-    if ep.shared is not None:
+    if ep.shared is not None and moe.shared is not None:
         out["shared_grad"] = max(err(a.grad, b.grad) for a, b in zip(ep.shared.parameters(), moe.shared.parameters()))
     return out
 
@@ -143,12 +146,13 @@ def task_check_tp(ctx: RankContext, tokens: int = 16, d_model: int = 32, d_ff: i
     (y * g).sum().backward()
     sl = slice(ctx.rank * d_ff // ctx.world_size, (ctx.rank + 1) * d_ff // ctx.world_size)
     y, y_ref = y.detach(), y_ref.detach()
+    assert x.grad is not None and x_ref.grad is not None, "the backward passes gave x no gradient"
     return {"output": float((y - y_ref).abs().max()), "x_grad": float((x.grad - x_ref.grad).abs().max()),
             "w_gate_grad": float((tp.w_gate.grad - w[0].grad[sl]).abs().max()),
             "w_down_grad": float((tp.w_down.grad - w[2].grad[:, sl]).abs().max())}
 
 
-def task_alltoall(ctx: RankContext, tokens: list[int] = (64, 256, 1024, 4096), d_model: int = 512, k: int = 2,
+def task_alltoall(ctx: RankContext, tokens: Sequence[int] = (64, 256, 1024, 4096), d_model: int = 512, k: int = 2,
                   repeats: int = 7) -> dict:
     """Time one all-to-all of ``T * k`` rows of ``d_model`` (uniform splits) for each T in ``tokens``,
     and for comparison one all-reduce of ``(T, d_model)`` (what tensor parallelism sends per layer).
@@ -238,6 +242,7 @@ def task_imbalance(ctx: RankContext, tokens: int = 256, d_model: int = 256, d_ff
 
         with torch.no_grad():
             steps = _step_times(step, ctx.device, repeats)
+            assert layer.last_routing is not None, "the layer has not run a forward yet"
             load = global_load(layer.last_routing)
             # the same expert work again, one rank at a time while the others wait at a barrier:
             # what each rank's experts take with a device to themselves (ranks on a CPU share cores)
@@ -258,7 +263,7 @@ def task_imbalance(ctx: RankContext, tokens: int = 256, d_model: int = 256, d_ff
                 "experts_alone_s": min(alone), "forward_s": statistics.median(own["forward"][-repeats:]),
                 "step_s": statistics.median(steps), "global_load": load.tolist()}
 
-    out = {"tokens": tokens, "d_model": d_model, "d_ff": d_ff, "n_experts": n_experts, "k": k, "skew": skew,
+    out: dict[str, Any] = {"tokens": tokens, "d_model": d_model, "d_ff": d_ff, "n_experts": n_experts, "k": k, "skew": skew,
            "bias_steps": bias_steps, "gamma": gamma, "aux_steps": aux_steps, "aux_lr": aux_lr}
     out["uniform"] = measure(base.router)
     skewed = copy.deepcopy(base.router)
@@ -272,8 +277,10 @@ def task_imbalance(ctx: RankContext, tokens: int = 256, d_model: int = 256, d_ff
         loss = sequence_wise_balance_loss(routing.scores.unsqueeze(0), routing.indices.unsqueeze(0))
         opt.zero_grad()
         loss.backward()
-        dist.all_reduce(aux.weight.grad)
-        aux.weight.grad /= ctx.world_size  # the mean over ranks of the per-rank losses
+        grad = aux.weight.grad
+        assert grad is not None, "the balance loss gave the router no gradient"
+        dist.all_reduce(grad)
+        grad /= ctx.world_size  # the mean over ranks of the per-rank losses
         opt.step()
     out["aux_loss"] = measure(aux)
 
@@ -305,7 +312,7 @@ def task_node_limited(ctx: RankContext, tokens: int = 512, d_model: int = 64, d_
     g = torch.Generator().manual_seed(seed + 1)
     x_all = torch.randn(tokens * ctx.world_size, d_model, generator=g)
     x = x_all[ctx.rank * tokens:(ctx.rank + 1) * tokens].to(ctx.device)
-    out = {"n_nodes": n_nodes, "ranks_per_node": ranks_per_node, "max_nodes": max_nodes, "k": k,
+    out: dict[str, Any] = {"n_nodes": n_nodes, "ranks_per_node": ranks_per_node, "max_nodes": max_nodes, "k": k,
            "n_experts": n_experts, "tokens": tokens}
     for name, groups in (("unlimited", (1, 1)), ("node_limited", (n_nodes, max_nodes))):
         moe = _moe(seed, d_model, d_ff, n_experts, k, router="sigmoid", n_groups=groups[0], topk_groups=groups[1])
@@ -314,6 +321,7 @@ def task_node_limited(ctx: RankContext, tokens: int = 512, d_model: int = 64, d_
         with torch.no_grad():
             y = ep(x)
             y_ref = moe(x_all.to(ctx.device))[ctx.rank * tokens:(ctx.rank + 1) * tokens]
+        assert ep.last_routing is not None
         idx = ep.last_routing.indices
         splits = ep.last["send_splits"]
         same_node = range(home * ranks_per_node, (home + 1) * ranks_per_node)

@@ -14,13 +14,17 @@ an expert stack adds a leading ``E`` axis).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from dmcourse.checks import check_int
 
-ACTIVATIONS = ("relu", "gelu", "silu")
+ACTIVATION_FNS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {"relu": F.relu, "gelu": F.gelu, "silu": F.silu}
+ACTIVATIONS = tuple(ACTIVATION_FNS)
 
 
 def swiglu(x: torch.Tensor, w_gate: torch.Tensor, w_up: torch.Tensor, w_down: torch.Tensor) -> torch.Tensor:
@@ -59,7 +63,7 @@ def mlp(x: torch.Tensor, w_up: torch.Tensor, w_down: torch.Tensor, activation: s
         )
     if x.shape[-1] != w_up.shape[1]:
         raise ValueError(f"x has last dimension {x.shape[-1]}, expected d_model={w_up.shape[1]} (from w_up)")
-    act = {"relu": F.relu, "gelu": F.gelu, "silu": F.silu}[activation]
+    act = ACTIVATION_FNS[activation]
     return act(x @ w_up.T) @ w_down.T
 
 
@@ -81,7 +85,7 @@ class SwiGLU(nn.Module):
         super().__init__()
         self.d_model = check_int("d_model", d_model)
         self.d_ff = check_int("d_ff", d_ff)
-        kw = {"bias": bias, "dtype": dtype, "device": device}
+        kw: dict[str, Any] = {"bias": bias, "dtype": dtype, "device": device}
         self.w_gate = nn.Linear(d_model, d_ff, **kw)
         self.w_up = nn.Linear(d_model, d_ff, **kw)
         self.w_down = nn.Linear(d_ff, d_model, **kw)
@@ -119,12 +123,12 @@ class MLP(nn.Module):
         self.d_model = check_int("d_model", d_model)
         self.d_ff = check_int("d_ff", d_ff)
         self.activation = activation
-        kw = {"bias": bias, "dtype": dtype, "device": device}
+        kw: dict[str, Any] = {"bias": bias, "dtype": dtype, "device": device}
         self.w_up = nn.Linear(d_model, d_ff, **kw)
         self.w_down = nn.Linear(d_ff, d_model, **kw)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        act = {"relu": F.relu, "gelu": F.gelu, "silu": F.silu}[self.activation]
+        act = ACTIVATION_FNS[self.activation]
         return self.w_down(act(self.w_up(x)))
 
     def flops_per_token(self) -> int:

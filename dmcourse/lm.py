@@ -270,7 +270,7 @@ def lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 def ffn_layers(model: TinyLM) -> list[nn.Module]:
     """The FFN module of each block, in order."""
-    return [b.ffn for b in model.blocks]
+    return [b.get_submodule("ffn") for b in model.blocks]
 
 
 @torch.no_grad()
@@ -282,7 +282,8 @@ def expert_choices(model: TinyLM, ids: torch.Tensor) -> list[torch.Tensor]:
         model(ids)
     finally:
         model.train(was)
-    return [f.last_routing.indices.clone() for f in ffn_layers(model) if isinstance(f, MoE)]
+    routings = [f.last_routing for f in ffn_layers(model) if isinstance(f, MoE)]
+    return [r.indices.clone() for r in routings if r is not None]
 
 
 # ------------------------------------------------------------------------------------------------

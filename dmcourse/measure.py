@@ -207,14 +207,17 @@ def measure_bandwidth(
     per_set = 2 * nbytes if kind == "copy" else nbytes
     sets = rotation_count(per_set, device)
     if kind == "copy":
-        arg_sets = [(torch.empty(numel, device=device), torch.ones(numel, device=device)) for _ in range(sets)]
+        arg_sets: list[tuple[torch.Tensor, ...]] = [
+            (torch.empty(numel, device=device), torch.ones(numel, device=device)) for _ in range(sets)]
         timing = time_rotating(lambda dst, src: dst.copy_(src), arg_sets, device=device, warmup=warmup, repeats=repeats)
         work = 2 * nbytes
     else:
         arg_sets = [(torch.ones(numel, device=device),) for _ in range(sets)]
-        reader = torch.sum
+        reader: Callable[[torch.Tensor], object] = torch.sum
         if kind == "read_kernel":
-            from dmcourse.stream import read_sum as reader
+            from dmcourse.stream import read_sum
+
+            reader = read_sum
         timing = time_rotating(reader, arg_sets, device=device, warmup=warmup, repeats=repeats)
         work = nbytes
     del arg_sets

@@ -174,7 +174,7 @@ def capacity_limited(model: nn.Module, capacity_factor: float, order: str = "pos
     wrappers = [CapacityLimitedRouter(r, capacity_factor, order) for r in originals]
     try:
         for m, w in zip(layers, wrappers):
-            m.router = w
+            m.router = w  # type: ignore[assignment]  # the wrapper stands in for the Router it wraps
         yield wrappers
     finally:
         for m, r in zip(layers, originals):

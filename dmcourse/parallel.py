@@ -127,7 +127,9 @@ class ExpertParallelMoE(nn.Module):
         return self.rank * self.e_local
 
     def _group(self) -> dist.ProcessGroup:
-        return dist.group.WORLD if self.group is None else self.group
+        group = dist.group.WORLD if self.group is None else self.group
+        assert group is not None, "torch.distributed is not initialised (no WORLD group)"
+        return group
 
     def _all_to_all(self, rows: torch.Tensor, out_splits: list[int], in_splits: list[int]) -> torch.Tensor:
         """Differentiable all-to-all of rows (R, d): ``in_splits`` rows to each rank, ``out_splits`` back."""
@@ -214,12 +216,12 @@ class _CopyToRanks(torch.autograd.Function):
     """Identity forward; all-reduce (sum) of the gradient backward (Megatron-LM's ``f``)."""
 
     @staticmethod
-    def forward(ctx, x, group):  # type: ignore[override]
+    def forward(ctx, x, group):
         ctx.group = group
         return x.view_as(x)
 
     @staticmethod
-    def backward(ctx, grad):  # type: ignore[override]
+    def backward(ctx, grad):
         grad = grad.contiguous().clone()
         dist.all_reduce(grad, group=ctx.group)
         return grad, None
@@ -229,13 +231,13 @@ class _SumOverRanks(torch.autograd.Function):
     """All-reduce (sum) forward; identity backward (Megatron-LM's ``g``)."""
 
     @staticmethod
-    def forward(ctx, x, group):  # type: ignore[override]
+    def forward(ctx, x, group):
         x = x.contiguous().clone()
         dist.all_reduce(x, group=group)
         return x
 
     @staticmethod
-    def backward(ctx, grad):  # type: ignore[override]
+    def backward(ctx, grad):
         return grad, None
 
 

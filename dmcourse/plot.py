@@ -6,9 +6,11 @@ Chapter 1 ("Your device and how we measure") introduces it; every chapter with a
 from __future__ import annotations
 
 import datetime as _dt
+from typing import Any
 
 import matplotlib as mpl
 import matplotlib.pyplot as plt
+from cycler import cycler
 
 COLORS: dict[str, str] = {
     "dense": "#1f5fa8",  # blue: dense models
@@ -18,7 +20,7 @@ COLORS: dict[str, str] = {
     "accent": "#edae49",
 }
 
-STYLE: dict[str, object] = {
+STYLE: dict[str, Any] = {
     "figure.figsize": (6.4, 3.8),
     "figure.dpi": 110,
     "savefig.dpi": 110,
@@ -30,13 +32,13 @@ STYLE: dict[str, object] = {
     "axes.labelsize": 10,
     "legend.fontsize": 9,
     "legend.frameon": False,
-    "axes.prop_cycle": mpl.cycler(color=list(COLORS.values())),
+    "axes.prop_cycle": cycler(color=list(COLORS.values())),
 }
 
 
 def use_style() -> None:
     """Apply the course style to all following figures."""
-    mpl.rcParams.update(STYLE)
+    plt.style.use(STYLE)
 
 
 _CORNERS: dict[str, tuple[float, float, str, str]] = {

@@ -267,6 +267,8 @@ class Router(nn.Module):
     :func:`check_router_learns`) unless ``allow_constant_gate=True``.
     """
 
+    bias: torch.Tensor  # a buffer, registered for the "sigmoid" rule only
+
     def __init__(
         self,
         d_model: int,

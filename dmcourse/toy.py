@@ -79,8 +79,8 @@ class MixtureTask:
             check_int(name, value)
         if clusters_per_seq > n_clusters:
             raise ValueError(f"clusters_per_seq={clusters_per_seq} exceeds n_clusters={n_clusters}")
-        for name, value in (("spread", spread), ("common", common), ("gain", gain), ("shared", shared)):
-            nonnegative_float(name, value)
+        for name, number in (("spread", spread), ("common", common), ("gain", gain), ("shared", shared)):
+            nonnegative_float(name, number)
         if spread == 0:
             raise ValueError("spread must be positive: the teachers read the offset from the centre")
         self.d_in, self.d_out, self.n_clusters, self.teacher_width = d_in, d_out, n_clusters, teacher_width

@@ -154,7 +154,8 @@ def to_device(batch: Any, device: torch.device) -> Any:
     if isinstance(batch, torch.Tensor) or hasattr(batch, "to"):
         return batch.to(device)
     if isinstance(batch, Mapping):
-        return type(batch)({k: to_device(v, device) for k, v in batch.items()})
+        mapping: Any = type(batch)  # dict, OrderedDict, a batch class taking a dict
+        return mapping({k: to_device(v, device) for k, v in batch.items()})
     if isinstance(batch, (list, tuple)):
         return type(batch)(to_device(v, device) for v in batch)
     return batch

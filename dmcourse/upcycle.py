@@ -97,6 +97,7 @@ def upcycle_lm(model: TinyLM, n_experts: int, top_k: int, *, noise: float = 0.0,
     if unexpected or any(".ffn." not in k for k in missing):
         raise ValueError(f"state mismatch while upcycling: missing {missing}, unexpected {unexpected}")
     for src, dst in zip(model.blocks, moe_model.blocks):
+        assert isinstance(src.ffn, SwiGLU), f"a dense TinyLM block holds a SwiGLU, got {type(src.ffn).__name__}"
         dst.ffn = upcycle_ffn(src.ffn, n_experts, top_k, noise=noise, reinit_fraction=reinit_fraction,
                               generator=generator)
     return moe_model

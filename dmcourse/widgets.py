@@ -19,6 +19,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import matplotlib.pyplot as plt
+import numpy as np
 
 from dmcourse import accounting, economics, hardware, plot
 from dmcourse import calculator as calc
@@ -43,16 +44,19 @@ def custom_config(d_model: int, n_layers: int, n_heads: int, n_kv_heads: int, d_
     SwiGLU FFNs; ``n_experts = 0``: dense (``top_k`` and ``d_ff_expert`` ignored); else every layer
     is an MoE layer with ``n_experts`` experts of width ``d_ff_expert``, ``top_k`` per token.
     Invalid values raise ``ValueError`` (from ModelConfig), naming the field."""
-    moe = dict(n_experts=n_experts, top_k=top_k, d_ff_expert=d_ff_expert) if n_experts else {}
+    if not n_experts:
+        # dense: top_k and d_ff_expert are ignored, the MoE fields keep ModelConfig's defaults
+        return ModelConfig(name=name, vocab_size=vocab_size, d_model=d_model, n_layers=n_layers, n_heads=n_heads,
+                           n_kv_heads=n_kv_heads, d_ff=d_ff)
     return ModelConfig(name=name, vocab_size=vocab_size, d_model=d_model, n_layers=n_layers, n_heads=n_heads,
-                       n_kv_heads=n_kv_heads, d_ff=d_ff, **moe)
+                       n_kv_heads=n_kv_heads, d_ff=d_ff, n_experts=n_experts, top_k=top_k, d_ff_expert=d_ff_expert)
 
 
 def model_for(choice: str, custom: Mapping[str, int] | None = None) -> ModelConfig:
     """The preset called ``choice``, or, for ``choice == "custom"``, :func:`custom_config` of
     ``custom`` (missing fields from :data:`CUSTOM_DEFAULTS`)."""
     if choice == CUSTOM:
-        fields = {**CUSTOM_DEFAULTS, **(custom or {})}
+        fields: dict[str, Any] = {**CUSTOM_DEFAULTS, **(custom or {})}
         unknown = set(fields) - set(CUSTOM_DEFAULTS)
         if unknown:
             raise ValueError(f"unknown custom field(s) {sorted(unknown)}; expected {sorted(CUSTOM_DEFAULTS)}")
@@ -93,7 +97,9 @@ def plot_estimate(est: calc.Estimate, config: ModelConfig | None = None, batches
     if axes is None:
         fig, axes = plt.subplots(1, 2, figsize=(10, 4.2))
     else:
-        fig = axes[0].figure
+        parent = axes[0].get_figure(root=True)
+        assert parent is not None, "the axes passed in belong to no figure"
+        fig = parent
     ax_mem, ax_cost = axes
     m, gb = est.memory, accounting.to_gb
     parts = [("weights", m.weight_bytes, plot.COLORS["dense"]), ("KV cache", m.kv_cache_bytes, plot.COLORS["moe"]),
@@ -130,7 +136,9 @@ def plot_estimate(est: calc.Estimate, config: ModelConfig | None = None, batches
     ax_cost.set(xlabel="batch (sequences decoded together)", ylabel="GPU-seconds per million tokens",
                 title=f"{est.n_gpus} x {est.gpu} (datasheet roof), context {est.context}")
     if price:
-        sec = ax_cost.secondary_yaxis("right", functions=(lambda s: s * price / 3600, lambda d: d * 3600 / price))
+        usd_per_gpu_s = price / 3600
+        sec = ax_cost.secondary_yaxis("right", functions=(lambda s: np.asarray(s) * usd_per_gpu_s,
+                                                          lambda d: np.asarray(d) / usd_per_gpu_s))
         sec.set_ylabel(f"\\$ per million tokens (assumed \\${price:g}/GPU-hour)", fontsize=8)
     ax_cost.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2)
     fig.tight_layout()
