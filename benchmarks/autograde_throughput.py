@@ -24,8 +24,12 @@ import nbformat
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))  # test tooling: synth, mutation
 
-from dmcourse.grading import batch, course, mutation, pipeline, synth  # noqa: E402
+import mutation  # noqa: E402
+import synth  # noqa: E402
+
+from dmcourse.grading import batch, course, pipeline  # noqa: E402
 
 
 def measure(assignment: str, n: int, jobs: int) -> tuple[float, int]:

@@ -20,10 +20,11 @@ from pathlib import Path
 
 import nbformat
 import pytest
-
+import synth
 from conftest import ROOT
-from dmcourse.grading import cli, collect, course, names, pipeline, recover, synth
-from dmcourse.grading.mutation import load_mutants
+from mutation import load_mutants
+
+from dmcourse.grading import cli, collect, course, names, pipeline, recover
 from dmcourse.grading.safety import HIDDEN_PLACEHOLDER, HideHiddenTests, LimitOutputSize
 
 FULL = "ex00_warmup"  # the assignment that gets every kind of bad submission
@@ -246,7 +247,7 @@ class Batch:
 @pytest.fixture(scope="module")
 def batch(tmp_path_factory) -> Batch:
     root = tmp_path_factory.mktemp("course")
-    from dmcourse.grading.mutation import copy_course
+    from mutation import copy_course
 
     copy_course(ROOT, root)
     found = sorted(p.name for p in (root / "solutions").iterdir() if p.is_dir())
@@ -307,7 +308,7 @@ def test_each_submission_gets_the_score_it_deserves(batch: Batch) -> None:
 @pytest.mark.slow
 def test_fast_mutation_engine_agrees_with_nbgrader(batch: Batch) -> None:
     """tests/test_mutants.py scores mutants in one reused kernel; here nbgrader graded some of them."""
-    from dmcourse.grading.mutation import run_in_one_kernel
+    from mutation import run_in_one_kernel
 
     checked = 0
     for a in batch.assignments:
