@@ -470,7 +470,7 @@ def test_collect_reports_every_file_and_writes_nothing_on_dry_run(course_copy: P
     items = collect.collect(course_copy, dl, dry_run=True)
     assert not (course_copy / "submitted").exists()
     status = {i.source: i.status for i in items}
-    assert status == {f"ann_111_{FULL}.ipynb": "duplicate", f"ann_111_222_{FULL}-1.ipynb": "collected",
+    assert status == {f"ann_111_{FULL}.ipynb": "duplicate", f"ann_111_222_{FULL}-1.ipynb": "would-collect",
                       f"bad_333_{FULL}.ipynb": "invalid-notebook", "zed - ex42_other.ipynb": "unknown-assignment",
                       "notes.txt": "not-a-notebook"}
     collect.collect(course_copy, dl)
