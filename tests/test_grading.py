@@ -24,7 +24,7 @@ import synth
 from conftest import ROOT
 from mutation import load_mutants
 
-from dmcourse.grading import cli, collect, course, names, pipeline, recover
+from dmcourse.grading import cli, collect, course, export, names, pipeline, recover
 from dmcourse.grading.safety import HIDDEN_PLACEHOLDER, HideHiddenTests, LimitOutputSize
 
 FULL = "ex00_warmup"  # the assignment that gets every kind of bad submission
@@ -658,3 +658,192 @@ def test_guide_command_works_without_an_activated_environment(course_copy: Path,
     rows = {row["student_id"]: row for row in csv.DictReader((course_copy / "grades.csv").open())}
     assert float(rows["ann"]["score"]) == float(rows["ann"]["max_score"]) > 0, rows["ann"]
     assert float(rows["bob"]["score"]) == 0, rows["bob"]
+
+
+# ---------------------------------------------------------------- the instructor trial (issue 17)
+
+
+def test_feedback_hides_local_paths_helper_signatures_and_explains_timeouts() -> None:
+    from dmcourse.grading.safety import HIDDEN_FUNCTION, TIMEOUT_MESSAGE, grading_config
+
+    cell = nbformat.v4.new_code_cell(
+        "assert f(1) == 1\n### BEGIN HIDDEN TESTS\ndef _check_secret(x, expected_secret):\n"
+        "    assert f(x) == expected_secret, 'f is wrong'\n_check_secret(3, 4)\n### END HIDDEN TESTS")
+    cell.metadata["nbgrader"] = {"grade": True, "grade_id": "t", "points": 1, "solution": False, "locked": True}
+    cell.outputs = [nbformat.v4.new_output("error", ename="AssertionError", evalue="f is wrong", traceback=[
+        "Cell In[4], line 5\n----> 5 _check_secret(3, 4)",
+        "Cell In[4], line 4, in \x1b[0;36m_check_secret\x1b[0m(x, expected_secret)\n----> 4     assert f(x) == expected_secret, 'f is wrong'",
+        "File \x1b[0;32m/home/grader/.venv/lib/python3.11/site-packages/dmcourse/grading/guard.py:47\x1b[0m, in g(fn)",
+        "AssertionError: f is wrong"])]
+    nb = nbformat.v4.new_notebook(cells=[cell])
+    HideHiddenTests().preprocess(nb, {})
+    out = json.dumps(nb)
+    assert "expected_secret" not in out and "/home/grader" not in out and "_check_secret" not in out
+    assert HIDDEN_FUNCTION in out and "site-packages/dmcourse/grading/guard.py" in out and "f is wrong" in out
+    timeout = grading_config().Execute.error_on_timeout
+    assert "No reply" not in json.dumps(timeout) and timeout["evalue"] == TIMEOUT_MESSAGE
+
+
+def test_invalid_json_is_reported_in_one_readable_line(tmp_path: Path) -> None:
+    from dmcourse.grading import nbfile
+
+    (tmp_path / "a.ipynb").write_text('{"cells": [{"source": "unterminated')
+    with pytest.raises(nbfile.InvalidNotebook) as e:
+        nbfile.read(tmp_path / "a.ipynb")
+    assert "at at" not in str(e.value) and "line 1" in str(e.value)
+
+
+def _tiny_assignment(root: Path, name: str, manual: bool = False) -> str:
+    """A tiny assignment (no torch: kernels start fast) with one autograded test (1 point) and,
+    with ``manual``, one manually graded answer (2 points); registered in the gradebook."""
+
+    def meta(**kw):
+        return {"nbgrader": {"grade": False, "locked": False, "schema_version": 3, "solution": False, "task": False, **kw}}
+
+    cells = [
+        nbformat.v4.new_code_cell("def double(x):\n    ### BEGIN SOLUTION\n    return 2 * x\n    ### END SOLUTION",
+                                  metadata=meta(grade_id="double", solution=True), id="double"),
+        nbformat.v4.new_code_cell("assert double(2) == 4\n### BEGIN HIDDEN TESTS\nassert double(21) == 42\n"
+                                  "### END HIDDEN TESTS", id="test_double",
+                                  metadata=meta(grade_id="test_double", grade=True, locked=True, points=1)),
+    ]
+    if manual:
+        cells.append(nbformat.v4.new_markdown_cell("Doubling is a linear map.", id="why",
+                                                   metadata=meta(grade_id="why", grade=True, solution=True, points=2)))
+    nb = nbformat.v4.new_notebook(cells=cells, metadata={
+        "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}})
+    (root / "solutions" / name).mkdir(parents=True)
+    nbformat.write(nb, root / "solutions" / name / f"{name}.ipynb")
+    course.generate(root, name)
+    return name
+
+
+def _tiny(root: Path, a: str, body: str = "    return x + x", extra: str = "") -> bytes:
+    nb = nbformat.read(root / "exercises" / a / f"{a}.ipynb", as_version=4)
+    synth.cell(nb, "double").source = f"{extra}def double(x):\n{body}"
+    return _bytes(nb)
+
+
+def _grades(root: Path, path: str = "grades.csv") -> dict[tuple[str, str], dict]:
+    with open(root / path, newline="") as f:
+        return {(r["assignment"], r["student_id"]): r for r in csv.DictReader(f)}
+
+
+@pytest.mark.slow
+def test_no_silent_zeros_in_grades_csv(course_copy: Path, tmp_path: Path, capsys) -> None:
+    """Issue 17.1: a file not collected, an assignment never collected, a student who handed in
+    nothing, a failed submission and a re-run without --from: every row says what happened."""
+    a, b = _tiny_assignment(course_copy, "zz_one"), _tiny_assignment(course_copy, "zz_two")
+    course.register(course_copy, FULL)  # as after `make release`: the gradebook knows more assignments
+    dl_a, dl_b = tmp_path / "a", tmp_path / "b"
+    dl_a.mkdir()
+    dl_b.mkdir()
+    (dl_a / f"ann_{a}.ipynb").write_bytes(_tiny(course_copy, a))
+    (dl_a / f"bob_{a}.ipynb").write_bytes(_tiny(course_copy, a)[:100])  # truncated download
+    (dl_a / f"smithcid_LATE_123_456_{a}.ipynb").write_bytes(_tiny(course_copy, a, "    return 3 * x"))
+    (dl_a / f"dan_{a}.ipynb").write_bytes(_tiny(course_copy, a, extra="import os\nos._exit(1)\n"))
+    (dl_a / "Eve Ray_77_assignsubmission_onlinetext_onlinetext.html").write_text("<p>see file</p>")
+    (dl_b / f"bob_{b}.ipynb").write_bytes(_tiny(course_copy, b))
+    run = ["--course", str(course_copy), "--timeout", "10"]
+    assert cli.main(["grade", a, "--from", str(dl_a), *run]) == 1  # bob not collected, dan failed
+    assert cli.main(["grade", b, "--from", str(dl_b), *run]) == 0
+    assert cli.main(["grade", a, *run]) == 1  # again without --from: bob's row must stay
+    report = {(r["student"], r["status"]) for r in export.report_rows(course_copy, a)}
+    assert ("bob", "not collected") in report and ("77", "ignored") in report
+    capsys.readouterr()
+    assert cli.main(["export", "--course", str(course_copy)]) == 0
+    assert "wrote" in capsys.readouterr().out
+    rows = _grades(course_copy)
+    got = {k: (r["status"].split(":")[0], r["score"], r["late"]) for k, r in rows.items()}
+    assert got == {
+        (a, "ann"): ("graded", "1", ""), (a, "bob"): ("not collected", "", ""), (a, "123"): ("graded", "0", "LATE"),
+        (a, "dan"): ("failed", "", ""), (a, "77"): ("missing", "", ""),
+        (b, "ann"): ("missing", "", ""), (b, "bob"): ("graded", "1", ""), (b, "123"): ("missing", "", ""),
+        (b, "dan"): ("missing", "", ""), (b, "77"): ("missing", "", ""),
+    }, got
+    assert "invalid JSON" in rows[(a, "bob")]["status"]
+    assert not any(k[0] == FULL for k in rows)  # registered, never collected: no rows at all
+    assert cli.main(["export", "--course", str(course_copy), "--assignment", FULL, "--to", "x.csv"]) == 0
+    assert {r["status"] for r in _grades(course_copy, "x.csv").values()} == {"missing"}
+
+
+@pytest.mark.slow
+def test_hand_fixed_submission_is_kept_and_graded(course_copy: Path, tmp_path: Path, capsys) -> None:
+    """Issue 17.2: the guide's fix flow (edit submitted/..., regrade that student) ends in graded
+    with exit 0 on the next `grade --from`; --force never brings back the file that kills the kernel."""
+    a = _tiny_assignment(course_copy, "zz_fix")
+    dl = tmp_path / "dl"
+    dl.mkdir()
+    (dl / f"ann_{a}.ipynb").write_bytes(_tiny(course_copy, a))
+    (dl / f"dan_{a}.ipynb").write_bytes(_tiny(course_copy, a, extra="import os\nos._exit(1)\n"))
+    run = ["--course", str(course_copy), "--timeout", "10"]
+    assert cli.main(["grade", a, "--from", str(dl), *run]) == 1
+    sub = course_copy / "submitted" / "dan" / a / f"{a}.ipynb"
+    sub.write_text(sub.read_text().replace("os._exit(1)", "# os._exit(1)  commented out by the instructor"))
+    assert cli.main(["autograde", a, "--student", "dan", *run]) == 0
+    capsys.readouterr()
+    for extra in ([], ["--force"]):
+        assert cli.main(["grade", a, "--from", str(dl), *run, *extra]) == 0, extra
+        out = capsys.readouterr().out
+        assert "dan" in out and "failed" not in out and "exists-differs" not in out
+        assert "commented out by the instructor" in sub.read_text()
+    rows = _grades(course_copy)
+    assert (rows[(a, "dan")]["status"], rows[(a, "dan")]["score"]) == ("graded", "1")
+    (dl / f"dan_{a}-1.ipynb").write_bytes(_tiny(course_copy, a, "    return x * 2"))  # a new upload
+    assert cli.main(["grade", a, "--from", str(dl), *run]) == 1  # exists-differs: needs you
+    assert cli.main(["grade", a, "--from", str(dl), *run, "--force"]) == 0
+    replaced = list((course_copy / "submitted" / ".recovered" / "dan" / a / "replaced").glob("*.ipynb"))
+    assert len(replaced) == 1 and "commented out by the instructor" in replaced[0].read_text()
+
+
+def test_every_command_fails_in_one_line_on_bad_input(course_copy: Path, tmp_path: Path, capsys) -> None:
+    """Issue 17.3 and 17.5: unknown assignment, unknown student, missing folder, nothing to do."""
+    c = ["--course", str(course_copy)]
+    empty = tmp_path / "empty_download"  # (tmp_path is the course directory itself)
+    empty.mkdir()
+    cases = [
+        (["collect", str(tmp_path / "nowhere"), *c], "not found"),
+        (["collect", str(empty), "--assignment", "ex02_mo", *c], "unknown assignment 'ex02_mo'"),
+        (["collect", str(empty), "--assume", *c], "--assume needs exactly one --assignment"),
+        (["collect", str(empty), *c], "nothing to do"),
+        (["recover", "ex02_mo", *c], "unknown assignment 'ex02_mo'"),
+        (["recover", FULL, *c], "nothing to do"),
+        (["autograde", "ex02_mo", *c], "unknown assignment 'ex02_mo'"),
+        (["autograde", FULL, *c], "nothing to do"),
+        (["feedback", "ex02_mo", *c], "unknown assignment 'ex02_mo'"),
+        (["feedback", FULL, *c], "nothing to do"),
+        (["export", "--assignment", "ex02_mo", *c], "unknown assignment 'ex02_mo'"),
+        (["export", *c], "nothing to export"),
+        (["grade", "ex02_mo", *c], "unknown assignment 'ex02_mo'"),
+        (["grade", FULL, *c], "nothing to grade"),
+        (["grade", FULL, "--from", str(tmp_path / "nowhere.zip"), *c], "not found"),
+    ]
+    sub = course_copy / "submitted" / "ann" / FULL
+    for argv, message in cases:
+        assert cli.main(argv) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert message in err and len(err.splitlines()) == 1, (argv, err)
+    sub.mkdir(parents=True)  # a submission, but not of the student asked for
+    for command in ("recover", "autograde"):
+        assert cli.main([command, FULL, "--student", "zed", *c]) == 2
+        assert "unknown student 'zed'" in capsys.readouterr().err
+    assert not (course_copy / "grades.csv").exists()
+
+
+def test_a_zip_download_is_read_like_its_folder(course_copy: Path, tmp_path: Path, capsys) -> None:
+    import zipfile
+
+    info = Info(FULL, *synth.load(course_copy, FULL))
+    with zipfile.ZipFile(tmp_path / "submissions.zip", "w") as z:
+        z.writestr(f"smithann_LATE_111_222_{FULL}.ipynb", _bytes(info.correct()))
+        z.writestr("Bob Lee_31_assignsubmission_onlinetext_onlinetext.html", "<p>hi</p>")
+    items = collect.collect(course_copy, tmp_path / "submissions.zip", dry_run=True)
+    assert [(i.status, i.student, i.late) for i in items] == [("online-text", "31", False),
+                                                             ("would-collect", "111", True)]
+    assert not (course_copy / "submitted").exists()
+    assert cli.main(["collect", str(tmp_path / "submissions.zip"), "--course", str(course_copy)]) == 0
+    assert collect.recorded(course_copy / "submitted" / "111" / FULL / f"{FULL}.ipynb")["late"] is True
+    assert cli.main(["grade", FULL, "--from", str(tmp_path / "submissions.zip"), "--dry-run",
+                     "--course", str(course_copy)]) == 0
+    out = capsys.readouterr().out
+    assert "would autograde 1 submission" in out or "would grade" in out
