@@ -156,7 +156,7 @@ def cmd_export(args) -> int:
         print(f"would write {args.to}: {', '.join(assignments)}")
         return 0
     found = export.rows(root, assignments)
-    path = export.write(root, Path(args.to), assignments)
+    path = export.write(root, root / Path(args.to).expanduser(), assignments)
     counts: dict[str, int] = {}
     for r in found:
         key = r.status.split(":")[0]
@@ -231,7 +231,7 @@ def parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("export", parents=[common], help="grades to CSV, with a status for every row",
                         description="One row per student and assignment: a score for graded submissions only, "
                                     "else the status (missing, not collected: <reason>, failed, not graded yet).")
-    sp.add_argument("--to", default="grades.csv", help="CSV file (default grades.csv)")
+    sp.add_argument("--to", default="grades.csv", help="CSV file, relative to the course directory (default grades.csv)")
     sp.add_argument("--assignment", action="append",
                     help="only this assignment (repeatable; default: every assignment with submissions)")
     sp.set_defaults(func=cmd_export)

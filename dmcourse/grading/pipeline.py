@@ -96,12 +96,15 @@ def grade(root: Path, assignment: str, download: Path | None = None, *, jobs: in
     rows: list[Row] = []
     late: set[str] = set()
     incoming: list[str] = []  # students a dry run would collect
+    said: dict[str, str] = {}  # student -> what collect says about a file it kept (a hand edit)
     if download is not None:
         echo(f"collect {download} -> submitted/")
         for item in collect.collect(root, download, [assignment], pattern, force=force, dry_run=dry_run,
                                      assume=assume):
             if item.late and item.student:
                 late.add(item.student)
+            if item.status == "unchanged" and item.reason:
+                said[item.student] = item.reason
             if item.status == "would-collect":
                 incoming.append(item.student)
                 rows.append(Row(item.student, item.assignment, "would collect", file=item.source,
@@ -152,6 +155,8 @@ def grade(root: Path, assignment: str, download: Path | None = None, *, jobs: in
         row = Row(s, assignment, "graded", file=f"submitted/{s}/{assignment}",
                   notes=[] if r.status == "intact" else [f"recovery: {r.status}", *r.notes],
                   late=s in late or bool(record and record.get("late")))
+        if s in said:
+            row.notes.append(said[s])
         if r.status == "manual-review":
             row.status = "review"
         if r.notebook is None or outcome.get(s):
