@@ -633,6 +633,9 @@ def test_answers_for_a_person_are_flagged_and_manual_scores_reach_the_csv(course
     with open(course_copy / "out.csv") as f:
         (exported,) = [r for r in csv.DictReader(f) if r["assignment"] == a]
     assert float(exported["score"]) == 3.0
+    (again,) = pipeline.grade(course_copy, a, echo=lambda s: None)  # issue 17.2: the person's grade stands
+    assert (again.status, again.score) == ("graded", 3.0), again
+    assert _grades(course_copy)[(a, "ann")]["score"] == "3"
 
 
 def test_guide_command_works_without_an_activated_environment(course_copy: Path, tmp_path: Path) -> None:
