@@ -325,10 +325,14 @@ def test_fast_mutation_engine_agrees_with_nbgrader(batch: Batch) -> None:
 @pytest.mark.slow
 def test_grades_are_exported_to_csv(batch: Batch) -> None:
     with open(batch.root / "grades.csv") as f:
-        exported = {(r["assignment"], r["student_id"]): float(r["score"]) for r in csv.DictReader(f)}
+        exported = {(r["assignment"], r["student_id"]): r for r in csv.DictReader(f)}
     for case in batch.cases:
+        row = exported[(case.assignment, case.student)] if case.student else None
         if case.status in ("graded", "review") and case.score is not None:
-            assert exported[(case.assignment, case.student)] == case.score, case.file
+            assert (row["status"], float(row["score"])) == (case.status, case.score), case.file
+        elif case.status == "failed":
+            assert (row["status"], row["score"]) == ("failed", ""), case.file
+    assert all(r["score"] == "" for r in exported.values() if r["status"] not in export.SCORED)
     for a in batch.assignments:
         assert (batch.root / "autograded" / f"report-{a}.csv").exists()
 
@@ -879,3 +883,45 @@ def test_a_zip_download_is_read_like_its_folder(course_copy: Path, tmp_path: Pat
                      "--course", str(course_copy)]) == 0
     out = capsys.readouterr().out
     assert "would autograde 1 submission" in out or "would grade" in out
+
+
+@pytest.mark.slow
+def test_lms_export_writes_the_files_canvas_and_moodle_import(course_copy: Path, tmp_path: Path, capsys) -> None:
+    """Issue 17.6: the column layouts each LMS documents (see dmcourse/grading/lms.py), LATE kept,
+    the feedback named for bulk upload; Moodle's participant ids are per assignment."""
+    import zipfile
+
+    from dmcourse.grading import lms
+
+    a, b = _tiny_assignment(course_copy, "zz_canvas"), _tiny_assignment(course_copy, "zz_moodle")
+    canvas, moodle = tmp_path / "canvas", tmp_path / "moodle"
+    canvas.mkdir()
+    moodle.mkdir()
+    (canvas / f"smithann_111_9001_{a}.ipynb").write_bytes(_tiny(course_copy, a))
+    (canvas / f"leebo_LATE_222_9002_{a}-1.ipynb").write_bytes(_tiny(course_copy, a, "    return 3 * x"))
+    (moodle / f"Zoë Ångström_501_assignsubmission_file_/{b}.ipynb").parent.mkdir()
+    (moodle / f"Zoë Ångström_501_assignsubmission_file_/{b}.ipynb").write_bytes(_tiny(course_copy, b))
+    (moodle / "Bo Lee_502_assignsubmission_onlinetext_onlinetext.html").write_text("<p>file attached</p>")
+    run = ["--course", str(course_copy), "--timeout", "10"]
+    assert cli.main(["grade", a, "--from", str(canvas), *run]) == 0
+    assert cli.main(["grade", b, "--from", str(moodle), *run]) == 0
+    capsys.readouterr()
+    assert cli.main(["lms-export", a, "--format", "canvas", "--column", "Warm-up (4321)", *run[:2]]) == 0
+    with open(course_copy / "autograded" / f"lms-{a}-canvas.csv", newline="", encoding="utf-8") as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["Student", "ID", "SIS User ID", "SIS Login ID", "Section", "Warm-up (4321)", "LATE"]
+    assert sorted(rows[1:]) == [["leebo", "222", "", "", "", "0", "LATE"], ["smithann", "111", "", "", "", "1", ""]]
+    with zipfile.ZipFile(course_copy / "autograded" / f"lms-{a}-canvas.zip") as z:
+        assert sorted(z.namelist()) == [f"leebo_LATE_222_9002_{a}_feedback.html", f"smithann_111_9001_{a}_feedback.html"]
+    assert cli.main(["lms-export", b, "--format", "moodle", "--out-of", "10", *run[:2]]) == 0
+    with open(course_copy / "autograded" / f"lms-{b}-moodle.csv", newline="", encoding="utf-8") as f:
+        table = list(csv.DictReader(f))
+    assert list(table[0]) == [*lms.MOODLE_FIELDS, "LATE"]
+    got = {r["Identifier"]: (r["Full name"], r["Grade"], r["Maximum Grade"], bool(r["Last modified (grade)"]))
+           for r in table}
+    assert got == {"Participant 501": ("Zoë Ångström", "10", "10", True)}  # 502 handed in online text only
+    with zipfile.ZipFile(course_copy / "autograded" / f"lms-{b}-moodle.zip") as z:
+        assert z.namelist() == [f"Zoë Ångström_501_assignfeedback_file_/{b}.html"]
+        assert "double(21)" not in z.read(z.namelist()[0]).decode()  # the bundle holds the checked feedback
+    assert cli.main(["lms-export", FULL, "--format", "moodle", *run[:2]]) == 2
+    assert "nothing to export" in capsys.readouterr().err

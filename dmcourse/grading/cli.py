@@ -19,6 +19,7 @@ steps one by one:
   autograde ASSIGNMENT      nbgrader autograde, one broken submission never stops the batch
   feedback ASSIGNMENT       nbgrader generate_feedback without hidden-test code
   export                    grades.csv: a score for each graded submission, a status for the rest
+  lms-export ASSIGNMENT     Canvas/Moodle grade file and feedback zip (--format canvas|moodle)
 """
 
 
@@ -165,6 +166,23 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_lms_export(args) -> int:
+    from dmcourse.grading import lms
+
+    root = _course(args)
+    assignment = _assignment(root, args.assignment)
+    dest = root / Path(args.to).expanduser() if args.to else None
+    if args.dry_run:
+        print(f"would write the {args.format} grade file of {assignment} and its feedback zip")
+        return 0
+    out = lms.write(root, assignment, args.format, column=args.column, out_of=args.out_of, dest=dest)
+    print(f"wrote {out.grades} ({out.rows} student(s))")
+    print(f"wrote {out.feedback}" if out.feedback else "no feedback files to bundle")
+    for why in out.skipped:
+        print(f"skipped {why}")
+    return 1 if out.skipped else 0
+
+
 def cmd_grade(args) -> int:
     from dmcourse.grading import pipeline
 
@@ -235,6 +253,18 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--assignment", action="append",
                     help="only this assignment (repeatable; default: every assignment with submissions)")
     sp.set_defaults(func=cmd_export)
+
+    sp = sub.add_parser("lms-export", parents=[common], help="a grade file Canvas or Moodle imports, and the feedback zip",
+                        description="Write autograded/lms-ASSIGNMENT-FORMAT.csv (Canvas gradebook import or Moodle "
+                                    "grading worksheet, with a LATE column) and .zip (each student's feedback named "
+                                    "for the LMS's bulk feedback upload). See the instructors' appendix.")
+    sp.add_argument("assignment")
+    sp.add_argument("--format", required=True, choices=["canvas", "moodle"], help="the LMS")
+    sp.add_argument("--column", help="canvas: the assignment's column header in Canvas's gradebook export, "
+                                     "e.g. 'Warm-up (12345)' (default: the assignment's name)")
+    sp.add_argument("--out-of", type=float, help="rescale scores to this maximum (default: points as graded)")
+    sp.add_argument("--to", help="the CSV file, relative to the course directory")
+    sp.set_defaults(func=cmd_lms_export)
 
     sp = sub.add_parser("grade", parents=[common], help="the whole pipeline for one assignment, with a report",
                         description="collect (with --from) -> recover -> autograde -> feedback -> grades.csv, and "

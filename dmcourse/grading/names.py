@@ -141,6 +141,19 @@ def parse(relpath: str, assignments: list[str], pattern: str | None = None, assu
     return _checked(Parsed(_student_from_words(rest), hit[0], version, "generic"))
 
 
+def lms_prefix(relpath: str) -> tuple[str, str] | None:
+    """(LMS, the prefix the LMS put before the student's file name) of a Canvas or Moodle download
+    file, e.g. ``("canvas", "smithalice_LATE_123_456_")``, ``("moodle", "Alice Smith_123_")``; else None."""
+    stem = relpath.rsplit("/", 1)[0] if "/" in relpath else relpath
+    m = _MOODLE.match(stem) or _MOODLE.match(relpath)
+    if m:
+        return "moodle", f"{m['name']}_{m['student']}_"
+    m = _CANVAS.match(relpath.rsplit("/", 1)[-1])
+    if m:
+        return "canvas", f"{m['name']}_{m['late'] or ''}{m['student']}_{m['submission']}_"
+    return None
+
+
 def moodle_online_text(relpath: str) -> str | None:
     """The participant id of a Moodle online-text file (``<Name>_<id>_assignsubmission_onlinetext_...``), else None."""
     stem = relpath.rsplit(".", 1)[0] if "." in relpath.rsplit("/", 1)[-1] else relpath
