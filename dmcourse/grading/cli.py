@@ -282,6 +282,11 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    try:
+        import nbgrader  # noqa: F401 - only to say clearly what is missing
+    except ImportError:
+        print('error: the instructor tools need nbgrader: pip install "dmcourse[grading]"', file=sys.stderr)
+        return 2
     from dmcourse.grading.course import ensure_scripts_on_path
 
     ensure_scripts_on_path()

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import nbformat
+from nbgrader.utils import is_grade, is_locked, is_solution
 
 from dmcourse.grading import nbfile
 
@@ -85,11 +86,10 @@ def check(sub: nbformat.NotebookNode, release: nbformat.NotebookNode) -> list[st
         gid = _gid(cell)
         if gid is None:
             continue
-        meta = cell.metadata.nbgrader
         if gid not in have:
-            kind = "test" if meta.get("grade") and not meta.get("solution") else "answer" if meta.get("solution") else "locked"
+            kind = "answer" if is_solution(cell) else "test" if is_grade(cell) else "locked"
             problems.append(f"{kind} cell {gid} missing or without nbgrader metadata")
-        elif meta.get("grade") and not (have[gid].metadata.nbgrader or {}).get("grade"):
+        elif is_grade(cell) and not is_grade(have[gid]):
             problems.append(f"cell {gid} lost its grade flag")
     return problems
 
@@ -125,7 +125,7 @@ def rebuild(sub: nbformat.NotebookNode, release: nbformat.NotebookNode) -> Recov
     structural = len(pin)
     how: dict[int, str] = {}
     shared_with: dict[int, int] = {}  # release answer -> the answer whose student cell holds it too
-    solutions = [i for i, c in enumerate(rel) if (c.metadata.get("nbgrader") or {}).get("solution")]
+    solutions = [i for i, c in enumerate(rel) if is_solution(c)]
     for i in solutions:  # 3. answers not found yet
         if i in taken:
             continue
@@ -168,8 +168,7 @@ def rebuild(sub: nbformat.NotebookNode, release: nbformat.NotebookNode) -> Recov
     for i, r in enumerate(rel):
         cell = copy.deepcopy(r)
         j = next((j for j, ri in pin.items() if ri == i), None)
-        meta = r.metadata.get("nbgrader") or {}
-        if j is not None and (meta.get("solution") or not (meta.get("locked") or meta.get("grade"))):
+        if j is not None and not is_locked(r):  # is_locked: False for answers, True for tests
             cell.source = cells[j].source  # the student's text: answers and editable cells
         elif i in shared_with:
             cell.source = f"# (recovery) this answer is in the cell of answer {_gid(rel[shared_with[i]])}"
