@@ -925,3 +925,50 @@ def test_lms_export_writes_the_files_canvas_and_moodle_import(course_copy: Path,
         assert "double(21)" not in z.read(z.namelist()[0]).decode()  # the bundle holds the checked feedback
     assert cli.main(["lms-export", FULL, "--format", "moodle", *run[:2]]) == 2
     assert "nothing to export" in capsys.readouterr().err
+
+
+def _guide_commands() -> list[str]:
+    """Every `python -m dmcourse.grading` command in the appendix's bash blocks, in order."""
+    text = (ROOT / "book" / "appendix" / "instructors.md").read_text()
+    blocks = re.findall(r"```bash\n(.*?)```", text, re.S)
+    return [ln.strip() for b in blocks for ln in b.splitlines() if ln.strip().startswith("python -m dmcourse.grading")]
+
+
+def test_every_guide_command_parses() -> None:
+    commands = _guide_commands()
+    assert len(commands) >= 10 and any("lms-export" in c for c in commands)
+    import shlex
+
+    for c in commands:
+        cli.parser().parse_args(shlex.split(c)[3:])  # argparse exits on an unknown option
+
+
+@pytest.mark.slow
+def test_the_guide_runs_as_written(course_copy: Path, tmp_path: Path) -> None:
+    """Issue 17.7: every `python -m dmcourse.grading` command of the appendix, run as written by a
+    shell (HOME points at a folder whose Downloads/submissions.zip is a Canvas download)."""
+    import os
+    import subprocess
+    import sys
+    import zipfile
+
+    info = Info(FULL, *synth.load(course_copy, FULL))
+    (tmp_path / "home" / "Downloads").mkdir(parents=True)
+    with zipfile.ZipFile(tmp_path / "home" / "Downloads" / "submissions.zip", "w") as z:
+        z.writestr(f"smithann_12345_900_{FULL}.ipynb", _bytes(info.correct()))
+        z.writestr(f"leebo_LATE_23456_901_{FULL}.ipynb", _bytes(synth.strip_metadata(info.correct())))
+    env = {**os.environ, "HOME": str(tmp_path / "home"),
+           "PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", ""),
+           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    done = []
+    for command in _guide_commands():
+        r = subprocess.run(["bash", "-c", command], cwd=course_copy, env=env, capture_output=True, text=True,
+                           timeout=600, check=False)
+        done.append(f"{r.returncode} {command}")
+        assert r.returncode == 0 and "Traceback" not in r.stderr, "\n".join(done) + "\n" + r.stdout[-1500:] + r.stderr[-1500:]
+    rows = _grades(course_copy)
+    assert {k[1]: (r["status"], r["late"]) for k, r in rows.items()} == {"12345": ("graded", ""),
+                                                                         "23456": ("graded", "LATE")}
+    assert all(float(r["score"]) == info.max for r in rows.values())
+    assert (course_copy / "autograded" / f"lms-{FULL}-canvas.zip").exists()
+    assert (course_copy / "autograded" / f"lms-{FULL}-moodle.csv").exists()

@@ -180,6 +180,8 @@ def cmd_lms_export(args) -> int:
     print(f"wrote {out.feedback}" if out.feedback else "no feedback files to bundle")
     for why in out.skipped:
         print(f"skipped {why}")
+    for note in out.notes:
+        print(f"note: {note}")
     return 1 if out.skipped else 0
 
 

@@ -40,13 +40,15 @@ FORMATS = ("canvas", "moodle")
 
 @dataclass
 class LmsExport:
-    """What :func:`write` produced: the grade file, the feedback zip (None if no feedback), and the
-    rows it left out with the reason (students the LMS would not recognise)."""
+    """What :func:`write` produced: the grade file, the feedback zip (None if no feedback), the
+    rows it left out with the reason (students the LMS would not recognise), and notes (feedback
+    that could not be named for this LMS)."""
 
     grades: Path
     feedback: Path | None
     rows: int
     skipped: list[str]
+    notes: list[str]
 
 
 def _points(score: float | None, max_score: float | None, out_of: float | None) -> str:
@@ -79,7 +81,7 @@ def write(root: Path, assignment: str, fmt: str, *, column: str | None = None, o
     dest = Path(dest) if dest is not None else root / "autograded" / f"lms-{assignment}-{fmt}.csv"
     dest.parent.mkdir(parents=True, exist_ok=True)
     nb_name = collect.notebook_name(root, assignment)
-    kept, skipped, bundle = [], [], {}
+    kept, skipped, notes, bundle = [], [], [], {}
     for r in rows:
         record = collect.recorded(root / "submitted" / r.student_id / assignment / nb_name) or {}
         if not r.student_id.isdigit():
@@ -90,7 +92,7 @@ def write(root: Path, assignment: str, fmt: str, *, column: str | None = None, o
         prefix = names.lms_prefix(record.get("source", "")) if record else None
         if html and r.status in export.SCORED:
             if prefix is None or prefix[0] != fmt:
-                skipped.append(f"{r.student_id}: feedback not bundled (the file was not collected from a {fmt} download)")
+                notes.append(f"{r.student_id}: feedback not bundled (the file was not collected from a {fmt} download)")
             elif fmt == "moodle":
                 name = prefix[1].removesuffix("_").rsplit("_", 1)[0]
                 bundle[f"{name}_{r.student_id}_assignfeedback_file_/{html[0].name}"] = html[0]
@@ -122,4 +124,4 @@ def write(root: Path, assignment: str, fmt: str, *, column: str | None = None, o
         with zipfile.ZipFile(zpath, "w", zipfile.ZIP_DEFLATED) as z:
             for arcname, path in sorted(bundle.items()):
                 z.write(path, arcname)
-    return LmsExport(dest, zpath, len(kept), skipped)
+    return LmsExport(dest, zpath, len(kept), skipped, notes)
