@@ -930,7 +930,7 @@ def test_lms_export_writes_the_files_canvas_and_moodle_import(course_copy: Path,
 def _guide_commands() -> list[str]:
     """Every `python -m dmcourse.grading` command in the appendix's bash blocks, in order."""
     text = (ROOT / "book" / "appendix" / "instructors.md").read_text()
-    blocks = re.findall(r"```bash\n(.*?)```", text, re.S)
+    blocks = re.findall(r"```bash\n(.*?)```", text, re.DOTALL)
     return [ln.strip() for b in blocks for ln in b.splitlines() if ln.strip().startswith("python -m dmcourse.grading")]
 
 

@@ -25,7 +25,12 @@ import re
 import sys
 
 from nbgrader.converters import Autograde, GenerateFeedback
-from nbgrader.preprocessors import ClearHiddenTests, GetGrades, LimitOutput, NbGraderPreprocessor
+from nbgrader.preprocessors import (
+    ClearHiddenTests,
+    GetGrades,
+    LimitOutput,
+    NbGraderPreprocessor,
+)
 from traitlets import Bool, Integer, List
 from traitlets.config import Config
 
