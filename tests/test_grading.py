@@ -972,3 +972,25 @@ def test_the_guide_runs_as_written(course_copy: Path, tmp_path: Path) -> None:
     assert all(float(r["score"]) == info.max for r in rows.values())
     assert (course_copy / "autograded" / f"lms-{FULL}-canvas.zip").exists()
     assert (course_copy / "autograded" / f"lms-{FULL}-moodle.csv").exists()
+
+
+@pytest.mark.slow
+def test_nbgrader_zip_collect_reads_lms_names_with_our_plugin(course_copy: Path) -> None:
+    """Issue 15: nbgrader's own zip_collect with dmcourse's FileNameCollectorPlugin."""
+    import os
+    import subprocess
+    import sys
+
+    info = Info(FULL, *synth.load(course_copy, FULL))
+    archive = course_copy / "downloaded" / FULL / "archive"
+    (archive / "Zoë Ray_501_assignsubmission_file_").mkdir(parents=True)
+    (archive / "Zoë Ray_501_assignsubmission_file_" / f"{FULL}.ipynb").write_bytes(_bytes(info.correct()))
+    (archive / f"smithann_LATE_111_900_{FULL}.ipynb").write_bytes(_bytes(info.release))
+    (archive / "notes.ipynb").write_bytes(_bytes(info.release))  # no student, no assignment: skipped
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    r = subprocess.run([str(Path(sys.executable).parent / "nbgrader"), "zip_collect", FULL,
+                        "--collector=dmcourse.grading.zipcollect.LmsFileNames"], cwd=course_copy, env=env,
+                       capture_output=True, text=True, timeout=600, check=False)
+    assert r.returncode == 0, r.stderr[-2000:]
+    got = sorted(p.relative_to(course_copy / "submitted").as_posix() for p in (course_copy / "submitted").rglob("*.ipynb"))
+    assert got == [f"111/{FULL}/{FULL}.ipynb", f"501/{FULL}/{FULL}.ipynb"]
