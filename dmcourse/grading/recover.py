@@ -29,7 +29,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import nbformat
-from nbgrader.utils import is_grade, is_locked, is_solution
 
 from dmcourse.grading import nbfile
 
@@ -76,6 +75,8 @@ def defined_names(source: str) -> set[str]:
 
 def check(sub: nbformat.NotebookNode, release: nbformat.NotebookNode) -> list[str]:
     """Why ``sub`` cannot be graded as it is (empty list: nbgrader can grade it)."""
+    from nbgrader.utils import is_grade, is_solution  # here: importing nbgrader takes seconds; collect needs none
+
     have = {}
     for cell in sub.cells:
         gid = _gid(cell)
@@ -96,6 +97,8 @@ def check(sub: nbformat.NotebookNode, release: nbformat.NotebookNode) -> list[st
 
 def rebuild(sub: nbformat.NotebookNode, release: nbformat.NotebookNode) -> Recovery:
     """A fresh copy of ``release`` holding the student's answers and own cells (see module doc)."""
+    from nbgrader.utils import is_locked, is_solution
+
     rel, cells = release.cells, sub.cells
     pin: dict[int, int] = {}  # submission cell index -> release cell index
     taken: set[int] = set()
