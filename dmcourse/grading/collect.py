@@ -178,16 +178,16 @@ def collect(root: Path, download: Path, only: list[str] | None = None, pattern: 
     with opened(download) as folder:
         items = plan(root, folder, only, pattern, assume)
         for item in items:
+            dest = Path(root) / (item.dest or "")  # every collected or differing file has a dest
             if item.status == "exists-differs" and force:
                 item.status = "collected"
                 item.reason = "replaced a different earlier copy" + (
-                    "" if dry_run else f" (kept in {keep_dir(Path(root) / item.dest).relative_to(Path(root).resolve())}/replaced/)")
+                    "" if dry_run else f" (kept in {keep_dir(dest).relative_to(Path(root).resolve())}/replaced/)")
                 if not dry_run:
-                    _set_aside(Path(root) / item.dest)
+                    _set_aside(dest)
             if item.status == "collected" and dry_run:
                 item.status = "would-collect"
             elif item.status == "collected":
-                dest = Path(root) / item.dest
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 data = (folder / item.source).read_bytes()
                 keep = keep_dir(dest)

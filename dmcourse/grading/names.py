@@ -76,7 +76,7 @@ def find_assignment(text: str, assignments: list[str]) -> tuple[str, int, int] |
 
     Raises UnparsableName when two different assignments are named."""
     norm = _norm(text)
-    found = []
+    found: list[tuple[str, int, int]] = []
     for a in sorted(assignments, key=len, reverse=True):
         for m in re.finditer(rf"(?<![a-z0-9]){re.escape(_norm(a))}(?![a-z0-9])", norm):
             if not any(s <= m.start() < e for _, s, e in found):

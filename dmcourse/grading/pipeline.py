@@ -103,11 +103,11 @@ def grade(root: Path, assignment: str, download: Path | None = None, *, jobs: in
                                      assume=assume):
             if item.late and item.student:
                 late.add(item.student)
-            if item.status == "unchanged" and item.reason:
+            if item.status == "unchanged" and item.reason and item.student:
                 said[item.student] = item.reason
-            if item.status == "would-collect":
+            if item.status == "would-collect" and item.student:
                 incoming.append(item.student)
-                rows.append(Row(item.student, item.assignment, "would collect", file=item.source,
+                rows.append(Row(item.student, assignment, "would collect", file=item.source,
                                 notes=[item.reason] if item.reason else [], late=item.late))
             if item.status in collect.COLLECTED or item.status == "other-assignment":
                 continue

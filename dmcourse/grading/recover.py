@@ -75,9 +75,12 @@ def defined_names(source: str) -> set[str]:
 
 def check(sub: nbformat.NotebookNode, release: nbformat.NotebookNode) -> list[str]:
     """Why ``sub`` cannot be graded as it is (empty list: nbgrader can grade it)."""
-    from nbgrader.utils import is_grade, is_solution  # here: importing nbgrader takes seconds; collect needs none
+    from nbgrader.utils import (  # here: importing nbgrader takes seconds; collect needs none
+        is_grade,
+        is_solution,
+    )
 
-    have = {}
+    have: dict[str, nbformat.NotebookNode] = {}
     for cell in sub.cells:
         gid = _gid(cell)
         if gid is not None:
@@ -170,9 +173,9 @@ def rebuild(sub: nbformat.NotebookNode, release: nbformat.NotebookNode) -> Recov
         out.append(_own_cell(cells[j]))
     for i, r in enumerate(rel):
         cell = copy.deepcopy(r)
-        j = next((j for j, ri in pin.items() if ri == i), None)
-        if j is not None and not is_locked(r):  # is_locked: False for answers, True for tests
-            cell.source = cells[j].source  # the student's text: answers and editable cells
+        src = next((k for k, ri in pin.items() if ri == i), None)
+        if src is not None and not is_locked(r):  # is_locked: False for answers, True for tests
+            cell.source = cells[src].source  # the student's text: answers and editable cells
         elif i in shared_with:
             cell.source = f"# (recovery) this answer is in the cell of answer {_gid(rel[shared_with[i]])}"
         out.append(cell)

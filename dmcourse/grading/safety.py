@@ -88,7 +88,9 @@ class LimitOutputSize(NbGraderPreprocessor):
 
 def split_hidden(source: str, begin: str = "BEGIN HIDDEN TESTS", end: str = "END HIDDEN TESTS") -> tuple[list[str], list[str]]:
     """(visible lines, hidden lines) of a cell source; delimiter lines belong to neither."""
-    visible, hidden, inside = [], [], False
+    visible: list[str] = []
+    hidden: list[str] = []
+    inside = False
     for line in source.split("\n"):
         if begin in line:
             inside = True
