@@ -19,8 +19,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))  # test tooling: synth, mutation
 
-from dmcourse.grading import mutation, pipeline  # noqa: E402
+import mutation  # noqa: E402
+
+from dmcourse.grading import pipeline  # noqa: E402
 
 
 def main() -> int:

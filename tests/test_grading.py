@@ -20,10 +20,11 @@ from pathlib import Path
 
 import nbformat
 import pytest
-
+import synth
 from conftest import ROOT
-from dmcourse.grading import cli, collect, course, names, pipeline, recover, synth
-from dmcourse.grading.mutation import load_mutants
+from mutation import load_mutants
+
+from dmcourse.grading import cli, collect, course, export, names, pipeline, recover
 from dmcourse.grading.safety import HIDDEN_PLACEHOLDER, HideHiddenTests, LimitOutputSize
 
 FULL = "ex00_warmup"  # the assignment that gets every kind of bad submission
@@ -246,7 +247,7 @@ class Batch:
 @pytest.fixture(scope="module")
 def batch(tmp_path_factory) -> Batch:
     root = tmp_path_factory.mktemp("course")
-    from dmcourse.grading.mutation import copy_course
+    from mutation import copy_course
 
     copy_course(ROOT, root)
     found = sorted(p.name for p in (root / "solutions").iterdir() if p.is_dir())
@@ -307,7 +308,7 @@ def test_each_submission_gets_the_score_it_deserves(batch: Batch) -> None:
 @pytest.mark.slow
 def test_fast_mutation_engine_agrees_with_nbgrader(batch: Batch) -> None:
     """tests/test_mutants.py scores mutants in one reused kernel; here nbgrader graded some of them."""
-    from dmcourse.grading.mutation import run_in_one_kernel
+    from mutation import run_in_one_kernel
 
     checked = 0
     for a in batch.assignments:
@@ -324,10 +325,14 @@ def test_fast_mutation_engine_agrees_with_nbgrader(batch: Batch) -> None:
 @pytest.mark.slow
 def test_grades_are_exported_to_csv(batch: Batch) -> None:
     with open(batch.root / "grades.csv") as f:
-        exported = {(r["assignment"], r["student_id"]): float(r["score"]) for r in csv.DictReader(f)}
+        exported = {(r["assignment"], r["student_id"]): r for r in csv.DictReader(f)}
     for case in batch.cases:
+        row = exported[(case.assignment, case.student)] if case.student else None
         if case.status in ("graded", "review") and case.score is not None:
-            assert exported[(case.assignment, case.student)] == case.score, case.file
+            assert (row["status"], float(row["score"])) == (case.status, case.score), case.file
+        elif case.status == "failed":
+            assert (row["status"], row["score"]) == ("failed", ""), case.file
+    assert all(r["score"] == "" for r in exported.values() if r["status"] not in export.SCORED)
     for a in batch.assignments:
         assert (batch.root / "autograded" / f"report-{a}.csv").exists()
 
@@ -469,7 +474,7 @@ def test_collect_reports_every_file_and_writes_nothing_on_dry_run(course_copy: P
     items = collect.collect(course_copy, dl, dry_run=True)
     assert not (course_copy / "submitted").exists()
     status = {i.source: i.status for i in items}
-    assert status == {f"ann_111_{FULL}.ipynb": "duplicate", f"ann_111_222_{FULL}-1.ipynb": "collected",
+    assert status == {f"ann_111_{FULL}.ipynb": "duplicate", f"ann_111_222_{FULL}-1.ipynb": "would-collect",
                       f"bad_333_{FULL}.ipynb": "invalid-notebook", "zed - ex42_other.ipynb": "unknown-assignment",
                       "notes.txt": "not-a-notebook"}
     collect.collect(course_copy, dl)
@@ -494,18 +499,46 @@ def test_recover_rebuilds_a_stripped_notebook_exactly(course_copy: Path) -> None
            [(c.cell_type, c.source, c.metadata) for c in good.cells]
 
 
-def test_recover_keeps_the_students_own_cells_and_finds_renamed_answers(course_copy: Path) -> None:
+def test_recover_keeps_the_students_own_cells_and_flags_renamed_answers(course_copy: Path) -> None:
     info = Info(FULL, *synth.load(course_copy, FULL))
     nb = info.correct()
     nb.cells.insert(4, nbformat.v4.new_code_cell("HELPER = 2"))
-    target = synth.cell(nb, info.answers[1])
-    target.source = target.source.replace("def ", "def renamed_")  # found by its neighbours instead
     result = recover.rebuild(nbformat.from_dict(synth.strip_metadata(nb)), info.release)
-    assert result.status == "rebuilt"
-    sources = [c.source for c in result.notebook.cells]
-    assert "HELPER = 2" in sources and target.source in sources
-    assert any("neighbouring" in n for n in result.notes) and any("own" in n for n in result.notes)
+    assert result.status == "rebuilt" and any("own" in n for n in result.notes)
+    assert "HELPER = 2" in [c.source for c in result.notebook.cells]
+    target = synth.cell(nb, info.answers[1])
+    target.source = target.source.replace("def ", "def renamed_")  # placed by its neighbours: not sure
+    result = recover.rebuild(nbformat.from_dict(synth.strip_metadata(nb)), info.release)
+    assert result.status == "manual-review"
+    assert any("neighbouring" in n and info.answers[1] in n for n in result.notes), result.notes
     assert synth.cell(result.notebook, info.answers[1]).source == target.source
+
+
+def test_recover_of_a_pasted_notebook_asks_for_review(course_copy: Path) -> None:
+    """Issue 17.4: answers pasted into a new notebook, two in one cell, a renamed function and a
+    scratch print: recovery must not report `rebuilt` (a sure thing) but `manual-review`."""
+    info = Info(FULL, *synth.load(course_copy, FULL))
+    good = info.correct()
+    a0, a1, a2, a3 = info.answers
+    text = {g: synth.cell(good, g).source for g in info.answers}
+    tests = [c.source for c in _tests(good)]
+    pasted = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(s) for s in [
+        "import statistics\n\nimport torch",
+        text[a0] + "\n\n\n" + text[a1], tests[0], tests[1],
+        "print('scratch')",
+        text[a2].replace("def choose_dtype", "def choose_dtype_v2"), tests[2],
+        text[a3], tests[3]]])
+    result = recover.rebuild(pasted, info.release)
+    notes = "; ".join(result.notes)
+    assert result.status == "manual-review", notes
+    assert f"cell of answer {a0}" in notes and "two answers in one cell" in notes
+    assert re.search(rf"answer {a2}: placed by", notes), notes
+    assert synth.cell(result.notebook, a0).source == text[a0] + "\n\n\n" + text[a1]
+    assert "def " not in synth.cell(result.notebook, a1).source  # the stub would undefine the answer
+    assert synth.cell(result.notebook, a3).source == text[a3]
+    assert "choose_dtype_v2" in synth.cell(result.notebook, a2).source
+    assert "print('scratch')" in [c.source for c in result.notebook.cells]  # kept as the student's own cell
+    assert not recover.check(result.notebook, info.release)
 
 
 def test_recover_flags_what_it_cannot_place(course_copy: Path) -> None:
@@ -577,7 +610,8 @@ def test_grade_dry_run_writes_nothing(course_copy: Path, tmp_path: Path, capsys)
     (dl / f"ann_111_{FULL}.ipynb").write_bytes(_bytes(info.correct()))
     before = sorted(p.relative_to(course_copy) for p in course_copy.rglob("*"))
     assert cli.main(["grade", FULL, "--from", str(dl), "--course", str(course_copy), "--dry-run"]) == 0
-    assert "would collect" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "would collect" in out and "would autograde 1 submission" in out  # issue 17.5: not "0"
     assert sorted(p.relative_to(course_copy) for p in course_copy.rglob("*")) == before
 
 
@@ -632,6 +666,9 @@ def test_answers_for_a_person_are_flagged_and_manual_scores_reach_the_csv(course
     with open(course_copy / "out.csv") as f:
         (exported,) = [r for r in csv.DictReader(f) if r["assignment"] == a]
     assert float(exported["score"]) == 3.0
+    (again,) = pipeline.grade(course_copy, a, echo=lambda s: None)  # issue 17.2: the person's grade stands
+    assert (again.status, again.score) == ("graded", 3.0), again
+    assert _grades(course_copy)[(a, "ann")]["score"] == "3"
 
 
 def test_guide_command_works_without_an_activated_environment(course_copy: Path, tmp_path: Path) -> None:
@@ -657,3 +694,304 @@ def test_guide_command_works_without_an_activated_environment(course_copy: Path,
     rows = {row["student_id"]: row for row in csv.DictReader((course_copy / "grades.csv").open())}
     assert float(rows["ann"]["score"]) == float(rows["ann"]["max_score"]) > 0, rows["ann"]
     assert float(rows["bob"]["score"]) == 0, rows["bob"]
+
+
+# ---------------------------------------------------------------- the instructor trial (issue 17)
+
+
+def test_feedback_hides_local_paths_helper_signatures_and_explains_timeouts() -> None:
+    from dmcourse.grading.safety import HIDDEN_FUNCTION, TIMEOUT_MESSAGE, grading_config
+
+    cell = nbformat.v4.new_code_cell(
+        "assert f(1) == 1\n### BEGIN HIDDEN TESTS\ndef _check_secret(x, expected_secret):\n"
+        "    assert f(x) == expected_secret, 'f is wrong'\n_check_secret(3, 4)\n### END HIDDEN TESTS")
+    cell.metadata["nbgrader"] = {"grade": True, "grade_id": "t", "points": 1, "solution": False, "locked": True}
+    cell.outputs = [nbformat.v4.new_output("error", ename="AssertionError", evalue="f is wrong", traceback=[
+        "Cell In[4], line 5\n----> 5 _check_secret(3, 4)",
+        "Cell In[4], line 4, in \x1b[0;36m_check_secret\x1b[0m(x, expected_secret)\n----> 4     assert f(x) == expected_secret, 'f is wrong'",
+        "File \x1b[0;32m/home/grader/.venv/lib/python3.11/site-packages/dmcourse/grading/guard.py:47\x1b[0m, in g(fn)",
+        "AssertionError: f is wrong"])]
+    nb = nbformat.v4.new_notebook(cells=[cell])
+    HideHiddenTests().preprocess(nb, {})
+    out = json.dumps(nb)
+    assert "expected_secret" not in out and "/home/grader" not in out and "_check_secret" not in out
+    assert HIDDEN_FUNCTION in out and "site-packages/dmcourse/grading/guard.py" in out and "f is wrong" in out
+    timeout = grading_config().Execute.error_on_timeout
+    assert "No reply" not in json.dumps(timeout) and timeout["evalue"] == TIMEOUT_MESSAGE
+
+
+def test_invalid_json_is_reported_in_one_readable_line(tmp_path: Path) -> None:
+    from dmcourse.grading import nbfile
+
+    (tmp_path / "a.ipynb").write_text('{"cells": [{"source": "unterminated')
+    with pytest.raises(nbfile.InvalidNotebook) as e:
+        nbfile.read(tmp_path / "a.ipynb")
+    assert "at at" not in str(e.value) and "line 1" in str(e.value)
+
+
+def _tiny_assignment(root: Path, name: str, manual: bool = False) -> str:
+    """A tiny assignment (no torch: kernels start fast) with one autograded test (1 point) and,
+    with ``manual``, one manually graded answer (2 points); registered in the gradebook."""
+
+    def meta(**kw):
+        return {"nbgrader": {"grade": False, "locked": False, "schema_version": 3, "solution": False, "task": False, **kw}}
+
+    cells = [
+        nbformat.v4.new_code_cell("def double(x):\n    ### BEGIN SOLUTION\n    return 2 * x\n    ### END SOLUTION",
+                                  metadata=meta(grade_id="double", solution=True), id="double"),
+        nbformat.v4.new_code_cell("assert double(2) == 4\n### BEGIN HIDDEN TESTS\nassert double(21) == 42\n"
+                                  "### END HIDDEN TESTS", id="test_double",
+                                  metadata=meta(grade_id="test_double", grade=True, locked=True, points=1)),
+    ]
+    if manual:
+        cells.append(nbformat.v4.new_markdown_cell("Doubling is a linear map.", id="why",
+                                                   metadata=meta(grade_id="why", grade=True, solution=True, points=2)))
+    nb = nbformat.v4.new_notebook(cells=cells, metadata={
+        "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}})
+    (root / "solutions" / name).mkdir(parents=True)
+    nbformat.write(nb, root / "solutions" / name / f"{name}.ipynb")
+    course.generate(root, name)
+    return name
+
+
+def _tiny(root: Path, a: str, body: str = "    return x + x", extra: str = "") -> bytes:
+    nb = nbformat.read(root / "exercises" / a / f"{a}.ipynb", as_version=4)
+    synth.cell(nb, "double").source = f"{extra}def double(x):\n{body}"
+    return _bytes(nb)
+
+
+def _grades(root: Path, path: str = "grades.csv") -> dict[tuple[str, str], dict]:
+    with open(root / path, newline="") as f:
+        return {(r["assignment"], r["student_id"]): r for r in csv.DictReader(f)}
+
+
+@pytest.mark.slow
+def test_no_silent_zeros_in_grades_csv(course_copy: Path, tmp_path: Path, capsys) -> None:
+    """Issue 17.1: a file not collected, an assignment never collected, a student who handed in
+    nothing, a failed submission and a re-run without --from: every row says what happened."""
+    a, b = _tiny_assignment(course_copy, "zz_one"), _tiny_assignment(course_copy, "zz_two")
+    course.register(course_copy, FULL)  # as after `make release`: the gradebook knows more assignments
+    dl_a, dl_b = tmp_path / "a", tmp_path / "b"
+    dl_a.mkdir()
+    dl_b.mkdir()
+    (dl_a / f"ann_{a}.ipynb").write_bytes(_tiny(course_copy, a))
+    (dl_a / f"bob_{a}.ipynb").write_bytes(_tiny(course_copy, a)[:100])  # truncated download
+    (dl_a / f"smithcid_LATE_123_456_{a}.ipynb").write_bytes(_tiny(course_copy, a, "    return 3 * x"))
+    (dl_a / f"dan_{a}.ipynb").write_bytes(_tiny(course_copy, a, extra="import os\nos._exit(1)\n"))
+    (dl_a / "Eve Ray_77_assignsubmission_onlinetext_onlinetext.html").write_text("<p>see file</p>")
+    (dl_b / f"bob_{b}.ipynb").write_bytes(_tiny(course_copy, b))
+    run = ["--course", str(course_copy), "--timeout", "10"]
+    assert cli.main(["grade", a, "--from", str(dl_a), *run]) == 1  # bob not collected, dan failed
+    assert cli.main(["grade", b, "--from", str(dl_b), *run]) == 0
+    assert cli.main(["grade", a, *run]) == 1  # again without --from: bob's row must stay
+    report = {(r["student"], r["status"]) for r in export.report_rows(course_copy, a)}
+    assert ("bob", "not collected") in report and ("77", "ignored") in report
+    capsys.readouterr()
+    assert cli.main(["export", "--course", str(course_copy)]) == 0
+    assert "wrote" in capsys.readouterr().out
+    rows = _grades(course_copy)
+    got = {k: (r["status"].split(":")[0], r["score"], r["late"]) for k, r in rows.items()}
+    assert got == {
+        (a, "ann"): ("graded", "1", ""), (a, "bob"): ("not collected", "", ""), (a, "123"): ("graded", "0", "LATE"),
+        (a, "dan"): ("failed", "", ""), (a, "77"): ("missing", "", ""),
+        (b, "ann"): ("missing", "", ""), (b, "bob"): ("graded", "1", ""), (b, "123"): ("missing", "", ""),
+        (b, "dan"): ("missing", "", ""), (b, "77"): ("missing", "", ""),
+    }, got
+    assert "invalid JSON" in rows[(a, "bob")]["status"]
+    assert not any(k[0] == FULL for k in rows)  # registered, never collected: no rows at all
+    assert cli.main(["export", "--course", str(course_copy), "--assignment", FULL, "--to", "x.csv"]) == 0
+    assert {r["status"] for r in _grades(course_copy, "x.csv").values()} == {"missing"}
+
+
+@pytest.mark.slow
+def test_hand_fixed_submission_is_kept_and_graded(course_copy: Path, tmp_path: Path, capsys) -> None:
+    """Issue 17.2: the guide's fix flow (edit submitted/..., regrade that student) ends in graded
+    with exit 0 on the next `grade --from`; --force never brings back the file that kills the kernel."""
+    a = _tiny_assignment(course_copy, "zz_fix")
+    dl = tmp_path / "dl"
+    dl.mkdir()
+    (dl / f"ann_{a}.ipynb").write_bytes(_tiny(course_copy, a))
+    (dl / f"dan_{a}.ipynb").write_bytes(_tiny(course_copy, a, extra="import os\nos._exit(1)\n"))
+    run = ["--course", str(course_copy), "--timeout", "10"]
+    assert cli.main(["grade", a, "--from", str(dl), *run]) == 1
+    sub = course_copy / "submitted" / "dan" / a / f"{a}.ipynb"
+    sub.write_text(sub.read_text().replace("os._exit(1)", "# os._exit(1)  commented out by the instructor"))
+    assert cli.main(["autograde", a, "--student", "dan", *run]) == 0
+    capsys.readouterr()
+    for extra in ([], ["--force"]):
+        assert cli.main(["grade", a, "--from", str(dl), *run, *extra]) == 0, extra
+        out = capsys.readouterr().out
+        assert re.search(r"\| dan \| graded \| 1/1 \| [^|]*edited after it was collected", out), out
+        assert "exists-differs" not in out
+        assert "commented out by the instructor" in sub.read_text()
+    rows = _grades(course_copy)
+    assert (rows[(a, "dan")]["status"], rows[(a, "dan")]["score"]) == ("graded", "1")
+    (dl / f"dan_{a}-1.ipynb").write_bytes(_tiny(course_copy, a, "    return x * 2"))  # a new upload
+    assert cli.main(["grade", a, "--from", str(dl), *run]) == 1  # exists-differs: needs you
+    assert cli.main(["grade", a, "--from", str(dl), *run, "--force"]) == 0
+    replaced = list((course_copy / "submitted" / ".recovered" / "dan" / a / "replaced").glob("*.ipynb"))
+    assert len(replaced) == 1 and "commented out by the instructor" in replaced[0].read_text()
+
+
+def test_every_command_fails_in_one_line_on_bad_input(course_copy: Path, tmp_path: Path, capsys) -> None:
+    """Issue 17.3 and 17.5: unknown assignment, unknown student, missing folder, nothing to do."""
+    c = ["--course", str(course_copy)]
+    empty = tmp_path / "empty_download"  # (tmp_path is the course directory itself)
+    empty.mkdir()
+    cases = [
+        (["collect", str(tmp_path / "nowhere"), *c], "not found"),
+        (["collect", str(empty), "--assignment", "ex02_mo", *c], "unknown assignment 'ex02_mo'"),
+        (["collect", str(empty), "--assume", *c], "--assume needs exactly one --assignment"),
+        (["collect", str(empty), *c], "nothing to do"),
+        (["recover", "ex02_mo", *c], "unknown assignment 'ex02_mo'"),
+        (["recover", FULL, *c], "nothing to do"),
+        (["autograde", "ex02_mo", *c], "unknown assignment 'ex02_mo'"),
+        (["autograde", FULL, *c], "nothing to do"),
+        (["feedback", "ex02_mo", *c], "unknown assignment 'ex02_mo'"),
+        (["feedback", FULL, *c], "nothing to do"),
+        (["export", "--assignment", "ex02_mo", *c], "unknown assignment 'ex02_mo'"),
+        (["export", *c], "nothing to export"),
+        (["grade", "ex02_mo", *c], "unknown assignment 'ex02_mo'"),
+        (["grade", FULL, *c], "nothing to grade"),
+        (["grade", FULL, "--from", str(tmp_path / "nowhere.zip"), *c], "not found"),
+    ]
+    sub = course_copy / "submitted" / "ann" / FULL
+    for argv, message in cases:
+        assert cli.main(argv) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert message in err and len(err.splitlines()) == 1, (argv, err)
+    sub.mkdir(parents=True)  # a submission, but not of the student asked for
+    for command in ("recover", "autograde"):
+        assert cli.main([command, FULL, "--student", "zed", *c]) == 2
+        assert "unknown student 'zed'" in capsys.readouterr().err
+    assert not (course_copy / "grades.csv").exists()
+
+
+def test_a_zip_download_is_read_like_its_folder(course_copy: Path, tmp_path: Path, capsys) -> None:
+    import zipfile
+
+    info = Info(FULL, *synth.load(course_copy, FULL))
+    with zipfile.ZipFile(tmp_path / "submissions.zip", "w") as z:
+        z.writestr(f"smithann_LATE_111_222_{FULL}.ipynb", _bytes(info.correct()))
+        z.writestr("Bob Lee_31_assignsubmission_onlinetext_onlinetext.html", "<p>hi</p>")
+    items = collect.collect(course_copy, tmp_path / "submissions.zip", dry_run=True)
+    assert [(i.status, i.student, i.late) for i in items] == [("online-text", "31", False),
+                                                             ("would-collect", "111", True)]
+    assert not (course_copy / "submitted").exists()
+    assert cli.main(["collect", str(tmp_path / "submissions.zip"), "--course", str(course_copy)]) == 0
+    assert collect.recorded(course_copy / "submitted" / "111" / FULL / f"{FULL}.ipynb")["late"] is True
+    assert cli.main(["grade", FULL, "--from", str(tmp_path / "submissions.zip"), "--dry-run",
+                     "--course", str(course_copy)]) == 0
+    out = capsys.readouterr().out
+    assert "would autograde 1 submission" in out
+
+
+@pytest.mark.slow
+def test_lms_export_writes_the_files_canvas_and_moodle_import(course_copy: Path, tmp_path: Path, capsys) -> None:
+    """Issue 17.6: the column layouts each LMS documents (see dmcourse/grading/lms.py), LATE kept,
+    the feedback named for bulk upload; Moodle's participant ids are per assignment."""
+    import zipfile
+
+    from dmcourse.grading import lms
+
+    a, b = _tiny_assignment(course_copy, "zz_canvas"), _tiny_assignment(course_copy, "zz_moodle")
+    canvas, moodle = tmp_path / "canvas", tmp_path / "moodle"
+    canvas.mkdir()
+    moodle.mkdir()
+    (canvas / f"smithann_111_9001_{a}.ipynb").write_bytes(_tiny(course_copy, a))
+    (canvas / f"leebo_LATE_222_9002_{a}-1.ipynb").write_bytes(_tiny(course_copy, a, "    return 3 * x"))
+    (moodle / f"Zoë Ångström_501_assignsubmission_file_/{b}.ipynb").parent.mkdir()
+    (moodle / f"Zoë Ångström_501_assignsubmission_file_/{b}.ipynb").write_bytes(_tiny(course_copy, b))
+    (moodle / "Bo Lee_502_assignsubmission_onlinetext_onlinetext.html").write_text("<p>file attached</p>")
+    run = ["--course", str(course_copy), "--timeout", "10"]
+    assert cli.main(["grade", a, "--from", str(canvas), *run]) == 0
+    assert cli.main(["grade", b, "--from", str(moodle), *run]) == 0
+    capsys.readouterr()
+    assert cli.main(["lms-export", a, "--format", "canvas", "--column", "Warm-up (4321)", *run[:2]]) == 0
+    with open(course_copy / "autograded" / f"lms-{a}-canvas.csv", newline="", encoding="utf-8") as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["Student", "ID", "SIS User ID", "SIS Login ID", "Section", "Warm-up (4321)", "LATE"]
+    assert sorted(rows[1:]) == [["leebo", "222", "", "", "", "0", "LATE"], ["smithann", "111", "", "", "", "1", ""]]
+    with zipfile.ZipFile(course_copy / "autograded" / f"lms-{a}-canvas.zip") as z:
+        assert sorted(z.namelist()) == [f"leebo_LATE_222_9002_{a}_feedback.html", f"smithann_111_9001_{a}_feedback.html"]
+    assert cli.main(["lms-export", b, "--format", "moodle", "--out-of", "10", *run[:2]]) == 0
+    with open(course_copy / "autograded" / f"lms-{b}-moodle.csv", newline="", encoding="utf-8") as f:
+        table = list(csv.DictReader(f))
+    assert list(table[0]) == [*lms.MOODLE_FIELDS, "LATE"]
+    got = {r["Identifier"]: (r["Full name"], r["Grade"], r["Maximum Grade"], bool(r["Last modified (grade)"]))
+           for r in table}
+    assert got == {"Participant 501": ("Zoë Ångström", "10", "10", True)}  # 502 handed in online text only
+    with zipfile.ZipFile(course_copy / "autograded" / f"lms-{b}-moodle.zip") as z:
+        assert z.namelist() == [f"Zoë Ångström_501_assignfeedback_file_/{b}.html"]
+        assert "double(21)" not in z.read(z.namelist()[0]).decode()  # the bundle holds the checked feedback
+    assert cli.main(["lms-export", FULL, "--format", "moodle", *run[:2]]) == 2
+    assert "nothing to export" in capsys.readouterr().err
+
+
+def _guide_commands() -> list[str]:
+    """Every `python -m dmcourse.grading` command in the appendix's bash blocks, in order."""
+    text = (ROOT / "book" / "appendix" / "instructors.md").read_text()
+    blocks = re.findall(r"```bash\n(.*?)```", text, re.DOTALL)
+    return [ln.strip() for b in blocks for ln in b.splitlines() if ln.strip().startswith("python -m dmcourse.grading")]
+
+
+def test_every_guide_command_parses() -> None:
+    commands = _guide_commands()
+    assert len(commands) >= 10 and any("lms-export" in c for c in commands)
+    import shlex
+
+    for c in commands:
+        cli.parser().parse_args(shlex.split(c)[3:])  # argparse exits on an unknown option
+
+
+@pytest.mark.slow
+def test_the_guide_runs_as_written(course_copy: Path, tmp_path: Path) -> None:
+    """Issue 17.7: every `python -m dmcourse.grading` command of the appendix, run as written by a
+    shell (HOME points at a folder whose Downloads/submissions.zip is a Canvas download)."""
+    import os
+    import subprocess
+    import sys
+    import zipfile
+
+    info = Info(FULL, *synth.load(course_copy, FULL))
+    (tmp_path / "home" / "Downloads").mkdir(parents=True)
+    with zipfile.ZipFile(tmp_path / "home" / "Downloads" / "submissions.zip", "w") as z:
+        z.writestr(f"smithann_12345_900_{FULL}.ipynb", _bytes(info.correct()))
+        z.writestr(f"leebo_LATE_23456_901_{FULL}.ipynb", _bytes(synth.strip_metadata(info.correct())))
+    env = {**os.environ, "HOME": str(tmp_path / "home"),
+           "PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", ""),
+           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    done = []
+    for command in _guide_commands():
+        r = subprocess.run(["bash", "-c", command], cwd=course_copy, env=env, capture_output=True, text=True,
+                           timeout=600, check=False)
+        done.append(f"{r.returncode} {command}")
+        assert r.returncode == 0 and "Traceback" not in r.stderr, "\n".join(done) + "\n" + r.stdout[-1500:] + r.stderr[-1500:]
+    rows = _grades(course_copy)
+    assert {k[1]: (r["status"], r["late"]) for k, r in rows.items()} == {"12345": ("graded", ""),
+                                                                         "23456": ("graded", "LATE")}
+    assert all(float(r["score"]) == info.max for r in rows.values())
+    assert (course_copy / "autograded" / f"lms-{FULL}-canvas.zip").exists()
+    assert (course_copy / "autograded" / f"lms-{FULL}-moodle.csv").exists()
+
+
+@pytest.mark.slow
+def test_nbgrader_zip_collect_reads_lms_names_with_our_plugin(course_copy: Path) -> None:
+    """Issue 15: nbgrader's own zip_collect with dmcourse's FileNameCollectorPlugin."""
+    import os
+    import subprocess
+    import sys
+
+    info = Info(FULL, *synth.load(course_copy, FULL))
+    archive = course_copy / "downloaded" / FULL / "archive"
+    (archive / "Zoë Ray_501_assignsubmission_file_").mkdir(parents=True)
+    (archive / "Zoë Ray_501_assignsubmission_file_" / f"{FULL}.ipynb").write_bytes(_bytes(info.correct()))
+    (archive / f"smithann_LATE_111_900_{FULL}.ipynb").write_bytes(_bytes(info.release))
+    (archive / "notes.ipynb").write_bytes(_bytes(info.release))  # no student, no assignment: skipped
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    r = subprocess.run([str(Path(sys.executable).parent / "nbgrader"), "zip_collect", FULL,
+                        "--collector=dmcourse.grading.zipcollect.LmsFileNames"], cwd=course_copy, env=env,
+                       capture_output=True, text=True, timeout=600, check=False)
+    assert r.returncode == 0, r.stderr[-2000:]
+    got = sorted(p.relative_to(course_copy / "submitted").as_posix() for p in (course_copy / "submitted").rglob("*.ipynb"))
+    assert got == [f"111/{FULL}/{FULL}.ipynb", f"501/{FULL}/{FULL}.ipynb"]

@@ -12,10 +12,12 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import mutation
 import pytest
-
+import synth
 from conftest import ROOT, assignments
-from dmcourse.grading import mutation, pipeline, synth
+
+from dmcourse.grading import pipeline
 
 MUTANT_FILES = sorted((ROOT / "tests" / "mutants").glob("*.py"))
 

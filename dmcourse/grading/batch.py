@@ -60,6 +60,17 @@ def _reasons_from_log(text: str) -> dict[str, str]:
     return found
 
 
+def _kill(proc: subprocess.Popen) -> None:
+    """Stop a worker and the kernels it started: its whole process group on POSIX, else the worker."""
+    if hasattr(os, "killpg"):
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    else:  # Windows: no process groups; ipykernel's parent poller ends a kernel whose parent died
+        proc.kill()
+
+
 def _progress(path: Path) -> tuple[list[str], set[str], dict[str, float]]:
     started, done, since = [], set(), {}
     if path.exists():
@@ -97,7 +108,7 @@ def autograde_all(root: Path, assignment: str, students: list[str], timeout: int
                 cmd = [sys.executable, "-m", "dmcourse.grading.worker", str(root), assignment,
                        str(w["students"]), str(w["progress"]), str(w["log"]), str(timeout)]
                 proc = subprocess.Popen(cmd, cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                        start_new_session=True)
+                                        start_new_session=hasattr(os, "killpg"))
                 running.append({"proc": proc, "shard": shard, **w})
             time.sleep(0.5)
             for r in list(running):
@@ -106,7 +117,7 @@ def autograde_all(root: Path, assignment: str, students: list[str], timeout: int
                 rc = r["proc"].poll()
                 stuck = current is not None and rc is None and time.time() - since[current] > limit
                 if stuck:
-                    os.killpg(r["proc"].pid, signal.SIGKILL)
+                    _kill(r["proc"])
                     r["proc"].wait()
                     rc = r["proc"].returncode
                 if rc is None:
@@ -130,7 +141,7 @@ def autograde_all(root: Path, assignment: str, students: list[str], timeout: int
                 echo(f"  worker {len(done)} graded, {len([s for s in started if s not in done])} failed")
     finally:
         for r in running:
-            os.killpg(r["proc"].pid, signal.SIGKILL)
+            _kill(r["proc"])
         shutil.rmtree(work, ignore_errors=True)
     for s in failed:
         shutil.rmtree(root / "autograded" / s / assignment, ignore_errors=True)

@@ -6,6 +6,7 @@ Run from the course directory (the folder with nbgrader_config.py) or pass --cou
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
 from pathlib import Path
 
@@ -18,7 +19,8 @@ steps one by one:
   recover ASSIGNMENT        put answers of notebooks that lost nbgrader metadata into the release
   autograde ASSIGNMENT      nbgrader autograde, one broken submission never stops the batch
   feedback ASSIGNMENT       nbgrader generate_feedback without hidden-test code
-  export                    nbgrader's CSV export (grades.csv)
+  export                    grades.csv: a score for each graded submission, a status for the rest
+  lms-export ASSIGNMENT     Canvas/Moodle grade file and feedback zip (--format canvas|moodle)
 """
 
 
@@ -27,6 +29,29 @@ def _course(args: argparse.Namespace) -> Path:
     if not (root / "nbgrader_config.py").exists():
         raise SystemExit(f"error: {root} has no nbgrader_config.py; run from the course directory or pass --course")
     return root
+
+
+def _assignment(root: Path, name: str) -> str:
+    """``name`` if the course has it (a folder of solutions/), else ValueError naming the known ones."""
+    from dmcourse.grading import collect
+
+    known = collect.known_assignments(root)
+    if name not in known:
+        raise ValueError(f"unknown assignment {name!r}; the course has {', '.join(known)}")
+    return name
+
+
+def _students(root: Path, assignment: str, given: list[str] | None, folder: str = "submitted") -> list[str]:
+    """The students given (each must have ``<folder>/<student>/<assignment>``), else all that have one."""
+    have = sorted(p.parent.name for p in (root / folder).glob(f"*/{assignment}") if p.is_dir()
+                  and not p.parent.name.startswith("."))
+    for s in given or []:
+        if s not in have:
+            raise ValueError(f"unknown student {s!r}: there is no {folder}/{s}/{assignment}")
+    if not have:
+        raise ValueError(f"nothing to do: no {folder}/*/{assignment}"
+                         + (" (collect the submissions first)" if folder == "submitted" else " (autograde first)"))
+    return list(given) if given else have
 
 
 def _print_items(items) -> None:
@@ -43,8 +68,14 @@ def _print_items(items) -> None:
 def cmd_collect(args) -> int:
     from dmcourse.grading import collect
 
-    items = collect.collect(_course(args), Path(args.download), args.assignment or None, args.pattern,
-                            force=args.force, dry_run=args.dry_run, assume=args.assume)
+    root = _course(args)
+    only = [_assignment(root, a) for a in args.assignment or []]
+    if args.assume and len(only) != 1:
+        raise ValueError("--assume needs exactly one --assignment (the one a file naming none belongs to)")
+    items = collect.collect(root, Path(args.download), only or None, args.pattern,
+                            force=args.force, dry_run=args.dry_run, assume=only[0] if args.assume else None)
+    if not items:
+        raise ValueError(f"nothing to do: {args.download} holds no files")
     _print_items(items)
     if args.dry_run:
         print("dry run: nothing was written")
@@ -54,11 +85,13 @@ def cmd_collect(args) -> int:
 def cmd_recover(args) -> int:
     from dmcourse.grading import recover
 
-    results = recover.recover(_course(args), args.assignment, args.student or None, dry_run=args.dry_run)
+    root = _course(args)
+    assignment = _assignment(root, args.assignment)
+    students = _students(root, assignment, args.student)
+    results = recover.recover(root, assignment, students, dry_run=args.dry_run)
+    would = {"rebuilt": "would rebuild", "manual-review": "would flag"} if args.dry_run else {}
     for student, r in results.items():
-        print(f"{r.status:<14} {student}  " + "; ".join(r.notes))
-    if not results:
-        print(f"no submissions in submitted/*/{args.assignment}")
+        print(f"{would.get(r.status, r.status):<14} {student}  " + "; ".join(r.notes))
     if args.dry_run:
         print("dry run: nothing was written")
     return 1 if any(r.status == "manual-review" for r in results.values()) else 0
@@ -68,7 +101,8 @@ def cmd_autograde(args) -> int:
     from dmcourse.grading import batch, course, pipeline
 
     root = _course(args)
-    students = args.student or pipeline.submitted_students(root, args.assignment)
+    _assignment(root, args.assignment)
+    students = _students(root, args.assignment, args.student)
     timeout = pipeline.effective_timeout(root, args.timeout)
     if args.dry_run:
         print(f"would autograde {len(students)} submission(s) of {args.assignment}, {timeout} s per cell: "
@@ -90,33 +124,66 @@ def cmd_feedback(args) -> int:
     from dmcourse.grading import course, pipeline
 
     root = _course(args)
-    students = args.student or sorted(p.parent.name for p in (root / "autograded").glob(f"*/{args.assignment}"))
+    _assignment(root, args.assignment)
+    students = _students(root, args.assignment, args.student, folder="autograded")
     if args.dry_run:
         print(f"would write feedback/<student>/{args.assignment}/ for: " + ", ".join(students))
         return 0
+    failed = []
     for s in students if args.student else [None]:
         result = course.feedback(root, args.assignment, s)
         if not result.get("success"):
-            print((result.get("error") or result.get("log") or "")[-3000:], file=sys.stderr)
+            failed.append(s or "the batch")
+            print(f"error: nbgrader generate_feedback failed for {s or args.assignment}: "
+                  + pipeline.last_line(result.get("error") or result.get("log") or ""), file=sys.stderr)
+    students = [s for s in students if any((root / "feedback" / s / args.assignment).glob("*.html"))]
     leaked = pipeline.check_feedback(root, args.assignment, students)
     for s, hit in leaked.items():
         for f in (root / "feedback" / s / args.assignment).rglob("*.html"):
             f.unlink()
         print(f"withheld feedback of {s}: it showed hidden test code ({hit[0]!r})", file=sys.stderr)
     print(f"feedback in feedback/<student>/{args.assignment}/ for {len(students) - len(leaked)} student(s)")
-    return 1 if leaked else 0
+    return 1 if leaked or failed else 0
+
 
 
 def cmd_export(args) -> int:
-    from dmcourse.grading import course
+    from dmcourse.grading import export
 
     root = _course(args)
+    assignments = [_assignment(root, a) for a in args.assignment or []] or export.assignments_with_submissions(root)
+    if not assignments:
+        raise ValueError("nothing to export: no assignment has submissions (collect and grade first)")
     if args.dry_run:
-        print(f"would write {args.to} (nbgrader's CSV export)")
+        print(f"would write {args.to}: {', '.join(assignments)}")
         return 0
-    path = course.export_csv(root, Path(args.to), args.assignment or None)
-    print(f"wrote {path}")
+    found = export.rows(root, assignments)
+    path = export.write(root, root / Path(args.to).expanduser(), assignments)
+    counts: dict[str, int] = {}
+    for r in found:
+        key = r.status.split(":")[0]
+        counts[key] = counts.get(key, 0) + 1
+    print(f"wrote {path}: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
     return 0
+
+
+def cmd_lms_export(args) -> int:
+    from dmcourse.grading import lms
+
+    root = _course(args)
+    assignment = _assignment(root, args.assignment)
+    dest = root / Path(args.to).expanduser() if args.to else None
+    if args.dry_run:
+        print(f"would write the {args.format} grade file of {assignment} and its feedback zip")
+        return 0
+    out = lms.write(root, assignment, args.format, column=args.column, out_of=args.out_of, dest=dest)
+    print(f"wrote {out.grades} ({out.rows} student(s))")
+    print(f"wrote {out.feedback}" if out.feedback else "no feedback files to bundle")
+    for why in out.skipped:
+        print(f"skipped {why}")
+    for note in out.notes:
+        print(f"note: {note}")
+    return 1 if out.skipped else 0
 
 
 def cmd_grade(args) -> int:
@@ -131,7 +198,7 @@ def cmd_grade(args) -> int:
         print("dry run: nothing was written")
     else:
         print(f"report: autograded/report-{args.assignment}.md and .csv; grades: grades.csv")
-    return 1 if any(r.status in ("failed", "not collected", "review") for r in rows) else 0
+    return 1 if any(r.status in pipeline.NEEDS_YOU for r in rows) else 0
 
 
 def parser() -> argparse.ArgumentParser:
@@ -155,17 +222,18 @@ def parser() -> argparse.ArgumentParser:
                         description="Copy each student's newest readable notebook from an LMS download folder into "
                                     "submitted/<student>/<assignment>/<assignment>.ipynb and report every other file. "
                                     "Name rules: see dmcourse/grading/names.py or the instructors' appendix.")
-    sp.add_argument("download", help="the unzipped download folder")
+    sp.add_argument("download", help="the download folder, unzipped or as the .zip")
     sp.add_argument("--assignment", action="append", help="collect only this assignment (repeatable)")
-    sp.add_argument("--assume", metavar="ASSIGNMENT",
-                    help="a file whose name names no known assignment belongs to ASSIGNMENT "
+    sp.add_argument("--assume", action="store_true",
+                    help="with one --assignment: a file whose name names no known assignment is one of it "
                          "(a download of one assignment in which students renamed their files)")
     collect_options(sp)
     sp.set_defaults(func=cmd_collect)
 
     sp = sub.add_parser("recover", parents=[common], help="rebuild submissions that lost their nbgrader metadata",
                         description="Check submitted/*/ASSIGNMENT; rebuild damaged notebooks from the release with "
-                                    "the student's answers (original kept as .original) or flag them for review.")
+                                    "the student's answers (the original is kept in "
+                                    "submitted/.recovered/<student>/ASSIGNMENT/) or flag them for review.")
     sp.add_argument("assignment")
     sp.add_argument("--student", action="append", help="only this student (repeatable)")
     sp.set_defaults(func=cmd_recover)
@@ -181,17 +249,32 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--student", action="append", help="only this student (repeatable)")
     sp.set_defaults(func=cmd_feedback)
 
-    sp = sub.add_parser("export", parents=[common], help="grades to CSV (nbgrader's CSV export)")
-    sp.add_argument("--to", default="grades.csv", help="CSV file (default grades.csv)")
-    sp.add_argument("--assignment", action="append", help="only this assignment (repeatable)")
+    sp = sub.add_parser("export", parents=[common], help="grades to CSV, with a status for every row",
+                        description="One row per student and assignment: a score for graded submissions only, "
+                                    "else the status (missing, not collected: <reason>, failed, not graded yet).")
+    sp.add_argument("--to", default="grades.csv", help="CSV file, relative to the course directory (default grades.csv)")
+    sp.add_argument("--assignment", action="append",
+                    help="only this assignment (repeatable; default: every assignment with submissions)")
     sp.set_defaults(func=cmd_export)
+
+    sp = sub.add_parser("lms-export", parents=[common], help="a grade file Canvas or Moodle imports, and the feedback zip",
+                        description="Write autograded/lms-ASSIGNMENT-FORMAT.csv (Canvas gradebook import or Moodle "
+                                    "grading worksheet, with a LATE column) and .zip (each student's feedback named "
+                                    "for the LMS's bulk feedback upload). See the instructors' appendix.")
+    sp.add_argument("assignment")
+    sp.add_argument("--format", required=True, choices=["canvas", "moodle"], help="the LMS")
+    sp.add_argument("--column", help="canvas: the assignment's column header in Canvas's gradebook export, "
+                                     "e.g. 'Warm-up (12345)' (default: the assignment's name)")
+    sp.add_argument("--out-of", type=float, help="rescale scores to this maximum (default: points as graded)")
+    sp.add_argument("--to", help="the CSV file, relative to the course directory")
+    sp.set_defaults(func=cmd_lms_export)
 
     sp = sub.add_parser("grade", parents=[common], help="the whole pipeline for one assignment, with a report",
                         description="collect (with --from) -> recover -> autograde -> feedback -> grades.csv, and "
                                     "a report of every submission that needs a person "
                                     "(autograded/report-ASSIGNMENT.md/.csv).")
     sp.add_argument("assignment")
-    sp.add_argument("--from", dest="download", help="LMS download folder to collect first")
+    sp.add_argument("--from", dest="download", help="LMS download folder (or its .zip) to collect first")
     sp.add_argument("--assume", action="store_true",
                     help="with --from: a file whose name names no known assignment is one of ASSIGNMENT")
     collect_options(sp)
@@ -202,6 +285,9 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if importlib.util.find_spec("nbgrader") is None:  # find_spec: importing nbgrader takes seconds
+        print('error: the instructor tools need nbgrader: pip install "dmcourse[grading]"', file=sys.stderr)
+        return 2
     from dmcourse.grading.course import ensure_scripts_on_path
 
     ensure_scripts_on_path()

@@ -8,17 +8,27 @@ such as ``-2``/`` (2)``, then the newest modification time) and the others are r
 
 from __future__ import annotations
 
-import shutil
-from dataclasses import dataclass
+import contextlib
+import hashlib
+import json
+import tempfile
+import time
+import zipfile
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from dmcourse.grading import names, nbfile
-from dmcourse.grading.recover import keep_dir
+from dmcourse.grading.recover import NOTES_FILE, keep_dir
 
 #: statuses that put a file into submitted/ (or found it there already)
-COLLECTED = ("collected", "unchanged")
+COLLECTED = ("collected", "unchanged", "would-collect")
+#: statuses of files that are not submissions and need nobody (older copies, Moodle's online text)
+IGNORED = ("duplicate", "online-text")
 #: statuses that need a person
 FLAGGED = ("unknown-assignment", "unparsable-name", "invalid-notebook", "not-a-notebook", "exists-differs")
+#: what collect remembers of each collected file, in submitted/.recovered/<student>/<assignment>/
+RECORD_FILE = "collected.json"
 _IGNORED_PARTS = ("__MACOSX", ".ipynb_checkpoints")
 
 
@@ -32,6 +42,8 @@ class Item:
     assignment: str | None = None
     dest: str | None = None
     reason: str = ""
+    late: bool = False
+    name: str = ""  # the student's name or login as the LMS wrote it
 
 
 def known_assignments(root: Path) -> list[str]:
@@ -55,9 +67,36 @@ def _files(download: Path) -> list[Path]:
                   and not any(part in _IGNORED_PARTS or part.startswith(".") for part in p.relative_to(download).parts))
 
 
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def recorded(dest: Path) -> dict | None:
+    """What collect wrote down when it copied ``dest`` (source, sha256, late, name), or None."""
+    f = keep_dir(dest) / RECORD_FILE
+    return json.loads(f.read_text()) if f.exists() else None
+
+
+@contextlib.contextmanager
+def opened(download: Path) -> Iterator[Path]:
+    """The download as a folder: the folder itself, or a ``.zip`` unpacked into a temporary one."""
+    download = Path(download).expanduser().resolve()
+    if download.is_dir():
+        yield download
+        return
+    if not download.exists():
+        raise FileNotFoundError(f"download folder {download} not found (give the unzipped folder or the .zip)")
+    if not zipfile.is_zipfile(download):
+        raise ValueError(f"{download} is neither a folder nor a .zip file")
+    with tempfile.TemporaryDirectory(prefix="dmcourse-download-") as tmp, zipfile.ZipFile(download) as z:
+        z.extractall(tmp)  # ZipFile.extractall drops absolute paths and '..' from member names
+        yield Path(tmp)
+
+
 def plan(root: Path, download: Path, only: list[str] | None = None, pattern: str | None = None,
          assume: str | None = None) -> list[Item]:
-    """What collect would do, file by file (nothing is written). ``assume``: see ``names.parse``."""
+    """What collect would do, file by file (nothing is written). ``download``: an unzipped folder
+    (a ``.zip`` goes through :func:`opened` first); ``assume``: see ``names.parse``."""
     root, download = Path(root).resolve(), Path(download).resolve()
     if not download.is_dir():
         raise FileNotFoundError(f"download folder {download} not found")
@@ -70,14 +109,18 @@ def plan(root: Path, download: Path, only: list[str] | None = None, pattern: str
     for path in _files(download):
         rel = path.relative_to(download).as_posix()
         if not rel.lower().endswith(".ipynb"):
-            items.append(Item(rel, "not-a-notebook", reason="not an .ipynb file"))
+            moodle = names.moodle_online_text(rel)
+            if moodle:
+                items.append(Item(rel, "online-text", moodle, reason="Moodle's online text, not a file submission"))
+            else:
+                items.append(Item(rel, "not-a-notebook", reason="not an .ipynb file"))
             continue
         try:
             parsed = names.parse(rel, assignments, pattern, assume)
         except names.UnparsableName as e:
             items.append(Item(rel, e.kind, reason=str(e)))
             continue
-        item = Item(rel, "collected", parsed.student, parsed.assignment)
+        item = Item(rel, "collected", parsed.student, parsed.assignment, late=parsed.late, name=parsed.name)
         if only and parsed.assignment not in only:
             item.status, item.reason = "other-assignment", "not among the assignments collected this time"
             items.append(item)
@@ -104,9 +147,14 @@ def plan(root: Path, download: Path, only: list[str] | None = None, pattern: str
         dest = root / winner.dest
         incoming = (download / winner.source).read_bytes()
         earlier = [p for p in (dest, keep_dir(dest) / dest.name) if p.exists()]
+        record = recorded(dest) if dest.exists() else None
         if earlier:
             if any(p.read_bytes() == incoming for p in earlier):
                 winner.status = "unchanged"
+            elif record and record.get("sha256") == _sha(incoming):
+                winner.status = "unchanged"
+                winner.reason = (f"{winner.dest} was edited after it was collected: your edit is kept "
+                                 "(delete the file to collect the download's copy again)")
             else:
                 winner.status = "exists-differs"
                 winner.reason = f"{winner.dest} already holds a different file (--force replaces it)"
@@ -120,14 +168,41 @@ def plan(root: Path, download: Path, only: list[str] | None = None, pattern: str
 
 def collect(root: Path, download: Path, only: list[str] | None = None, pattern: str | None = None,
             force: bool = False, dry_run: bool = False, assume: str | None = None) -> list[Item]:
-    """Copy each student's newest readable notebook to ``submitted/``; return what happened to every file."""
-    items = plan(root, download, only, pattern, assume)
-    for item in items:
-        if item.status == "exists-differs" and force:
-            item.status, item.reason = "collected", "replaced a different earlier copy"
-        if item.status == "collected" and not dry_run:
-            dest = Path(root) / item.dest
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            shutil.rmtree(keep_dir(dest), ignore_errors=True)  # recover's notes on the copy being replaced
-            shutil.copyfile(Path(download) / item.source, dest)
+    """Copy each student's newest readable notebook to ``submitted/``; return what happened to every file.
+
+    ``download``: the unzipped LMS download folder or its ``.zip``. ``force`` replaces a file of
+    ``submitted/`` that differs from the download's (a new upload); the replaced file is kept in
+    ``submitted/.recovered/<student>/<assignment>/replaced/`` and the item's reason says so. A file
+    edited by hand after it was collected is never replaced by the copy it was collected from.
+    With ``dry_run`` nothing is written and the files that would be copied say ``would-collect``."""
+    with opened(download) as folder:
+        items = plan(root, folder, only, pattern, assume)
+        for item in items:
+            dest = Path(root) / (item.dest or "")  # every collected or differing file has a dest
+            if item.status == "exists-differs" and force:
+                item.status = "collected"
+                item.reason = "replaced a different earlier copy" + (
+                    "" if dry_run else f" (kept in {keep_dir(dest).relative_to(Path(root).resolve())}/replaced/)")
+                if not dry_run:
+                    _set_aside(dest)
+            if item.status == "collected" and dry_run:
+                item.status = "would-collect"
+            elif item.status == "collected":
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                data = (folder / item.source).read_bytes()
+                keep = keep_dir(dest)
+                for old in (keep / NOTES_FILE, keep / dest.name):  # recover's notes on the copy being replaced
+                    old.unlink(missing_ok=True)
+                dest.write_bytes(data)
+                keep.mkdir(parents=True, exist_ok=True)
+                record = {**asdict(item), "sha256": _sha(data), "collected_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
+                (keep / RECORD_FILE).write_text(json.dumps(record, indent=1))
     return items
+
+
+def _set_aside(dest: Path) -> None:
+    """Move the file of ``submitted/`` that --force replaces into ``.recovered/.../replaced/``."""
+    if dest.exists():
+        folder = keep_dir(dest) / "replaced"
+        folder.mkdir(parents=True, exist_ok=True)
+        dest.replace(folder / f"{time.strftime('%Y%m%d-%H%M%S')}-{dest.name}")

@@ -80,7 +80,8 @@ def autograde(root: Path, assignment: str, student: str) -> Score:
     return score(root, assignment, student)
 
 
-def _gradebook(root: Path):
+def gradebook(root: Path):
+    """nbgrader's ``Gradebook`` of the course at ``root`` (use it as a context manager)."""
     from nbgrader.api import Gradebook
 
     ensure_scripts_on_path()
@@ -89,15 +90,19 @@ def _gradebook(root: Path):
 
 
 def score(root: Path, assignment: str, student: str) -> Score:
-    with _gradebook(root) as gb:
+    with gradebook(root) as gb:
         sub = gb.find_submission(assignment, student)
         return Score(student, assignment, float(sub.score), float(sub.max_score))
 
 
 def needs_manual_grade(root: Path, assignment: str, student: str) -> bool:
-    """Whether a submission has cells that wait for a person (``answer`` cells, failed autograding)."""
-    with _gradebook(root) as gb:
-        return bool(gb.find_submission(assignment, student).needs_manual_grade)
+    """Whether a submission has cells that wait for a person (``answer`` cells, failed autograding).
+
+    A cell that already has a manual score does not: nbgrader flags it again on every autograde,
+    but the person's score stands (it is kept and counted)."""
+    with gradebook(root) as gb:
+        sub = gb.find_submission(assignment, student)
+        return any(g.needs_manual_grade and g.manual_score is None for nb in sub.notebooks for g in nb.grades)
 
 
 def is_registered(root: Path, assignment: str) -> bool:
@@ -106,7 +111,7 @@ def is_registered(root: Path, assignment: str) -> bool:
 
     if not (Path(root) / "gradebook.db").exists():
         return False
-    with _gradebook(root) as gb:
+    with gradebook(root) as gb:
         try:
             return bool(gb.find_assignment(assignment).notebooks)
         except MissingEntry:
@@ -130,14 +135,3 @@ def register(root: Path, assignment: str) -> None:
 def feedback(root: Path, assignment: str, student: str | None = None) -> dict:
     """nbgrader generate_feedback (hidden tests removed); returns the API's result dict."""
     return api(root).generate_feedback(assignment, student, force=True)
-
-
-def export_csv(root: Path, dest: Path, assignments: list[str] | None = None) -> Path:
-    """nbgrader's CSV export (``nbgrader export``) of the gradebook to ``dest``."""
-    from nbgrader.plugins import CsvExportPlugin
-
-    dest = Path(dest).resolve()
-    plugin = CsvExportPlugin(to=str(dest), assignment=list(assignments or []))
-    with _gradebook(root) as gb:
-        plugin.export(gb)
-    return dest

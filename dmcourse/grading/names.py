@@ -27,8 +27,8 @@ from dataclasses import dataclass
 
 STUDENT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@+-]{0,63}$")
 _SEP = re.compile(r"[\s_\-]+")
-_CANVAS = re.compile(r"^(?P<login>[^/_]+)_(?:LATE_)?(?P<student>\d+)_(?P<submission>\d+)_(?P<file>[^/]+)$")
-_MOODLE = re.compile(r"^(?P<name>[^/]*?)_(?P<student>\d+)_assignsubmission_(?:file|onlinetext)_/?(?P<file>.*)$")
+_CANVAS = re.compile(r"^(?P<name>[^/_]+)_(?P<late>LATE_)?(?P<student>\d+)_(?P<submission>\d+)_(?P<file>[^/]+)$")
+_MOODLE = re.compile(r"^(?P<name>[^/]*?)_(?P<student>\d+)_assignsubmission_(?P<plugin>file|onlinetext)_/?(?P<file>.*)$")
 _BLACKBOARD = re.compile(
     r"^(?P<assign>[^/]+?)_(?P<student>[^/_]+)_attempt_\d{4}-\d{2}-\d{2}-\d{2}-\d{2}-\d{2}_?(?P<file>[^/]*)$")
 _COPY_PREFIX = re.compile(r"^copy[\s_]+of[\s_]+", re.I)
@@ -37,12 +37,17 @@ _COPY_SUFFIX = re.compile(r"(?:\s*\(\d+\)|-\d+)$")
 
 @dataclass(frozen=True)
 class Parsed:
-    """A file name read as (student, assignment); ``version`` is the LMS copy mark (``-2`` -> 2)."""
+    """A file name read as (student, assignment); ``version`` is the LMS copy mark (``-2`` -> 2).
+
+    ``late``: the LMS marked the file late (Canvas ``LATE_``); ``name``: the student's name or
+    login as the LMS wrote it (Canvas login, Moodle full name, else empty)."""
 
     student: str
     assignment: str
     version: int
     rule: str
+    late: bool = False
+    name: str = ""
 
 
 class UnparsableName(ValueError):
@@ -71,7 +76,7 @@ def find_assignment(text: str, assignments: list[str]) -> tuple[str, int, int] |
 
     Raises UnparsableName when two different assignments are named."""
     norm = _norm(text)
-    found = []
+    found: list[tuple[str, int, int]] = []
     for a in sorted(assignments, key=len, reverse=True):
         for m in re.finditer(rf"(?<![a-z0-9]){re.escape(_norm(a))}(?![a-z0-9])", norm):
             if not any(s <= m.start() < e for _, s, e in found):
@@ -121,7 +126,9 @@ def parse(relpath: str, assignments: list[str], pattern: str | None = None, assu
             if hit is None:
                 raise UnparsableName(f"unknown assignment in {m['file'] or stem!r} ({rule} name); known: "
                                  + ", ".join(assignments), "unknown-assignment")
-            return _checked(Parsed(m["student"], hit[0], version, rule))
+            groups = m.groupdict()
+            return _checked(Parsed(m["student"], hit[0], version, rule, late=bool(groups.get("late")),
+                                   name=groups.get("name") or ""))
 
     base, version = _version(stem)
     hit = find_assignment(base, assignments) or _assumed(assume, len(_norm(base)))
@@ -132,6 +139,26 @@ def parse(relpath: str, assignments: list[str], pattern: str | None = None, assu
     rest = _COPY_PREFIX.sub("", norm[: hit[1]].replace("/", " ")) + " " + norm[hit[2]:].replace("/", " ")
     rest = re.sub(r"(?<![a-z0-9])copy_of(?![a-z0-9])", " ", rest)
     return _checked(Parsed(_student_from_words(rest), hit[0], version, "generic"))
+
+
+def lms_prefix(relpath: str) -> tuple[str, str] | None:
+    """(LMS, the prefix the LMS put before the student's file name) of a Canvas or Moodle download
+    file, e.g. ``("canvas", "smithalice_LATE_123_456_")``, ``("moodle", "Alice Smith_123_")``; else None."""
+    stem = relpath.rsplit("/", 1)[0] if "/" in relpath else relpath
+    m = _MOODLE.match(stem) or _MOODLE.match(relpath)
+    if m:
+        return "moodle", f"{m['name']}_{m['student']}_"
+    m = _CANVAS.match(relpath.rsplit("/", 1)[-1])
+    if m:
+        return "canvas", f"{m['name']}_{m['late'] or ''}{m['student']}_{m['submission']}_"
+    return None
+
+
+def moodle_online_text(relpath: str) -> str | None:
+    """The participant id of a Moodle online-text file (``<Name>_<id>_assignsubmission_onlinetext_...``), else None."""
+    stem = relpath.rsplit(".", 1)[0] if "." in relpath.rsplit("/", 1)[-1] else relpath
+    m = _MOODLE.match(stem)
+    return m["student"] if m and m["plugin"] == "onlinetext" else None
 
 
 def _assumed(assume: str | None, end: int = 0) -> tuple[str, int, int] | None:

@@ -22,7 +22,7 @@ def read(path: Path) -> nbformat.NotebookNode:
     except UnicodeDecodeError as e:
         raise InvalidNotebook(f"not UTF-8 text ({e.reason} at byte {e.start})") from None
     except json.JSONDecodeError as e:
-        raise InvalidNotebook(f"invalid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
+        raise InvalidNotebook(f"invalid JSON: {e.msg} (line {e.lineno}, column {e.colno})") from None
     if not isinstance(data, dict) or not isinstance(data.get("cells", data.get("worksheets")), list):
         raise InvalidNotebook("JSON but not a notebook (no list of cells)")
     try:

@@ -8,6 +8,8 @@ Every submission ends in the report with a status:
   wait for manual grading);
 * ``failed``: nbgrader could not grade it (a kernel that died, a hang): grade it by hand;
 * ``not collected`` / ``ignored``: a file of the download folder that was not graded, and why.
+
+``grades.csv`` is written by :mod:`dmcourse.grading.export` (a score only for graded submissions).
 """
 
 from __future__ import annotations
@@ -19,10 +21,12 @@ from pathlib import Path
 
 import nbformat
 
-from dmcourse.grading import batch, collect, course, leaks, recover
+from dmcourse.grading import batch, collect, course, export, leaks, recover
 from dmcourse.grading.safety import TRUNCATED
 
-REPORT_FIELDS = ("student", "assignment", "status", "score", "max_score", "file", "notes")
+REPORT_FIELDS = ("student", "assignment", "status", "score", "max_score", "late", "file", "notes")
+#: report statuses that need a person (the command exits 1)
+NEEDS_YOU = ("failed", "not collected", "review")
 
 
 @dataclass
@@ -36,6 +40,7 @@ class Row:
     max_score: float | None = None
     file: str = ""
     notes: list[str] = field(default_factory=list)
+    late: bool = False  # the LMS marked the file late (Canvas LATE_)
 
 
 def effective_timeout(root: Path, timeout: int | None) -> int:
@@ -89,18 +94,32 @@ def grade(root: Path, assignment: str, download: Path | None = None, *, jobs: in
                          + ", ".join(collect.known_assignments(root)))
     timeout = effective_timeout(root, timeout)
     rows: list[Row] = []
+    late: set[str] = set()
+    incoming: list[str] = []  # students a dry run would collect
+    said: dict[str, str] = {}  # student -> what collect says about a file it kept (a hand edit)
     if download is not None:
         echo(f"collect {download} -> submitted/")
         for item in collect.collect(root, download, [assignment], pattern, force=force, dry_run=dry_run,
                                      assume=assume):
-            if item.status == "collected" and dry_run:
-                rows.append(Row(item.student, item.assignment, "would collect", file=item.source, notes=[item.reason]))
+            if item.late and item.student:
+                late.add(item.student)
+            if item.status == "unchanged" and item.reason and item.student:
+                said[item.student] = item.reason
+            if item.status == "would-collect" and item.student:
+                incoming.append(item.student)
+                rows.append(Row(item.student, assignment, "would collect", file=item.source,
+                                notes=[item.reason] if item.reason else [], late=item.late))
             if item.status in collect.COLLECTED or item.status == "other-assignment":
                 continue
-            status = "ignored" if item.status == "duplicate" else "not collected"
+            status = "ignored" if item.status in collect.IGNORED else "not collected"
             rows.append(Row(item.student or "", item.assignment or "", status, file=item.source,
-                            notes=[f"{item.status}: {item.reason}"]))
+                            notes=[f"{item.status}: {item.reason}"], late=item.late))
+    else:  # no new download: the files the last run could not collect still need you
+        rows += [_row_of(r) for r in export.report_rows(root, assignment) if r["status"] in ("not collected", "ignored")]
     students = submitted_students(root, assignment)
+    if not students and not incoming and not rows:
+        raise ValueError(f"nothing to grade: no submissions in submitted/*/{assignment}"
+                         + ("" if download is not None else " (collect a download with --from)"))
     echo(f"recover: checking {len(students)} submission(s)")
     recovered = recover.recover(root, assignment, dry_run=dry_run)
     gradable = [s for s in students if recovered[s].notebook is not None]
@@ -109,7 +128,8 @@ def grade(root: Path, assignment: str, download: Path | None = None, *, jobs: in
             r = recovered[s]
             rows.append(Row(s, assignment, "would grade" if r.notebook is not None else "failed",
                             file=f"submitted/{s}/{assignment}", notes=[r.status, *r.notes]))
-        echo(f"dry run: would autograde {len(gradable)} submission(s) with a {timeout} s cell timeout")
+        n = len(gradable) + len(set(incoming) - set(students))
+        echo(f"dry run: would autograde {n} submission(s) with a {timeout} s cell timeout")
         return rows
 
     if not course.is_registered(root, assignment):
@@ -123,7 +143,7 @@ def grade(root: Path, assignment: str, download: Path | None = None, *, jobs: in
         echo(f"feedback for {len(graded)} submission(s)")
         result = course.feedback(root, assignment)
         if not result.get("success"):
-            echo("nbgrader generate_feedback reported errors:\n" + (result.get("error") or "")[-2000:])
+            echo("nbgrader generate_feedback reported errors: " + last_line(result.get("error") or ""))
     leaked = check_feedback(root, assignment, graded)
     for s, hit in leaked.items():  # never let hidden tests out: remove the file and flag it
         for f in (root / "feedback" / s / assignment).rglob("*.html"):
@@ -131,8 +151,12 @@ def grade(root: Path, assignment: str, download: Path | None = None, *, jobs: in
 
     for s in students:
         r = recovered[s]
+        record = collect.recorded(root / "submitted" / s / assignment / collect.notebook_name(root, assignment))
         row = Row(s, assignment, "graded", file=f"submitted/{s}/{assignment}",
-                  notes=[] if r.status == "intact" else [f"recovery: {r.status}", *r.notes])
+                  notes=[] if r.status == "intact" else [f"recovery: {r.status}", *r.notes],
+                  late=s in late or bool(record and record.get("late")))
+        if s in said:
+            row.notes.append(said[s])
         if r.status == "manual-review":
             row.status = "review"
         if r.notebook is None or outcome.get(s):
@@ -153,10 +177,23 @@ def grade(root: Path, assignment: str, download: Path | None = None, *, jobs: in
             row.status = "review"
             row.notes.append(f"feedback withheld: it showed hidden test code ({leaked[s][0]!r})")
         rows.append(row)
-    csv_path = course.export_csv(root, root / "grades.csv")
-    echo(f"grades exported to {csv_path.relative_to(root)} (nbgrader export)")
     write_report(root, assignment, rows)
+    csv_path = export.write(root, root / "grades.csv")
+    echo(f"grades exported to {csv_path.relative_to(root)}")
     return rows
+
+
+def last_line(text: str) -> str:
+    """The last non-empty line of a log (the exception), for a one-line error."""
+    return next((ln.strip() for ln in reversed(text.splitlines()) if ln.strip()), "see nbgrader's log")
+
+
+def _row_of(r: dict) -> Row:
+    """A report row read back from ``report-<assignment>.csv``."""
+    score = float(r["score"]) if r.get("score") else None
+    max_score = float(r["max_score"]) if r.get("max_score") else None
+    return Row(r["student"], r["assignment"], r["status"], score, max_score, r["file"],
+               [n for n in r["notes"].split("; ") if n], r.get("late") == "True")
 
 
 def write_report(root: Path, assignment: str, rows: list[Row]) -> tuple[Path, Path]:

@@ -12,8 +12,12 @@ intact; if not, :func:`rebuild` matches the student's cells to the release:
    before and after it), else the cell at the same position when the notebook has the release's
    shape.
 
-Cells of the student's own that match nothing are kept, in their place, so helper code still
-runs. An answer that cannot be found leaves the stub and marks the submission for manual review.
+Only the first two steps and a defined-name match are sure. An answer placed by its neighbours or
+its position (a renamed function, a scratch cell between two tests), an answer whose names another
+answer's cell already defines (two answers pasted into one cell: its slot is left empty, so the
+definitions stand) and an answer that cannot be found (the stub stays) mark the submission
+``manual-review``. Cells of the student's own that match nothing are kept, in their place, so
+helper code still runs. Introduced in the appendix *For instructors*.
 """
 
 from __future__ import annotations
@@ -71,7 +75,12 @@ def defined_names(source: str) -> set[str]:
 
 def check(sub: nbformat.NotebookNode, release: nbformat.NotebookNode) -> list[str]:
     """Why ``sub`` cannot be graded as it is (empty list: nbgrader can grade it)."""
-    have = {}
+    from nbgrader.utils import (  # here: importing nbgrader takes seconds; collect needs none
+        is_grade,
+        is_solution,
+    )
+
+    have: dict[str, nbformat.NotebookNode] = {}
     for cell in sub.cells:
         gid = _gid(cell)
         if gid is not None:
@@ -81,17 +90,18 @@ def check(sub: nbformat.NotebookNode, release: nbformat.NotebookNode) -> list[st
         gid = _gid(cell)
         if gid is None:
             continue
-        meta = cell.metadata.nbgrader
         if gid not in have:
-            kind = "test" if meta.get("grade") and not meta.get("solution") else "answer" if meta.get("solution") else "locked"
+            kind = "answer" if is_solution(cell) else "test" if is_grade(cell) else "locked"
             problems.append(f"{kind} cell {gid} missing or without nbgrader metadata")
-        elif meta.get("grade") and not (have[gid].metadata.nbgrader or {}).get("grade"):
+        elif is_grade(cell) and not is_grade(have[gid]):
             problems.append(f"cell {gid} lost its grade flag")
     return problems
 
 
 def rebuild(sub: nbformat.NotebookNode, release: nbformat.NotebookNode) -> Recovery:
     """A fresh copy of ``release`` holding the student's answers and own cells (see module doc)."""
+    from nbgrader.utils import is_locked, is_solution
+
     rel, cells = release.cells, sub.cells
     pin: dict[int, int] = {}  # submission cell index -> release cell index
     taken: set[int] = set()
@@ -120,7 +130,8 @@ def rebuild(sub: nbformat.NotebookNode, release: nbformat.NotebookNode) -> Recov
 
     structural = len(pin)
     how: dict[int, str] = {}
-    solutions = [i for i, c in enumerate(rel) if (c.metadata.get("nbgrader") or {}).get("solution")]
+    shared_with: dict[int, int] = {}  # release answer -> the answer whose student cell holds it too
+    solutions = [i for i, c in enumerate(rel) if is_solution(c)]
     for i in solutions:  # 3. answers not found yet
         if i in taken:
             continue
@@ -130,15 +141,23 @@ def rebuild(sub: nbformat.NotebookNode, release: nbformat.NotebookNode) -> Recov
         lo = max((j for j, r in pin.items() if r < i), default=-1)
         hi = min((j for j, r in pin.items() if r > i), default=len(cells))
         between = [j for j in free if lo < j < hi]
+        if wanted:  # a cell that defines something before a scratch cell (a print)
+            between.sort(key=lambda j: not defined_names(cells[j].source))
+        shared = [j for j in pin if wanted and rel[pin[j]].cell_type == "code" and pin[j] in solutions
+                  and wanted <= defined_names(cells[j].source)]
         if by_name:
             pin_to(by_name[-1], i)
             how[i] = ""  # the usual case: not worth a note
+        elif shared:
+            shared_with[i] = pin[shared[0]]
+            how[i] = (f"{', '.join(sorted(wanted))} found in the cell of answer {_gid(rel[pin[shared[0]]])} "
+                      "(two answers in one cell; this slot left empty): check it")
         elif between and structural:
             pin_to(between[0], i)
-            how[i] = "matched by its neighbouring cells"
+            how[i] = "placed by its neighbouring cells, not by its names: check it"
         elif len(cells) == len(rel) and i in free:
             pin_to(i, i)
-            how[i] = "matched by its position"
+            how[i] = "placed by its position, not by its names: check it"
         else:
             how[i] = "NOT FOUND in the submission (graded as unanswered)"
 
@@ -154,10 +173,11 @@ def rebuild(sub: nbformat.NotebookNode, release: nbformat.NotebookNode) -> Recov
         out.append(_own_cell(cells[j]))
     for i, r in enumerate(rel):
         cell = copy.deepcopy(r)
-        j = next((j for j, ri in pin.items() if ri == i), None)
-        meta = r.metadata.get("nbgrader") or {}
-        if j is not None and (meta.get("solution") or not (meta.get("locked") or meta.get("grade"))):
-            cell.source = cells[j].source  # the student's text: answers and editable cells
+        src = next((k for k, ri in pin.items() if ri == i), None)
+        if src is not None and not is_locked(r):  # is_locked: False for answers, True for tests
+            cell.source = cells[src].source  # the student's text: answers and editable cells
+        elif i in shared_with:
+            cell.source = f"# (recovery) this answer is in the cell of answer {_gid(rel[shared_with[i]])}"
         out.append(cell)
         for k in extras.get(i, []):
             out.append(_own_cell(cells[k]))
@@ -170,7 +190,7 @@ def rebuild(sub: nbformat.NotebookNode, release: nbformat.NotebookNode) -> Recov
         notes.insert(0, "no cell of the release found: is this the right notebook?")
     result = copy.deepcopy(release)
     result.cells = out
-    lost = not structural or any("NOT FOUND" in n for n in notes)
+    lost = not structural or any(how.get(i) for i in solutions)  # anything but a sure match
     return Recovery("manual-review" if lost else "rebuilt", notes, result)
 
 

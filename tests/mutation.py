@@ -24,8 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import nbformat
+import synth
 
-from dmcourse.grading import batch, course, synth
+from dmcourse.grading import batch, course
 
 COURSE_FILES = ("nbgrader_config.py", "solutions", "exercises")
 
