@@ -6,30 +6,43 @@ we measure") imports it first; each module's docstring names the chapter that in
 ``tests/test_structure.py`` declares which module may import which (lower layers only).
 """
 
-from dmcourse._version import __version__
-from dmcourse.accounting import ParamCount, count_params
-from dmcourse.configs import ModelConfig, load_preset
-from dmcourse.device import DeviceInfo, device_info, in_colab, pick_device, pick_dtype, seed_everything
-from dmcourse.moe import MoE, from_mixtral_block
-from dmcourse.routing import Router, Routing
-from dmcourse.timing import Timing, time_fn
+from __future__ import annotations
 
-__all__ = [
-    "__version__",
-    "DeviceInfo",
-    "MoE",
-    "ModelConfig",
-    "ParamCount",
-    "Router",
-    "Routing",
-    "Timing",
-    "count_params",
-    "device_info",
-    "from_mixtral_block",
-    "in_colab",
-    "load_preset",
-    "pick_device",
-    "pick_dtype",
-    "seed_everything",
-    "time_fn",
-]
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from dmcourse._version import __version__
+
+#: The course's main names, imported from their modules on first use (PEP 562), so that
+#: ``import dmcourse`` (and the instructor CLI, ``python -m dmcourse.grading``) does not import torch.
+_EXPORTS: dict[str, str] = {
+    "ParamCount": "accounting", "count_params": "accounting",
+    "ModelConfig": "configs", "load_preset": "configs",
+    "DeviceInfo": "device", "device_info": "device", "in_colab": "device", "pick_device": "device",
+    "pick_dtype": "device", "seed_everything": "device",
+    "MoE": "moe", "from_mixtral_block": "moe",
+    "Router": "routing", "Routing": "routing",
+    "Timing": "timing", "time_fn": "timing",
+}
+
+__all__ = ["__version__", *sorted(_EXPORTS)]
+
+if TYPE_CHECKING:
+    from dmcourse.accounting import ParamCount, count_params
+    from dmcourse.configs import ModelConfig, load_preset
+    from dmcourse.device import DeviceInfo, device_info, in_colab, pick_device, pick_dtype, seed_everything
+    from dmcourse.moe import MoE, from_mixtral_block
+    from dmcourse.routing import Router, Routing
+    from dmcourse.timing import Timing, time_fn
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f"dmcourse.{_EXPORTS[name]}"), name)
+        globals()[name] = value  # the next lookup is an ordinary attribute
+        return value
+    raise AttributeError(f"module 'dmcourse' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})

@@ -278,3 +278,15 @@ def test_one_source_for_the_version() -> None:
         isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "__version__" for t in node.targets)
         for node in ast.walk(ast.parse(p.read_text())))]
     assert not writers, f"{writers} assign __version__: import it from dmcourse._version"
+
+
+def test_importing_the_package_or_the_instructor_cli_does_not_import_torch() -> None:
+    """The root re-exports the course's main names lazily (PEP 562): `import dmcourse` and the
+    instructor CLI start in a fraction of a second instead of paying torch's import."""
+    import subprocess
+    import sys
+
+    code = ("import sys, dmcourse, dmcourse.grading.cli; assert 'torch' not in sys.modules, 'torch was imported'; "
+            "dmcourse.MoE; assert 'torch' in sys.modules")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
