@@ -40,3 +40,24 @@ def test_stream_rows_prints_a_row_per_count():
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = [line.split() for line in proc.stdout.splitlines() if line.split() and line.split()[0].isdigit()]
     assert [r[0] for r in rows] == ["1", "3"] and all(float(v) > 0 for r in rows for v in r[1:]), proc.stdout
+
+
+def test_ex08_speed_ratios_prints_a_row_per_trial():
+    proc = subprocess.run([sys.executable, "benchmarks/ex08_speed_ratios.py", "--trials", "2"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = [line.strip("|").split("|") for line in proc.stdout.splitlines() if line.startswith("| ") and line[2].isdigit()]
+    assert [r[0].strip() for r in rows] == ["0", "1"], proc.stdout
+    assert all(float(v) > 0 for r in rows for v in r[1:]), proc.stdout
+    assert all(float(r[5]) > 1 for r in rows), f"the solution's dispatch is not faster than the per-token loop:\n{proc.stdout}"
+
+
+@pytest.mark.slow
+def test_ex06_seed_outcomes_prints_a_row_per_seed():
+    proc = subprocess.run([sys.executable, "benchmarks/ex06_seed_outcomes.py", "--seeds", "0"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = [line.strip("|").split("|") for line in proc.stdout.splitlines() if line.startswith("| ") and line[2].isdigit()]
+    assert len(rows) == 1 and rows[0][0].strip() == "0", proc.stdout
+    none_ratio, aux_ratio = float(rows[0][2]), float(rows[0][4])
+    assert none_ratio > aux_ratio, f"the aux loss should balance the solution's router:\n{proc.stdout}"

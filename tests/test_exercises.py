@@ -65,3 +65,24 @@ def test_solution_full_marks_and_blank_release_zero(course_copy: Path, assignmen
     assert full.score == full.max_score, f"the solution of {assignment} scores {full.score}/{full.max_score}"
     blank = course.autograde(course_copy, assignment, "blank")
     assert blank.score == 0, f"the untouched release of {assignment} scores {blank.score}/{blank.max_score}"
+
+
+POINTS = re.compile(r"Points: ([^=]+?) = (\d+)\.")
+STATES_BUDGET = ("ex06_router", "ex07_expert_parallel", "ex08_fast_moe")  # the others: issue 18's hardening
+
+
+@pytest.mark.parametrize("assignment", assignments())
+def test_stated_working_time_and_points_match_the_grades(assignment: str) -> None:
+    """The header's "Expected working time" and "Points: a + b + ... = N" agree with the graded cells."""
+    nb = nbformat.read(ROOT / "solutions" / assignment / f"{assignment}.ipynb", as_version=4)
+    header = next(c.source for c in nb.cells if c.cell_type == "markdown")
+    graded = [c.metadata["nbgrader"]["points"] for c in nb.cells
+              if c.metadata.get("nbgrader", {}).get("grade") and "points" in c.metadata["nbgrader"]]
+    stated = POINTS.search(header.replace("\n", " "))
+    if stated is None:
+        assert assignment not in STATES_BUDGET, f"{assignment}'s header must state 'Points: a + b + ... = total.'"
+        pytest.skip(f"{assignment} states no point budget yet")
+    parts = [int(p) for p in re.findall(r"\d+", stated.group(1))]
+    assert sum(parts) == int(stated.group(2)) == sum(graded), \
+        f"{assignment}: the header states {stated.group(0)!r}, the graded cells give {graded} (sum {sum(graded)})"
+    assert "Expected working time" in header, f"{assignment}: state the expected working time in the header"

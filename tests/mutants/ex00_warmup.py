@@ -46,4 +46,7 @@ MUTANTS = [
      "old": "statistics.median(kept)", "new": "sorted(kept)[len(kept) // 2]"},
     {"name": "minimum instead of median", "cell": "robust_time",
      "old": "statistics.median(kept)", "new": "min(kept)"},
+    # issue 18: inputs modified in place
+    {"name": "robust_time deletes the warm-up samples from the caller's list", "cell": "robust_time",
+     "old": "kept = list(samples)[warmup:]", "new": "del samples[:warmup]\n    kept = samples"},
 ]

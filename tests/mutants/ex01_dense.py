@@ -87,4 +87,12 @@ MUTANTS = [
     {"name": "weight_bytes calls dmcourse.accounting", "cell": "bytes",
      "old": "return n_params * per[dtype]",
      "new": "from dmcourse.accounting import bytes_per_param\n    return n_params * bytes_per_param(dtype)"},
+    # issue 18: boundaries, ignored arguments, types
+    {"name": "exactly full memory does not fit (< instead of <=)", "cell": "fits",
+     "old": "+ extra_bytes <= n_gpus", "new": "+ extra_bytes < n_gpus"},
+    {"name": "gpus_needed ignores extra_bytes", "cell": "fits",
+     "old": "(weight_bytes(n_params, dtype) + extra_bytes) / (gpu_memory_gb * 1e9)", "new": "weight_bytes(n_params, dtype) / (gpu_memory_gb * 1e9)"},
+    {"name": "forward FLOPs as a float", "cell": "flops",
+     "old": "return 2 * n_matmul_params + 2 * 2 * n_layers * n_heads * head_dim * context",
+     "new": "return 2 * n_matmul_params + 4.0 * n_layers * n_heads * head_dim * context"},
 ]

@@ -57,4 +57,8 @@ MUTANTS = [
      "old": "cfg.get(\"d_ff_shared\", cfg[\"d_ff_expert\"])", "new": "cfg[\"d_ff_expert\"]"},
     {"name": "LM head counted even when tied", "cell": "moe_params",
      "old": "head = 0 if cfg.get(\"tied_embeddings\", False) else embedding", "new": "head = embedding"},
+    # issue 18: inputs modified in place
+    {"name": "topk_route shifts the logits in place (a stability trick)", "cell": "topk_route",
+     "old": "probs = torch.softmax(logits, dim=-1)",
+     "new": "logits -= logits.max(dim=-1, keepdim=True).values\n    probs = torch.softmax(logits, dim=-1)"},
 ]

@@ -81,4 +81,8 @@ MUTANTS = [
     {"name": "weights normalised over all experts' scores", "cell": "route_with_bias",
      "old": "return indices, chosen / chosen.sum(dim=-1, keepdim=True)",
      "new": "return indices, chosen / scores.sum(dim=-1, keepdim=True)"},
+    # issue 18: inputs modified in place
+    {"name": "z_loss's stable log-sum-exp shifts the logits in place", "cell": "z_loss",
+     "old": "return (torch.logsumexp(logits, dim=-1) ** 2).mean()",
+     "new": "m = logits.max(dim=-1, keepdim=True).values\n    logits -= m\n    return ((m.squeeze(-1) + torch.log(torch.exp(logits).sum(dim=-1))) ** 2).mean()"},
 ]

@@ -70,4 +70,8 @@ MUTANTS = [
     {"name": "decode time from the bytes only", "cell": "decode_time",
      "old": 'return max(step["flops"] / gpu["peak_flops"], step["bytes"] / gpu["bandwidth"])',
      "new": 'return step["bytes"] / gpu["bandwidth"]'},
+    # issue 18, boundaries: exactly at the ridge
+    {"name": "exactly at the ridge called memory-bound (<= instead of <)", "cell": "bound",
+     "old": 'return "memory" if intensity < peak_flops / bandwidth else "compute"',
+     "new": 'return "memory" if intensity <= peak_flops / bandwidth else "compute"'},
 ]

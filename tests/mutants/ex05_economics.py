@@ -100,4 +100,9 @@ MUTANTS = [
     {"name": "neither fitting returns a default instead of raising", "cell": "choose",
      "old": "raise ValueError(f\"neither model fits in {workload['max_gpus']} x {gpu.get('name', 'GPU')}\")",
      "new": "return \"dense\""},
+    # issue 18: boundaries and ignored arguments
+    {"name": "zero bytes wrongly raise ValueError", "cell": "gpus_needed",
+     "old": "if total_bytes < 0:", "new": "if total_bytes <= 0:"},
+    {"name": "bytes_per_value ignored (KV cache always 2 bytes per number)", "cell": "decode_step_time",
+     "old": "kv_cache_bytes(model, context, batch, bytes_per_value)", "new": "kv_cache_bytes(model, context, batch, 2)"},
 ]
