@@ -335,7 +335,7 @@ from dmcourse.grading.guard import call_without_dmcourse as _own
 import random as _random
 
 _rng = _random.Random(7)
-# H100 SXM and T4 datasheet figures (T4: 65 TFLOP/s fp16, 320 GB/s = 256-bit GDDR6 at 10 Gb/s per pin)
+# H100 SXM and T4 datasheet figures (T4: 65 TFLOP/s fp16; 320 GB/s, NVIDIA T4 board spec: 256-bit GDDR6 at 10 Gb/s per pin)
 _gpus = [{"peak_flops": 989.5e12, "bandwidth": 3.35e12}, {"peak_flops": 65e12, "bandwidth": 320e9},
          {"peak_flops": 1e11, "bandwidth": 5e10}]
 for _ in range(30):

@@ -258,7 +258,7 @@ def _ref_time(_m, _g, _b, _ctx, _bpp, _bpv=2):
 
 _rng = _random.Random(52)
 _gpus = [{"name": "H100", "memory_gb": 80, "peak_flops": 989.5e12, "bandwidth": 3.35e12},
-         {"name": "T4", "memory_gb": 16, "peak_flops": 65e12, "bandwidth": 320e9},  # datasheet: 256-bit GDDR6, 10 Gb/s/pin
+         {"name": "T4", "memory_gb": 16, "peak_flops": 65e12, "bandwidth": 320e9},  # NVIDIA T4 board spec: 256-bit GDDR6 at 10 Gb/s, up to 320 GB/s
          {"name": "slow", "memory_gb": 8, "peak_flops": 1e11, "bandwidth": 5e10}]
 for _ in range(40):
     _e = _rng.choice([1, 8, 64, 256])
