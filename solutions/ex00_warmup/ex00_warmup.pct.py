@@ -167,12 +167,16 @@ else:
 #
 # `samples` are the times (seconds) of consecutive calls of the same function, the first ones
 # including warm-up effects. Drop the first `warmup` samples and return the **median** of the rest.
-# Raise `ValueError` when no sample is left. Do not modify `samples`: the caller keeps it.
+# Raise `ValueError` when `warmup` is negative (`samples[-1:]` would silently keep the last one)
+# or no sample is left; `warmup = 0` keeps every sample. Do not modify `samples`: the caller keeps
+# it.
 
 # %% nbgrader={"grade": false, "grade_id": "robust_time", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def robust_time(samples: list[float], warmup: int) -> float:
     """Median of samples[warmup:] (seconds)."""
     ### BEGIN SOLUTION
+    if warmup < 0:
+        raise ValueError(f"warmup must be >= 0, got {warmup!r}")
     kept = list(samples)[warmup:]
     if not kept:
         raise ValueError(f"no samples left after dropping {warmup} warm-up samples of {len(samples)}")
@@ -208,6 +212,13 @@ except ValueError:
     pass
 else:
     raise AssertionError("no samples left should raise ValueError")
+try:
+    _got = robust_time([5.0, 1.0, 2.0], -1)
+except ValueError:
+    pass
+else:
+    raise AssertionError(f"warmup=-1 returned {_got!r}: a negative warmup should raise ValueError "
+                         "(list[-1:] would silently keep only the last sample)")
 ### END HIDDEN TESTS
 
 # %% [markdown]

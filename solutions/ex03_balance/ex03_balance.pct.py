@@ -209,8 +209,10 @@ for _t, _n, _k, _cf in [(100, 8, 2, 1.25), (10, 4, 1, 1.0), (96, 8, 1, 1.5), (7,
     _exact = _Fr(_cf) * _t * _k / _n
     _want = -((-_exact.numerator) // _exact.denominator)
     _got = _own(expert_capacity, _t, _n, _k, _cf)
-    assert _got == _want and isinstance(_got, int), (
+    assert _got == _want, (
         f"expert_capacity({_t}, {_n}, {_k}, {_cf}) = {_got!r}, expected {_want}: round UP, and count k slots per token")
+    assert isinstance(_got, int), (f"expert_capacity({_t}, {_n}, {_k}, {_cf}) returned {type(_got).__name__} {_got!r}: "
+                                   "return an int (math.ceil gives one; -(-a // b) on floats gives a float)")
 ### END HIDDEN TESTS
 
 # %% [markdown]

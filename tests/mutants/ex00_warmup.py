@@ -66,4 +66,6 @@ MUTANTS = [
     {"name": "[in place] robust_time sorts the caller's list", "cell": "robust_time",
      "old": "return statistics.median(kept)",
      "new": "samples[warmup:] = sorted(samples[warmup:])\n    return statistics.median(kept)"},
+    {"name": "[boundary] negative warmup accepted (keeps the last samples)", "cell": "robust_time",
+     "old": "if warmup < 0:", "new": "if False:"},
 ]
