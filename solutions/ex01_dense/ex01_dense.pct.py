@@ -159,7 +159,10 @@ for _i in range(40):
     _c = {"d_model": _h * _rng.choice([16, 64, 128]), "n_heads": _h, "n_kv_heads": _kv, "d_ff": _rng.randint(8, 5000)}
     if _i % 3 == 0:
         _c["head_dim"] = _rng.choice([32, 96, 128])  # decoupled from d_model // n_heads (Qwen3 does this)
-    _got = _own(block_params, dict(_c))
+    _c_before = dict(_c)
+    _got = _own(block_params, _c)
+    assert _c == _c_before, (f"block_params changed the cfg it was given to {_c}: read defaults with cfg.get(...), "
+                             "never cfg.setdefault(...) or cfg[...] = ...")
     _want = _ref_block(_c)
     assert isinstance(_got, int), (f"block_params({_c}) returned {type(_got).__name__} {_got!r}: return an int "
                                    "(head_dim = d_model // n_heads, floor division)")
@@ -171,7 +174,9 @@ for _i in range(40):
     _m = dict(_c, vocab_size=_rng.randint(100, 200000), n_layers=_rng.randint(1, 100), tied_embeddings=_i % 2 == 0)
     _emb = _m["vocab_size"] * _m["d_model"]
     _want_m = _m["n_layers"] * _want + _m["d_model"] + _emb * (1 if _m["tied_embeddings"] else 2)
-    _got_m = _own(model_params, dict(_m))
+    _m_before = dict(_m)
+    _got_m = _own(model_params, _m)
+    assert _m == _m_before, f"model_params changed the cfg it was given to {_m}: read it, never write into it"
     assert isinstance(_got_m, int), f"model_params returned {type(_got_m).__name__} {_got_m!r}: return an int"
     assert _got_m == _want_m, (f"model_params({_m}) = {_got_m}, expected {_want_m}: n_layers blocks + final norm + "
                                "embedding + LM head (counted once when tied)")
@@ -303,7 +308,10 @@ for _i in range(20):
     _dt = _rng.choice(list(_per))
     _hd = _c.get("head_dim", _c["d_model"] // _c["n_heads"])
     _want = 2 * _c["n_layers"] * _kv * _hd * _per[_dt]
-    _got = _own(kv_cache_bytes_per_token, dict(_c), _dt)
+    _c_before = dict(_c)
+    _got = _own(kv_cache_bytes_per_token, _c, _dt)
+    assert _c == _c_before, (f"kv_cache_bytes_per_token changed the cfg it was given to {_c}: use cfg.get(...) "
+                             "for head_dim, never cfg.setdefault(...)")
     assert _got != _want // _kv * _h, f"kv_cache_bytes_per_token({_c}): cache the n_kv_heads key/value heads, not n_heads"
     assert _got != _want / 2, f"kv_cache_bytes_per_token({_c}): both a key AND a value vector per KV head"
     assert _got == _want, f"kv_cache_bytes_per_token({_c}, {_dt!r}) = {_got}, expected {_want}"

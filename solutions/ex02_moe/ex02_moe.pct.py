@@ -277,7 +277,10 @@ for _trial in range(30):
             _c["d_ff_shared"] = _rng.choice([512, 1408, 2048])
     if _trial % 4 == 0:
         _c["tied_embeddings"] = _rng.random() < 0.5
-    _got = _own(moe_params, dict(_c))
+    _c_before = dict(_c)
+    _got = _own(moe_params, _c)
+    assert _c == _c_before, (f"moe_params changed the cfg it was given to {_c}: read the optional keys with "
+                             "cfg.get(key, default), never cfg.setdefault(...) or cfg[key] = ...")
     _d, _L = _c["d_model"], _c["n_layers"]
     _one = 3 * _d * _c["d_ff_expert"]
     _sh = _c.get("n_shared_experts", 0) * 3 * _d * _c.get("d_ff_shared", _c["d_ff_expert"])

@@ -293,7 +293,9 @@ for _ in range(25):
           "n_experts": _e, "top_k": _rng.choice([1, 2, 4, 8]), "bytes_per_param": _rng.choice([4, 2, 1, 0.5])}
     _b = _rng.choice([1, 2, 5, 32, 300, 4096])
     _fl, _by = _ref_step(_m, _b)
-    _got = _own(decode_step, dict(_m), _b)
+    _m_before = dict(_m)
+    _got = _own(decode_step, _m, _b)
+    assert _m == _m_before, f"decode_step changed the model dict it was given to {_m}: compute in local variables"
     assert math.isclose(_got["flops"], _fl, rel_tol=1e-9), (
         f"flops {_got['flops']:.4g}, expected {_fl:.4g} for {_m}, batch {_b}: "
         "2 FLOPs per active parameter per token")
@@ -347,7 +349,9 @@ for _ in range(30):
     _fl = 2 * _b * (_m["dense_params"] + _m["expert_params"] * _k / _e)
     _by = _m["bytes_per_param"] * (_m["dense_params"] + _m["expert_params"] * (1 - (1 - _k / _e) ** _b))
     _ref = max(_fl / _g["peak_flops"], _by / _g["bandwidth"])
-    _got = _own(decode_time, dict(_m), _b, dict(_g))
+    _before = (dict(_m), dict(_g))
+    _got = _own(decode_time, _m, _b, _g)
+    assert (_m, _g) == _before, "decode_time changed the model or gpu dict it was given: read them, never write into them"
     assert math.isclose(_got, _ref, rel_tol=1e-9), (
         f"decode_time = {_got:.4g} s, expected {_ref:.4g} s (batch {_b}, {_m}, {_g}): the step takes at least "
         "flops / peak AND at least bytes / bandwidth: the larger of the two")

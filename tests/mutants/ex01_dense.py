@@ -105,4 +105,9 @@ MUTANTS = [
     {"name": "[types] gpus_needed by float ceiling division (returns a float)", "cell": "fits",
      "old": "return max(1, math.ceil((weight_bytes(n_params, dtype) + extra_bytes) / (gpu_memory_gb * 1e9)))",
      "new": "return max(1, -(-(weight_bytes(n_params, dtype) + extra_bytes) // (gpu_memory_gb * 1e9)))"},
+    {"name": "[in place] block_params fills the default head_dim into cfg (setdefault)", "cell": "block_params",
+     "old": "head_dim = cfg.get(\"head_dim\", d // cfg[\"n_heads\"])", "new": "head_dim = cfg.setdefault(\"head_dim\", d // cfg[\"n_heads\"])"},
+    {"name": "[in place] kv_cache_bytes_per_token fills the default head_dim into cfg (setdefault)", "cell": "bytes",
+     "old": "head_dim = cfg.get(\"head_dim\", cfg[\"d_model\"] // cfg[\"n_heads\"])",
+     "new": "head_dim = cfg.setdefault(\"head_dim\", cfg[\"d_model\"] // cfg[\"n_heads\"])"},
 ]

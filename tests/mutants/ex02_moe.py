@@ -74,4 +74,6 @@ MUTANTS = [
     {"name": "[types] active parameters via top_k / n_experts (a float)", "cell": "moe_params",
      "old": "active = cfg[\"n_layers\"] * (common + cfg[\"top_k\"] * expert) + outside",
      "new": "active = cfg[\"n_layers\"] * (common + cfg[\"n_experts\"] * expert * cfg[\"top_k\"] / cfg[\"n_experts\"]) + outside"},
+    {"name": "[in place] moe_params fills the default n_shared_experts into cfg (setdefault)", "cell": "moe_params",
+     "old": "shared = cfg.get(\"n_shared_experts\", 0)", "new": "shared = cfg.setdefault(\"n_shared_experts\", 0)"},
 ]

@@ -79,4 +79,7 @@ MUTANTS = [
     {"name": "[boundary] batch 0 wrongly rejected", "cell": "expected_experts",
      "old": "    return n_experts * (1 - (1 - top_k / n_experts) ** batch)",
      "new": "    if batch < 1:\n        raise ValueError(f\"batch must be >= 1, got {batch}\")\n    return n_experts * (1 - (1 - top_k / n_experts) ** batch)"},
+    {"name": "[in place] decode_step scales model['expert_params'] to the touched experts", "cell": "decode_step",
+     "old": "nbytes = model[\"bytes_per_param\"] * (model[\"dense_params\"] + model[\"expert_params\"] * touched / e)",
+     "new": "model[\"expert_params\"] *= touched / e\n    nbytes = model[\"bytes_per_param\"] * (model[\"dense_params\"] + model[\"expert_params\"])"},
 ]
