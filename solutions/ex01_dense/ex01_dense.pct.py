@@ -11,6 +11,9 @@ if importlib.util.find_spec("dmcourse") is None:
 # primitives, the functions that answer the chapter's four questions for any model: how many
 # parameters, how many FLOPs per token, how many bytes, and whether it fits on a GPU.
 #
+# **Time and points**: about 75 minutes; 16 points in all: part 1 (3 points), part 2 (4), part 3
+# (3), part 4 (3), part 5 (3). Part 6 is not graded.
+#
 # **How to work on it**
 #
 # * Write your code where it says `# YOUR CODE HERE` (delete the `raise NotImplementedError()`
@@ -77,7 +80,10 @@ for _shape in [(5,), (3, 4), (2, 3, 2)]:
     _g = torch.randn(_f, _d, generator=_gen, dtype=torch.float64)
     _u = torch.randn(_f, _d, generator=_gen, dtype=torch.float64)
     _w = torch.randn(_d, _f, generator=_gen, dtype=torch.float64)
+    _before = [_t.clone() for _t in (_xs, _g, _u, _w)]
     _got = _own(swiglu, _xs, _g, _u, _w)
+    assert all(torch.equal(_a, _b) for _a, _b in zip(_before, (_xs, _g, _u, _w))), \
+        "swiglu changed one of its inputs: compute new tensors, never modify x or the weights in place (x *= ..., .mul_)"
     assert tuple(_got.shape) == (*_shape, _d), f"shape {tuple(_got.shape)} for x {(*_shape, _d)}: expected {(*_shape, _d)}"
     _a = torch.einsum("...d,fd->...f", _xs, _g)
     _b = torch.einsum("...d,fd->...f", _xs, _u)
@@ -131,7 +137,8 @@ def model_params(cfg: dict) -> int:
 # %% nbgrader={"grade": true, "grade_id": "test_block_params", "locked": true, "points": 4, "schema_version": 3, "solution": false, "task": false}
 _llama3_8b = {"vocab_size": 128256, "d_model": 4096, "n_layers": 32, "n_heads": 32, "n_kv_heads": 8,
               "d_ff": 14336, "tied_embeddings": False}  # its config.json on the Hugging Face hub
-assert block_params({"d_model": 8, "n_heads": 2, "n_kv_heads": 2, "d_ff": 16}) == 4 * 64 + 3 * 128 + 16
+assert block_params({"d_model": 8, "n_heads": 2, "n_kv_heads": 2, "d_ff": 16}) == 4 * 64 + 3 * 128 + 16, \
+    "d_model 8, 2 heads of width 4: Q, K, V, O are 8 x 8 each (4 * 64), the FFN 3 x 8 x 16, the norms 2 x 8"
 assert model_params(_llama3_8b) == 8_030_261_248, "Llama-3-8B has 8,030,261,248 parameters"
 ### BEGIN HIDDEN TESTS
 from dmcourse.grading.guard import call_without_dmcourse as _own
@@ -152,8 +159,13 @@ for _i in range(40):
     _c = {"d_model": _h * _rng.choice([16, 64, 128]), "n_heads": _h, "n_kv_heads": _kv, "d_ff": _rng.randint(8, 5000)}
     if _i % 3 == 0:
         _c["head_dim"] = _rng.choice([32, 96, 128])  # decoupled from d_model // n_heads (Qwen3 does this)
-    _got = _own(block_params, dict(_c))
+    _c_before = dict(_c)
+    _got = _own(block_params, _c)
+    assert _c == _c_before, (f"block_params changed the cfg it was given to {_c}: read defaults with cfg.get(...), "
+                             "never cfg.setdefault(...) or cfg[...] = ...")
     _want = _ref_block(_c)
+    assert isinstance(_got, int), (f"block_params({_c}) returned {type(_got).__name__} {_got!r}: return an int "
+                                   "(head_dim = d_model // n_heads, floor division)")
     _full = _want + 2 * _c["d_model"] * (_c["n_heads"] - _c["n_kv_heads"]) * _c.get("head_dim", _c["d_model"] // _c["n_heads"])
     assert _got != _full, f"block_params({_c}): K and V have n_kv_heads heads, not n_heads (grouped-query attention)"
     assert _got != _want - _c["d_model"] * _c["d_ff"], f"block_params({_c}): SwiGLU has three matrices (gate, up, down)"
@@ -162,7 +174,10 @@ for _i in range(40):
     _m = dict(_c, vocab_size=_rng.randint(100, 200000), n_layers=_rng.randint(1, 100), tied_embeddings=_i % 2 == 0)
     _emb = _m["vocab_size"] * _m["d_model"]
     _want_m = _m["n_layers"] * _want + _m["d_model"] + _emb * (1 if _m["tied_embeddings"] else 2)
-    _got_m = _own(model_params, dict(_m))
+    _m_before = dict(_m)
+    _got_m = _own(model_params, _m)
+    assert _m == _m_before, f"model_params changed the cfg it was given to {_m}: read it, never write into it"
+    assert isinstance(_got_m, int), f"model_params returned {type(_got_m).__name__} {_got_m!r}: return an int"
     assert _got_m == _want_m, (f"model_params({_m}) = {_got_m}, expected {_want_m}: n_layers blocks + final norm + "
                                "embedding + LM head (counted once when tied)")
 ### END HIDDEN TESTS
@@ -209,7 +224,10 @@ for _ in range(30):
     assert _got != 2 * _n + _attn // 2, "attention: Q.K (head_dim multiply-adds per key) AND the weighted sum of values, 2 FLOPs each"
     assert _got != 2 * _n, "the attention term (grows with the context) is missing"
     assert _got == 2 * _n + _attn, f"forward_flops_per_token{(_n, _l, _h, _hd, _ctx)} = {_got}, expected {2 * _n + _attn}"
+    assert isinstance(_got, int), f"forward_flops_per_token returned {type(_got).__name__} {_got!r}: return an int"
     _t = _own(training_flops_per_token, _n, _l, _h, _hd, _ctx)
+    assert isinstance(_t, int), (f"training_flops_per_token returned {type(_t).__name__} {_t!r}: return an int "
+                                 "(3 * forward, no division)")
     assert _t == 3 * (2 * _n + _attn), f"training = 3 x forward (backward is about 2 x forward), got {_t}"
 ### END HIDDEN TESTS
 
@@ -258,9 +276,10 @@ def bytes_to_gib(n_bytes: float) -> float:
 # %% nbgrader={"grade": true, "grade_id": "test_bytes", "locked": true, "points": 3, "schema_version": 3, "solution": false, "task": false}
 _llama3_8b = {"vocab_size": 128256, "d_model": 4096, "n_layers": 32, "n_heads": 32, "n_kv_heads": 8,
               "d_ff": 14336, "tied_embeddings": False}
-assert weight_bytes(10, "fp32") == 40
+assert weight_bytes(10, "fp32") == 40, "fp32 takes 4 bytes per parameter: 10 parameters are 40 bytes"
 assert kv_cache_bytes_per_token(_llama3_8b, "bf16") == 131072, "Llama-3-8B: 128 KiB per token in bf16"
-assert bytes_to_gb(1e9) == 1.0 and bytes_to_gib(2**30) == 1.0
+assert bytes_to_gb(1e9) == 1.0, "bytes_to_gb divides by 1e9 (GB = 10**9 bytes)"
+assert bytes_to_gib(2**30) == 1.0, "bytes_to_gib divides by 2**30 (GiB = 2**30 bytes)"
 ### BEGIN HIDDEN TESTS
 from dmcourse.grading.guard import call_without_dmcourse as _own
 
@@ -289,7 +308,10 @@ for _i in range(20):
     _dt = _rng.choice(list(_per))
     _hd = _c.get("head_dim", _c["d_model"] // _c["n_heads"])
     _want = 2 * _c["n_layers"] * _kv * _hd * _per[_dt]
-    _got = _own(kv_cache_bytes_per_token, dict(_c), _dt)
+    _c_before = dict(_c)
+    _got = _own(kv_cache_bytes_per_token, _c, _dt)
+    assert _c == _c_before, (f"kv_cache_bytes_per_token changed the cfg it was given to {_c}: use cfg.get(...) "
+                             "for head_dim, never cfg.setdefault(...)")
     assert _got != _want // _kv * _h, f"kv_cache_bytes_per_token({_c}): cache the n_kv_heads key/value heads, not n_heads"
     assert _got != _want / 2, f"kv_cache_bytes_per_token({_c}): both a key AND a value vector per KV head"
     assert _got == _want, f"kv_cache_bytes_per_token({_c}, {_dt!r}) = {_got}, expected {_want}"
@@ -325,7 +347,7 @@ def gpus_needed(n_params: int, dtype: str, gpu_memory_gb: float, extra_bytes: fl
 # %% nbgrader={"grade": true, "grade_id": "test_fits", "locked": true, "points": 3, "schema_version": 3, "solution": false, "task": false}
 assert fits(7_000_000_000, "bf16", 16), "a 7B model in bf16 (14 GB) fits a 16 GB T4"
 assert not fits(70_000_000_000, "bf16", 80), "a 70B model in bf16 (140 GB) does not fit one 80 GB GPU"
-assert gpus_needed(70_000_000_000, "bf16", 80) == 2
+assert gpus_needed(70_000_000_000, "bf16", 80) == 2, "140 GB on 80 GB GPUs: 1.75 GPUs' worth, rounded up to 2"
 ### BEGIN HIDDEN TESTS
 from dmcourse.grading.guard import call_without_dmcourse as _own
 
@@ -338,15 +360,27 @@ for _need_gb, _gpu in ((82.0, 80), (16.5, 16), (42.0, 40), (145.0, 141), (24.9, 
 for _need_gb, _gpu in ((79.0, 80), (15.5, 16), (140.0, 141)):
     _params = int(_need_gb * 1e9 / 2)
     assert _own(fits, _params, "bf16", _gpu), f"{_need_gb} GB of weights fit a {_gpu} GB GPU"
-    assert _own(gpus_needed, _params, "bf16", _gpu) == 1
+    assert _own(gpus_needed, _params, "bf16", _gpu) == 1, f"{_need_gb} GB of weights need one {_gpu} GB GPU"
+# exactly full: 40 GB of weights on a 40 GB GPU fit (<=, not <); one byte more does not
+assert _own(fits, 20_000_000_000, "bf16", 40), "exactly 40 GB fit a 40 GB GPU: compare with <=, not <"
+assert _own(fits, 20_000_000_000, "bf16", 20, 2), "exactly 40 GB fit two 20 GB GPUs: compare with <=, not <"
+assert not _own(fits, 20_000_000_000, "bf16", 40, 1, 1), "40 GB + 1 byte do not fit a 40 GB GPU"
+assert _own(gpus_needed, 20_000_000_000, "bf16", 40) == 1, "exactly 40 GB fill one 40 GB GPU: no second GPU"
 assert _own(fits, 70_000_000_000, "int4", 40), "int4 is half a byte per parameter: 35 GB"
-assert not _own(fits, 70_000_000_000, "fp8", 40)
+assert not _own(fits, 70_000_000_000, "fp8", 40), "fp8 is one byte per parameter: 70 GB do not fit 40 GB"
 assert _own(fits, 70_000_000_000, "bf16", 80, 2), "n_gpus multiplies the memory"
 assert not _own(fits, 7_000_000_000, "bf16", 16, 1, 3e9), "extra_bytes (KV cache) counts too"
 assert _own(gpus_needed, 70_000_000_000, "bf16", 40, 20e9) == 4, "(140 + 20) GB / 40 GB = 4"
+assert _own(gpus_needed, 70_000_000_000, "bf16", 40, 30e9) == 5, \
+    "(140 + 30) GB on 40 GB GPUs need 5: add extra_bytes (KV cache) to the weights before dividing"
+assert _own(gpus_needed, 7_000_000_000, "bf16", 16, 3e9) == 2, "14 GB of weights + 3 GB of KV cache need two 16 GB GPUs"
 assert _own(gpus_needed, 70_000_000_001, "bf16", 40) == 4, "round up: 3.5 GPUs' worth of memory needs 4 GPUs"
 assert _own(gpus_needed, 671_000_000_000, "fp8", 80) == 9, "671 GB on 80 GB GPUs: 9 (round up)"
-assert _own(gpus_needed, 1_000, "bf16", 80) == 1
+assert _own(gpus_needed, 1_000, "bf16", 80) == 1, "a tiny model still needs one GPU"
+for _args in ((70_000_000_000, "bf16", 80), (671_000_000_000, "fp8", 80), (1_000, "bf16", 80), (7 * 10**9, "bf16", 16, 3e9)):
+    _got = _own(gpus_needed, *_args)
+    assert isinstance(_got, int), (f"gpus_needed{_args} returned {type(_got).__name__} {_got!r}: return an int "
+                                   "(math.ceil gives one; -(-a // b) on floats gives a float)")
 ### END HIDDEN TESTS
 
 # %% [markdown]

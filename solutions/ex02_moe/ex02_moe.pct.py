@@ -12,6 +12,9 @@ if importlib.util.find_spec("dmcourse") is None:
 # forward pass that sends tokens to their experts and mixes the results, and the count of total
 # and active parameters of an MoE model.
 #
+# **Time and points**: about 75 minutes; 10 points in all: part 1 (3 points), part 2 (4), part 3
+# (3). Part 4 is not graded.
+#
 # **How to work on it**
 #
 # * Write your code where it says `# YOUR CODE HERE` (delete the `raise NotImplementedError()`
@@ -42,8 +45,9 @@ import torch.nn.functional as F
 # over all experts, keep the top `k`, and renormalise them to sum to 1).
 #
 # Return `(indices, weights)`: `indices` an int64 tensor `(T, k)` of expert ids, `weights` a
-# float tensor `(T, k)`, where `weights[t, j]` belongs to expert `indices[t, j]`. Each row of
-# `weights` sums to 1. Raise `ValueError` unless `1 <= k <= E`.
+# tensor `(T, k)` of the logits' dtype, where `weights[t, j]` belongs to expert `indices[t, j]`.
+# Each row of `weights` sums to 1. Raise `ValueError` unless `1 <= k <= E` (`k = E` is allowed).
+# Do not modify `logits`.
 
 # %% nbgrader={"grade": false, "grade_id": "topk_route", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def topk_route(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -78,8 +82,15 @@ for _trial in range(12):
     while _T == _E:  # tokens != experts, so the wrong dimension shows
         _T = _rng.randint(3, 40)
     _k = _rng.randint(1, _E)
+    _k = (1, _E)[_trial] if _trial < 2 else _k  # the two boundaries first: k = 1 and k = E
     _logits = torch.randn(_T, _E, generator=_gen, dtype=torch.float64) * 2
-    _ids, _ws = _own(topk_route, _logits.clone(), _k)
+    _before = _logits.clone()
+    try:
+        _ids, _ws = _own(topk_route, _logits, _k)
+    except ValueError as _err:
+        raise AssertionError(f"T={_T}, E={_E}, k={_k}: raised {_err!r}; every k with 1 <= k <= E is valid") from None
+    assert torch.equal(_logits, _before), (
+        "topk_route changed the logits it was given: work on new tensors (logits - m), never logits -= ... in place")
     assert tuple(_ids.shape) == (_T, _k) and tuple(_ws.shape) == (_T, _k), \
         f"T={_T}, E={_E}, k={_k}: got shapes {tuple(_ids.shape)} and {tuple(_ws.shape)}, expected ({_T}, {_k}): top-k over the experts (last dimension)"
     assert _ids.dtype == torch.int64, f"indices must be int64, got {_ids.dtype}"
@@ -99,6 +110,10 @@ for _bad in (0, 5):
         pass
     else:
         raise AssertionError(f"k={_bad} with 4 experts should raise ValueError")
+_ids32, _ws32 = _own(topk_route, torch.randn(5, 6, generator=_gen), 2)
+assert _ids32.dtype == torch.int64, f"indices must be int64, got {_ids32.dtype}"
+assert _ws32.dtype == torch.float32, (f"float32 logits gave {_ws32.dtype} weights: keep the logits' dtype "
+                                      "(no .double() / .float64 inside)")
 ### END HIDDEN TESTS
 
 # %% [markdown]
@@ -113,7 +128,8 @@ for _bad in (0, 5):
 #
 # for `x` of shape `(T, d_model)`, as a `(T, d_model)` tensor. Any correct dispatch is fine (a
 # loop over experts, sorting by expert, ...), but run each expert only on the tokens that chose it:
-# do not compute every expert for every token. Some experts may receive no token at all.
+# do not compute every expert for every token. Some experts may receive no token at all. The
+# output has `x`'s dtype; do not modify any input.
 
 # %% nbgrader={"grade": false, "grade_id": "moe_forward", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def moe_forward(x: torch.Tensor, indices: torch.Tensor, weights: torch.Tensor,
@@ -158,7 +174,7 @@ def _ref_moe(_x, _ids, _ws, _g, _u, _d):
     return torch.einsum("te,ted->td", _mix, _all)
 
 
-def _check(_T, _E, _k, _ids=None, _what=""):
+def _check(_T, _E, _k, _ids=None, _what="", _dtype=torch.float64):
     _d, _f = _rng.randint(3, 9), _rng.randint(10, 20)
     _x = torch.randn(_T, _d, generator=_gen, dtype=torch.float64)
     _g = torch.randn(_E, _f, _d, generator=_gen, dtype=torch.float64) / _d**0.5
@@ -167,10 +183,18 @@ def _check(_T, _E, _k, _ids=None, _what=""):
     if _ids is None:
         _ids = torch.stack([torch.randperm(_E, generator=_gen)[:_k] for _ in range(_T)])
     _ws = torch.rand(_ids.shape, generator=_gen, dtype=torch.float64) + 0.1  # not summing to 1
-    _got = _own(moe_forward, _x, _ids, _ws, _g, _u, _w)
+    _args = [_a.to(_dtype) if _a.is_floating_point() else _a for _a in (_x, _ids, _ws, _g, _u, _w)]
+    _before = [_a.clone() for _a in _args]
+    _got = _own(moe_forward, *_args)
+    assert all(torch.equal(_a, _b) for _a, _b in zip(_args, _before)), (
+        f"{_what}: moe_forward changed one of its inputs; build the output in a new tensor (torch.zeros_like(x)) "
+        "and never write into x, indices, weights or the expert weights")
     assert tuple(_got.shape) == (_T, _d), f"{_what}: output shape {tuple(_got.shape)}, expected {(_T, _d)}"
-    _want = _ref_moe(_x, _ids, _ws, _g, _u, _w)
-    if not torch.allclose(_got.double(), _want, atol=1e-6, rtol=1e-5):
+    assert _got.dtype == _dtype, (f"{_what}: {_dtype} inputs gave a {_got.dtype} output; allocate the output "
+                                  "with x's dtype (torch.zeros_like(x))")
+    _want = _ref_moe(*[_a.double() if _a.is_floating_point() else _a for _a in _args])
+    if not torch.allclose(_got.double(), _want, atol=1e-6 if _dtype == torch.float64 else 1e-4,
+                          rtol=1e-5 if _dtype == torch.float64 else 1e-3):
         _hint = "check the combine: y_t = sum over the k slots of weights[t, j] * expert_{indices[t, j]}(x_t)"
         _unweighted = _ref_moe(_x, _ids, torch.ones_like(_ws), _g, _u, _w)
         _summed = _ref_moe(_x, _ids, _ws.sum(-1, keepdim=True).expand_as(_ws).contiguous(), _g, _u, _w)
@@ -190,6 +214,7 @@ _check(1, 8, 3, _what="a single token")
 _check(6, 7, 2, _ids=torch.tensor([[4, 1], [1, 4], [6, 1], [4, 6], [1, 6], [6, 4]]),
        _what="experts 0, 2, 3 and 5 receive no token")
 _check(5, 4, 1, _ids=torch.full((5, 1), 3), _what="all tokens to the last expert")
+_check(16, 8, 2, _what="float32 inputs, as in part 4", _dtype=torch.float32)
 ### END HIDDEN TESTS
 
 # %% [markdown]
@@ -245,14 +270,17 @@ for _trial in range(30):
     _c = {"vocab_size": _rng.randint(100, 200000), "d_model": _rng.choice([64, 512, 2048, 7168]),
           "n_layers": _rng.randint(1, 80), "other_per_layer": _rng.randint(10**4, 10**9),
           "n_experts": _rng.randint(2, 300), "d_ff_expert": _rng.choice([96, 768, 2048, 14336])}
-    _c["top_k"] = _rng.randint(1, min(8, _c["n_experts"] - 1))
+    _c["top_k"] = _rng.randint(1, min(8, _c["n_experts"] - 1)) if _trial % 10 else _c["n_experts"]  # k = E too
     if _trial % 3:
         _c["n_shared_experts"] = _rng.randint(1, 2)
         if _trial % 2:
             _c["d_ff_shared"] = _rng.choice([512, 1408, 2048])
     if _trial % 4 == 0:
         _c["tied_embeddings"] = _rng.random() < 0.5
-    _got = _own(moe_params, dict(_c))
+    _c_before = dict(_c)
+    _got = _own(moe_params, _c)
+    assert _c == _c_before, (f"moe_params changed the cfg it was given to {_c}: read the optional keys with "
+                             "cfg.get(key, default), never cfg.setdefault(...) or cfg[key] = ...")
     _d, _L = _c["d_model"], _c["n_layers"]
     _one = 3 * _d * _c["d_ff_expert"]
     _sh = _c.get("n_shared_experts", 0) * 3 * _d * _c.get("d_ff_shared", _c["d_ff_expert"])
@@ -260,8 +288,10 @@ for _trial in range(30):
     _want_total = _L * (_c["other_per_layer"] + _c["n_experts"] * (_d + _one) + _sh) + _emb + _d
     _want_active = _want_total - _L * (_c["n_experts"] - _c["top_k"]) * _one
     assert isinstance(_got, tuple) and len(_got) == 2, "return a tuple (total, active)"
+    assert all(isinstance(_v, int) for _v in _got), (f"config {_c}: got {_got!r}; return two ints (no true "
+                                                     "division: top_k / n_experts makes a float)")
     assert _got[0] == _want_total, f"config {_c}: total {_got[0]}, expected {_want_total}"
-    if _got[1] == _want_total:
+    if _got[1] == _want_total and _c["top_k"] < _c["n_experts"]:
         raise AssertionError(f"config {_c}: active == total; only top_k of the n_experts routed experts are active")
     if _sh and _got[1] == _want_active - _L * _sh:
         raise AssertionError(f"config {_c}: shared experts are used by every token: count them as active")

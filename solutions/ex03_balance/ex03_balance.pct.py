@@ -12,6 +12,10 @@ if importlib.util.find_spec("dmcourse") is None:
 # auxiliary loss, the router z-loss, capacity-limited assignment, and DeepSeek-V3's selection
 # bias with its update step.
 #
+# **Time and points**: about 90 minutes; 13 points in all: part 1 (3 points), part 2 (2), part 3
+# (1 + 3), part 4 (2 + 2). Part 5 is not graded, but the grader runs its balancing loop with your
+# functions.
+#
 # **How to work on it**
 #
 # * Write your code where it says `# YOUR CODE HERE` (delete the `raise NotImplementedError()`
@@ -114,7 +118,26 @@ for _trial in range(12):
 for _k in (1, 2, 4):
     _lg = torch.zeros(16, 8)
     _lg[torch.arange(16)[:, None], (torch.arange(16)[:, None] * _k + torch.arange(_k)) % 8] = 1.0
+    _before = _lg.clone()
     assert abs(float(_own(aux_loss, _lg, _k).detach()) - 1.0) < 1e-5, f"perfect balance with k={_k} must give 1 (divide f by k*T)"
+    assert torch.equal(_lg, _before), "aux_loss changed the logits it was given: never modify them in place"
+# k = N: every token uses every expert, so f_i = 1/N and the loss is sum_i P_i = 1 whatever the logits
+_lg = torch.randn(9, 5, generator=_gen) * 3
+try:
+    _got = float(_own(aux_loss, _lg, 5).detach())
+except Exception as _err:
+    raise AssertionError(f"aux_loss with k = N = 5 raised {_err!r}: k = N is valid (every expert chosen)") from None
+assert abs(_got - 1.0) < 1e-5, f"k = N = 5: got {_got:.5f}, expected 1 (f_i = 1/N for every expert)"
+# the last expert is never chosen: its count is 0, f must still have N entries
+_lg = torch.randn(10, 4, generator=_gen)
+_lg[:, 3] = -20.0
+try:
+    _got = float(_own(aux_loss, _lg, 2).detach())
+except Exception as _err:
+    raise AssertionError(f"aux_loss raised {_err!r} when expert 3 gets no token: count assignments with "
+                         "torch.bincount(..., minlength=N) so unchosen experts count 0") from None
+assert abs(_got - float(_ref_aux(_lg, 2))) < 1e-4, (
+    f"expert 3 gets no token: got {_got:.5f}, expected {float(_ref_aux(_lg, 2)):.5f}; f has one entry per expert")
 ### END HIDDEN TESTS
 
 # %% [markdown]
@@ -122,7 +145,7 @@ for _k in (1, 2, 4):
 #
 # ST-MoE's z-loss keeps router logits small: the mean over tokens of the squared log-sum-exp of
 # each token's **logits**, `mean_t (log sum_i exp(l_ti))^2`. Return a 0-d tensor. Router logits
-# can be large: compute it without overflow.
+# can be large: compute it without overflow. Do not modify `logits`.
 
 # %% nbgrader={"grade": false, "grade_id": "z_loss", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def z_loss(logits: torch.Tensor) -> torch.Tensor:
@@ -133,7 +156,8 @@ def z_loss(logits: torch.Tensor) -> torch.Tensor:
 
 
 # %% nbgrader={"grade": true, "grade_id": "t_z_loss", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
-assert abs(float(z_loss(torch.zeros(3, 4))) - math.log(4) ** 2) < 1e-5, "all logits 0: log-sum-exp is ln N"
+assert abs(float(z_loss(torch.zeros(3, 4))) - math.log(4) ** 2) < 1e-5, \
+    "all logits 0: each token's log-sum-exp is ln(4), so the loss is ln(4)**2"
 ### BEGIN HIDDEN TESTS
 from dmcourse.grading.guard import call_without_dmcourse as _own
 
@@ -142,11 +166,22 @@ for _scale, _shift in [(1.0, 0.0), (3.0, 2.0), (0.5, -4.0), (10.0, 95.0)]:
     _lg = torch.randn(int(torch.randint(2, 30, (1,), generator=_gen)), 7, generator=_gen) * _scale + _shift
     _want = sum(float(max(_row) + math.log(sum(math.exp(v - max(_row)) for v in _row))) ** 2
                 for _row in _lg.double().tolist()) / _lg.shape[0]
+    _before = _lg.clone()
     _got = float(_own(z_loss, _lg))
+    assert torch.equal(_lg, _before), (
+        "z_loss changed the logits it was given (logits -= max in place?): subtract into a new tensor, logits - m")
     assert math.isfinite(_got), f"logits around {_shift}: got {_got}; use a stable log-sum-exp (torch.logsumexp)"
-    assert abs(_got - _want) < 1e-4 * max(1.0, _want), (
-        f"got {_got:.5f}, expected {_want:.5f}: square the log-sum-exp of the LOGITS (not of probabilities) "
-        f"for each token, then average over tokens")
+    _m = _lg.double().max(-1).values
+    _no_max = float((torch.log(torch.exp(_lg.double() - _m[:, None]).sum(-1)) ** 2).mean())
+    _of_probs = float((torch.logsumexp(torch.softmax(_lg.double(), -1), -1) ** 2).mean())
+    if abs(_got - _no_max) < 1e-4 * max(1.0, _no_max) and abs(_no_max - _want) > 1e-3:
+        _hint = ("you subtracted the max m for stability but did not add it back: "
+                 "logsumexp(l) = m + log(sum_i exp(l_i - m))")
+    elif abs(_got - _of_probs) < 1e-4 * max(1.0, _of_probs):
+        _hint = "take the log-sum-exp of the LOGITS, not of the softmax probabilities"
+    else:
+        _hint = "square each token's log-sum-exp over its N logits, then average over the tokens"
+    assert abs(_got - _want) < 1e-4 * max(1.0, _want), f"logits around {_shift}: got {_got:.5f}, expected {_want:.5f}: {_hint}"
 ### END HIDDEN TESTS
 
 # %% [markdown]
@@ -164,7 +199,7 @@ def expert_capacity(n_tokens: int, n_experts: int, k: int, capacity_factor: floa
 
 
 # %% nbgrader={"grade": true, "grade_id": "t_capacity", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
-assert expert_capacity(64, 8, 2, 1.0) == 16
+assert expert_capacity(64, 8, 2, 1.0) == 16, "64 tokens x 2 slots / 8 experts x factor 1.0 = 16 slots per expert"
 ### BEGIN HIDDEN TESTS
 from dmcourse.grading.guard import call_without_dmcourse as _own
 from fractions import Fraction as _Fr
@@ -174,8 +209,10 @@ for _t, _n, _k, _cf in [(100, 8, 2, 1.25), (10, 4, 1, 1.0), (96, 8, 1, 1.5), (7,
     _exact = _Fr(_cf) * _t * _k / _n
     _want = -((-_exact.numerator) // _exact.denominator)
     _got = _own(expert_capacity, _t, _n, _k, _cf)
-    assert _got == _want and isinstance(_got, int), (
+    assert _got == _want, (
         f"expert_capacity({_t}, {_n}, {_k}, {_cf}) = {_got!r}, expected {_want}: round UP, and count k slots per token")
+    assert isinstance(_got, int), (f"expert_capacity({_t}, {_n}, {_k}, {_cf}) returned {type(_got).__name__} {_got!r}: "
+                                   "return an int (math.ceil gives one; -(-a // b) on floats gives a float)")
 ### END HIDDEN TESTS
 
 # %% [markdown]
@@ -232,12 +269,20 @@ for _trial in range(15):
     _pref = torch.rand(_n_tok, _n_exp, generator=_gen) + torch.linspace(1, 0, _n_exp)  # skewed: some experts overflow
     _ix = _pref.topk(_k, dim=-1).indices
     _cap = int(torch.randint(0, _n_tok, (1,), generator=_gen))
-    _got = _own(capacity_keep, _ix.clone(), _n_exp, _cap)
+    _before = _ix.clone()
+    _got = _own(capacity_keep, _ix, _n_exp, _cap)
+    assert torch.equal(_ix, _before), "capacity_keep changed indices: never modify its input in place"
     _want = _ref_keep(_ix, _n_exp, _cap)
     assert _got.dtype == torch.bool and tuple(_got.shape) == tuple(_ix.shape), "return a (T, k) bool tensor"
     assert torch.equal(_got, _want), (
         f"T={_n_tok}, N={_n_exp}, k={_k}, capacity={_cap}: wrong assignments kept. Each expert keeps exactly its first "
         f"`capacity` assignments in token order (earlier tokens first), counted per expert")
+# the boundaries: capacity 0 keeps nothing; capacity >= T * k keeps everything
+_ix = torch.tensor([[0, 1], [1, 2], [2, 0]])
+_got = _own(capacity_keep, _ix, 3, 0)
+assert not _got.any(), f"capacity 0: got {_got.tolist()}; an expert with room for 0 assignments keeps none"
+_got = _own(capacity_keep, _ix, 3, 6)
+assert _got.all(), f"capacity 6 >= T * k: got {_got.tolist()}; every assignment fits"
 ### END HIDDEN TESTS
 
 # %% [markdown]
@@ -277,12 +322,20 @@ for _trial in range(10):
     _gamma = [0.001, 0.01, 0.5][_trial % 3]
     _before = _bias.clone()
     _got = _own(update_bias, _bias, _load, _gamma)
+    assert tuple(_got.shape) == tuple(_bias.shape) and _got.dtype == _bias.dtype, (
+        f"update_bias returned shape {tuple(_got.shape)} {_got.dtype}, expected the bias's "
+        f"{tuple(_bias.shape)} {_bias.dtype}")
     _mean = sum(_load.tolist()) / len(_load)
     _want = torch.tensor([b + _gamma * ((_mean > l) - (_mean < l)) for b, l in zip(_before.tolist(), _load.tolist())])
     assert torch.equal(_bias, _before), "do not modify bias in place: return a new tensor"
     assert torch.allclose(_got.float(), _want, atol=1e-6), (
         f"loads {_load.tolist()}, gamma {_gamma}: got {_got.tolist()}, expected {_want.tolist()}. Overloaded experts "
         f"go DOWN by exactly gamma (the sign only, not the size of the gap), underloaded ones up")
+# a mean that is not a whole number: 11 / 3 = 3.67, so the expert with load 3 is below it and goes up
+_got = _own(update_bias, torch.zeros(3), torch.tensor([3, 4, 4]), 0.5)
+assert torch.allclose(_got.float(), torch.tensor([0.5, -0.5, -0.5])), (
+    f"loads [3, 4, 4] (mean 11/3 = 3.67): got {_got.tolist()}, expected [0.5, -0.5, -0.5]; "
+    "compute the mean with true division (float), not // on the integer loads")
 ### END HIDDEN TESTS
 
 # %% [markdown]
@@ -316,8 +369,13 @@ for _trial in range(10):
     _n_tok = int(torch.randint(1, 30, (1,), generator=_gen))
     _scores = torch.sigmoid(torch.randn(_n_tok, _n_exp, generator=_gen) * 2)
     _bias = torch.randn(_n_exp, generator=_gen) * 0.3
-    _ix, _wt = _own(route_with_bias, _scores.clone(), _bias.clone(), _k)
+    _k = _n_exp if _trial == 0 else _k  # k = N: every expert chosen, weights = scores / row sum
+    _before = (_scores.clone(), _bias.clone())
+    _ix, _wt = _own(route_with_bias, _scores, _bias, _k)
+    assert torch.equal(_scores, _before[0]) and torch.equal(_bias, _before[1]), (
+        "route_with_bias changed scores or bias: add them into a new tensor (scores + bias), never scores += bias")
     assert tuple(_ix.shape) == (_n_tok, _k) and tuple(_wt.shape) == (_n_tok, _k), "return (T, k) indices and weights"
+    assert _ix.dtype == torch.int64, f"indices must be int64, got {_ix.dtype}"
     for _t in range(_n_tok):
         _order = sorted(range(_n_exp), key=lambda e: -(float(_scores[_t, e]) + float(_bias[e])))[:_k]
         assert sorted(_ix[_t].tolist()) == sorted(_order), (
@@ -328,6 +386,19 @@ for _trial in range(10):
             assert abs(_got_w[_e] - float(_scores[_t, _e]) / _total) < 1e-5, (
                 f"token {_t}, expert {_e}: weight {_got_w[_e]:.4f}, expected {float(_scores[_t, _e]) / _total:.4f}. "
                 f"The bias only selects; weights are the UNBIASED scores of the chosen experts, divided by their sum")
+# part 5's loop, graded: your two functions must balance a router that prefers the first experts
+# (the course's solution reaches max/mean load 1.05-1.11 for seeds 0-2; it starts at about 3.2)
+_g5 = torch.Generator().manual_seed(0)
+_sc5 = torch.sigmoid(torch.randn(1024, 8, generator=_g5) + torch.linspace(2, -2, 8))
+_b5, _ratios = torch.zeros(8), []
+for _s5 in range(201):
+    _ix5 = _own(route_with_bias, _sc5, _b5, 2)[0]
+    _ld5 = torch.bincount(_ix5.reshape(-1), minlength=8)
+    _ratios.append(float(_ld5.max() / _ld5.float().mean()))
+    _b5 = _own(update_bias, _b5, _ld5, 0.01)
+assert max(_ratios[150:]) < 1.3, (
+    f"part 5's loop: max/mean load is still {max(_ratios[150:]):.2f} after 150 steps (it starts at {_ratios[0]:.2f}); "
+    "the bias step must push overloaded experts down and route_with_bias must select by score + bias")
 ### END HIDDEN TESTS
 
 # %% [markdown]

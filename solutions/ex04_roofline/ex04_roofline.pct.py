@@ -12,6 +12,9 @@ if importlib.util.find_spec("dmcourse") is None:
 # attainable throughput, memory- vs compute-bound, the experts a batch touches, and the
 # predicted time of a decode step of a dense model or an MoE on a given GPU.
 #
+# **Time and points**: about 60 minutes; 15 points in all: part 1 (2 points), part 2 (3), part 3
+# (2), part 4 (1), part 5 (2), part 6 (3), part 7 (2). Part 8 is not graded.
+#
 # **How to work on it**
 #
 # * Write your code where it says `# YOUR CODE HERE` (delete the `raise NotImplementedError()`
@@ -54,7 +57,7 @@ def bytes_per_element(dtype: str) -> float:
 
 # %% nbgrader={"grade": true, "grade_id": "test_bytes_per_element", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
 assert bytes_per_element("fp32") == 4, "fp32 is 32 bits = 4 bytes"
-assert bytes_per_element("int4") == 0.5
+assert bytes_per_element("int4") == 0.5, "int4 is 4 bits = half a byte: return 0.5"
 ### BEGIN HIDDEN TESTS
 from dmcourse.grading.guard import call_without_dmcourse as _own
 
@@ -92,7 +95,8 @@ def gemm_intensity(m: int, k: int, n: int, dtype: str) -> float:
 
 # %% nbgrader={"grade": true, "grade_id": "test_gemm_intensity", "locked": true, "points": 3, "schema_version": 3, "solution": false, "task": false}
 assert math.isclose(gemm_intensity(1, 1, 1, "fp32"), 2 / 12), "2 FLOPs over three 4-byte numbers"
-assert math.isclose(gemm_intensity(64, 64, 64, "fp32"), 2 * 64 / 12)
+assert math.isclose(gemm_intensity(64, 64, 64, "fp32"), 2 * 64 / 12), \
+    "2 * 64**3 FLOPs over 3 * 64**2 fp32 numbers of 4 bytes: 2 * 64 / 12 FLOP/byte"
 ### BEGIN HIDDEN TESTS
 from dmcourse.grading.guard import call_without_dmcourse as _own
 
@@ -156,7 +160,8 @@ for _ in range(30):
 # ## 4. Memory- or compute-bound? (1 point)
 #
 # The two roofs meet at the **ridge point** `peak_flops / bandwidth`. Return `"memory"` when the
-# intensity lies below the ridge (the bandwidth roof is the lower one) and `"compute"` otherwise.
+# intensity lies below the ridge (the bandwidth roof is the lower one) and `"compute"` otherwise
+# (exactly at the ridge too: there the kernel already runs at peak).
 
 # %% nbgrader={"grade": false, "grade_id": "bound", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def bound(intensity: float, peak_flops: float, bandwidth: float) -> str:
@@ -173,10 +178,12 @@ from dmcourse.grading.guard import call_without_dmcourse as _own
 
 for _i, _peak, _bw, _want in [(1000.0, 989e12, 3.35e12, "compute"), (290.0, 989e12, 3.35e12, "memory"),
                               (300.0, 989e12, 3.35e12, "compute"), (3.0, 1e11, 4e10, "compute"),
-                              (2.0, 1e11, 4e10, "memory"), (150.0, 312e12, 2.039e12, "memory")]:
+                              (2.0, 1e11, 4e10, "memory"), (150.0, 312e12, 2.039e12, "memory"),
+                              (2.5, 1e11, 4e10, "compute"), (8.0, 4e12, 5e11, "compute")]:  # exactly at the ridge
     _got = _own(bound, _i, _peak, _bw)
+    _hint = " -- exactly at the ridge is 'compute': 'memory' only strictly below it (<, not <=)" if _i == _peak / _bw else ""
     assert _got == _want, (f"bound({_i}, {_peak:.4g}, {_bw:.4g}) = {_got!r}, expected {_want!r} "
-                           f"(ridge = peak / bandwidth = {_peak / _bw:.1f} FLOP/byte)")
+                           f"(ridge = peak / bandwidth = {_peak / _bw:.1f} FLOP/byte){_hint}")
 ### END HIDDEN TESTS
 
 # %% [markdown]
@@ -185,7 +192,8 @@ for _i, _peak, _bw, _want in [(1000.0, 989e12, 3.35e12, "compute"), (290.0, 989e
 # An MoE layer has `n_experts` experts; each token picks `top_k` distinct experts, uniformly at
 # random and independently of the other tokens. Return the **expected number of distinct
 # experts** that a batch of `batch` tokens touches (a `float`). Hint: the probability that one
-# token does not pick a given expert is `1 - top_k / n_experts`.
+# token does not pick a given expert is `1 - top_k / n_experts`. `top_k = n_experts` is allowed
+# (every token touches every expert), and so is `batch = 0` (no token touches no expert).
 
 # %% nbgrader={"grade": false, "grade_id": "expected_experts", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def expected_experts(n_experts: int, top_k: int, batch: int) -> float:
@@ -212,6 +220,13 @@ for _e, _k in [(8, 2), (64, 8), (256, 8), (128, 8), (16, 1), (60, 4)]:
             f"expected_experts({_e}, {_k}, {_b}) = {_got}, expected {_ref}: "
             "E * (1 - (1 - k/E) ** B); check which of n_experts and top_k goes where")
 assert math.isclose(_own(expected_experts, 256, 8, 10**5), 256, rel_tol=1e-9), "a huge batch touches every expert"
+for _e, _k, _b, _ref in [(8, 8, 1, 8.0), (8, 8, 5, 8.0), (1, 1, 3, 1.0), (64, 8, 0, 0.0)]:
+    try:
+        _got = _own(expected_experts, _e, _k, _b)
+    except (ValueError, ZeroDivisionError) as _err:
+        raise AssertionError(f"expected_experts({_e}, {_k}, {_b}) raised {_err!r}: top_k = n_experts and batch = 0 "
+                             "are valid; (1 - k/E) ** B needs no logarithm") from None
+    assert math.isclose(_got, _ref, abs_tol=1e-12), f"expected_experts({_e}, {_k}, {_b}) = {_got}, expected {_ref}"
 # a Monte-Carlo check of the same quantity, independent of the formula
 _trials, _e, _k, _b = 3000, 16, 3, 5
 _mean = sum(len({_x for _ in range(_b) for _x in _rng.sample(range(_e), _k)}) for _ in range(_trials)) / _trials
@@ -278,7 +293,9 @@ for _ in range(25):
           "n_experts": _e, "top_k": _rng.choice([1, 2, 4, 8]), "bytes_per_param": _rng.choice([4, 2, 1, 0.5])}
     _b = _rng.choice([1, 2, 5, 32, 300, 4096])
     _fl, _by = _ref_step(_m, _b)
-    _got = _own(decode_step, dict(_m), _b)
+    _m_before = dict(_m)
+    _got = _own(decode_step, _m, _b)
+    assert _m == _m_before, f"decode_step changed the model dict it was given to {_m}: compute in local variables"
     assert math.isclose(_got["flops"], _fl, rel_tol=1e-9), (
         f"flops {_got['flops']:.4g}, expected {_fl:.4g} for {_m}, batch {_b}: "
         "2 FLOPs per active parameter per token")
@@ -320,7 +337,8 @@ from dmcourse.grading.guard import call_without_dmcourse as _own
 import random as _random
 
 _rng = _random.Random(7)
-_gpus = [{"peak_flops": 989.5e12, "bandwidth": 3.35e12}, {"peak_flops": 65e12, "bandwidth": 300e9},
+# H100 SXM and T4 datasheet figures (T4: 65 TFLOP/s fp16; 320 GB/s, NVIDIA T4 board spec: 256-bit GDDR6 at 10 Gb/s per pin)
+_gpus = [{"peak_flops": 989.5e12, "bandwidth": 3.35e12}, {"peak_flops": 65e12, "bandwidth": 320e9},
          {"peak_flops": 1e11, "bandwidth": 5e10}]
 for _ in range(30):
     _e = _rng.choice([1, 8, 64])
@@ -331,7 +349,9 @@ for _ in range(30):
     _fl = 2 * _b * (_m["dense_params"] + _m["expert_params"] * _k / _e)
     _by = _m["bytes_per_param"] * (_m["dense_params"] + _m["expert_params"] * (1 - (1 - _k / _e) ** _b))
     _ref = max(_fl / _g["peak_flops"], _by / _g["bandwidth"])
-    _got = _own(decode_time, dict(_m), _b, dict(_g))
+    _before = (dict(_m), dict(_g))
+    _got = _own(decode_time, _m, _b, _g)
+    assert (_m, _g) == _before, "decode_time changed the model or gpu dict it was given: read them, never write into them"
     assert math.isclose(_got, _ref, rel_tol=1e-9), (
         f"decode_time = {_got:.4g} s, expected {_ref:.4g} s (batch {_b}, {_m}, {_g}): the step takes at least "
         "flops / peak AND at least bytes / bandwidth: the larger of the two")

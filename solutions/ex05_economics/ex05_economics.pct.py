@@ -13,6 +13,9 @@ if importlib.util.find_spec("dmcourse") is None:
 # cost of a generated token, and finally the choice between a dense model and an MoE for a
 # workload.
 #
+# **Time and points**: about 90 minutes; 15 points in all: part 1 (2 points), part 2 (3), part 3
+# (2), part 4 (3), part 5 (2), part 6 (3). Part 7 is not graded.
+#
 # **How to work on it**
 #
 # * Write your code where it says `# YOUR CODE HERE` (delete the `raise NotImplementedError()`
@@ -40,7 +43,8 @@ if importlib.util.find_spec("dmcourse") is None:
 #
 # A dense model has `expert_params = 0` and `n_experts = top_k = 1`. A GPU (datasheet figures):
 # `{"name": "H100", "memory_gb": 80, "peak_flops": 989.5e12, "bandwidth": 3.35e12}` (GB = 10⁹
-# bytes, FLOP/s, bytes/s). Units everywhere: bytes, seconds, dollars.
+# bytes, FLOP/s, bytes/s). Units everywhere: bytes, seconds, dollars. Your functions read these
+# dicts and never modify them.
 
 # %%
 import math
@@ -135,6 +139,15 @@ for _ in range(40):
         _hint = " -- the cache grows with every token of the context"
     assert math.isclose(_got, _ref, rel_tol=1e-9), (
         f"kv_cache_bytes = {_got:.6g}, expected {_ref:.6g} (context {_ctx}, batch {_b}, {_bpv} bytes, {_m}){_hint}")
+for _ctx, _b, _ref in [(0, 4, 0), (1, 1, 2 * 32 * 8 * 128 * 2), (5, 1, 5 * 2 * 32 * 8 * 128 * 2)]:
+    try:
+        _got = _own(kv_cache_bytes, dict(_dense8), _ctx, _b, 2)
+    except ValueError as _err:
+        raise AssertionError(f"kv_cache_bytes(context={_ctx}, batch={_b}) raised {_err!r}: an empty context is "
+                             "valid (a prompt not yet read) and holds 0 bytes") from None
+    assert math.isclose(_got, _ref, abs_tol=1e-9), (
+        f"kv_cache_bytes(context={_ctx}, batch={_b}) = {_got}, expected {_ref}: the cache holds exactly context "
+        "tokens per sequence")
 ### END HIDDEN TESTS
 
 # %% [markdown]
@@ -142,8 +155,8 @@ for _ in range(40):
 #
 # Return the smallest number of GPUs of kind `gpu` whose memory together holds `total_bytes`.
 # The GPU's memory is given as its datasheet figure in **GB** (10⁹ bytes; `nvidia-smi` shows
-# GiB, 2³⁰ bytes: not the same). Use the full datasheet memory, nothing reserved. Raise
-# `ValueError` when `total_bytes` is negative.
+# GiB, 2³⁰ bytes: not the same). Use the full datasheet memory, nothing reserved. A model needs
+# at least one GPU, even with `total_bytes = 0`. Raise `ValueError` when `total_bytes` is negative.
 
 # %% nbgrader={"grade": false, "grade_id": "gpus_needed", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def gpus_needed(total_bytes: float, gpu: dict) -> int:
@@ -157,7 +170,7 @@ def gpus_needed(total_bytes: float, gpu: dict) -> int:
 
 # %% nbgrader={"grade": true, "grade_id": "test_gpus_needed", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
 _h100 = {"name": "H100", "memory_gb": 80, "peak_flops": 989.5e12, "bandwidth": 3.35e12}
-assert gpus_needed(16e9, _h100) == 1
+assert gpus_needed(16e9, _h100) == 1, "16 GB fit one 80 GB GPU"
 assert gpus_needed(141e9, _h100) == 2, "141 GB need two 80 GB GPUs"
 ### BEGIN HIDDEN TESTS
 from dmcourse.grading.guard import call_without_dmcourse as _own
@@ -181,6 +194,11 @@ for _total, _gpu, _want, _why in _cases:
     assert _got == _want, (f"gpus_needed({_total:.4g} bytes, {_gpu['memory_gb']} GB) = {_got}, expected {_want} "
                            f"{_why}{_hint}")
     assert isinstance(_got, int), "return an int: you cannot buy a fraction of a GPU"
+try:
+    _got = _own(gpus_needed, 0.0, {"name": "x", "memory_gb": 80, "peak_flops": 1e12, "bandwidth": 1e11})
+except ValueError as _err:
+    raise AssertionError(f"gpus_needed(0 bytes) raised {_err!r}: only negative totals are invalid") from None
+assert _got == 1, f"gpus_needed(0 bytes) = {_got}, expected 1: a model runs on at least one GPU"
 try:
     gpus_needed(-1.0, {"name": "x", "memory_gb": 80, "peak_flops": 1e12, "bandwidth": 1e11})
 except ValueError:
@@ -240,7 +258,7 @@ def _ref_time(_m, _g, _b, _ctx, _bpp, _bpv=2):
 
 _rng = _random.Random(52)
 _gpus = [{"name": "H100", "memory_gb": 80, "peak_flops": 989.5e12, "bandwidth": 3.35e12},
-         {"name": "T4", "memory_gb": 16, "peak_flops": 65e12, "bandwidth": 300e9},
+         {"name": "T4", "memory_gb": 16, "peak_flops": 65e12, "bandwidth": 320e9},  # NVIDIA T4 board spec: 256-bit GDDR6 at 10 Gb/s, up to 320 GB/s
          {"name": "slow", "memory_gb": 8, "peak_flops": 1e11, "bandwidth": 5e10}]
 for _ in range(40):
     _e = _rng.choice([1, 8, 64, 256])
@@ -250,11 +268,18 @@ for _ in range(40):
           "top_k": 1 if _e == 1 else _rng.choice([1, 2, 8])}
     _b, _ctx = _rng.choice([1, 2, 7, 64, 512, 8192, 65536]), _rng.choice([0, 128, 4096, 32768])
     _g, _bpp = _rng.choice(_gpus), _rng.choice([2, 1, 0.5])
-    _ref, _fl, _by, _kv = _ref_time(_m, _g, _b, _ctx, _bpp)
-    _got = _own(decode_step_time, dict(_m), dict(_g), _b, _ctx, _bpp)
+    _bpv = (2, 1, 4)[_ % 3]  # the KV cache in bf16, fp8 and fp32
+    _ref, _fl, _by, _kv = _ref_time(_m, _g, _b, _ctx, _bpp, _bpv)
+    _m_before, _g_before = dict(_m), dict(_g)
+    _got = _own(decode_step_time, _m, _g, _b, _ctx, _bpp) if _bpv == 2 else _own(decode_step_time, _m, _g, _b, _ctx, _bpp, _bpv)
+    assert _m == _m_before and _g == _g_before, (
+        "decode_step_time changed the model or gpu dict it was given: compute in local variables, never "
+        "write into model[...] or gpu[...]")
     _hint = ""
     if _ctx and math.isclose(_got, max(_fl / _g["peak_flops"], (_by - _kv + _kv / _b) / _g["bandwidth"]), rel_tol=1e-9):
         _hint = " -- every sequence reads its OWN KV cache: batch caches per step"
+    elif _ctx and _bpv != 2 and math.isclose(_got, _ref_time(_m, _g, _b, _ctx, _bpp, 2)[0], rel_tol=1e-9):
+        _hint = f" -- the KV cache takes bytes_per_value = {_bpv} bytes per number: do not assume 2"
     elif _e > 1 and math.isclose(_got, max(_fl / _g["peak_flops"],
                                            ((_m["shared_params"] + _m["expert_params"]) * _bpp + _kv) / _g["bandwidth"]),
                                  rel_tol=1e-9):
@@ -263,6 +288,7 @@ for _ in range(40):
         _hint = " -- the roofline takes the larger of the two times, not their sum"
     assert math.isclose(_got, _ref, rel_tol=1e-9), (
         f"decode_step_time = {_got:.6g} s, expected {_ref:.6g} s (batch {_b}, context {_ctx}, {_bpp} bytes/param, "
+        f"{_bpv} bytes/KV value, "
         f"{_g['name']}, {_m}){_hint}")
 # an MoE at batch 1 reads its shared weights and exactly top_k of n_experts; at a huge batch, all experts
 _moe = {"n_layers": 32, "n_heads": 32, "n_kv_heads": 8, "head_dim": 128, "d_model": 4096,
@@ -410,11 +436,18 @@ _cases = [
      ""),
     ({"batch": 256, "context": 1024, "bytes_per_param": 0.5, "max_gpus": 4, "usd_per_gpu_hour": 1.0}, _dense13, _mixtral, _a40,
      ""),
+    ({"batch": 64, "context": 8192, "bytes_per_param": 0.5, "max_gpus": 1, "usd_per_gpu_hour": 1.0}, _llama8, _qwen, _h100,
+     "in int4 the weights are small next to 64 x 8192 tokens of KV cache, and the MoE's cache (4 KV heads) is the "
+     "smaller; the step reads the weights in bytes_per_param bytes, not 2"),
 ]
 for _w, _d, _m, _g, _why in _cases:
     _want = _ref_choose(_w, _d, _m, _g)
-    _got = _own(choose, dict(_w), dict(_d), dict(_m), dict(_g))
+    _args = (dict(_w), dict(_d), dict(_m), dict(_g))
+    _got = _own(choose, *_args)
     assert _got == _want, f"choose({_w}, on {_g['name']}) = {_got!r}, expected {_want!r}: {_why}"
+    assert _args == (_w, _d, _m, _g), (
+        f"choose({_w}, on {_g['name']}) changed its arguments: scale a copy of the gpu (dict(gpu, ...)), never "
+        "gpu[...] *= n")
 # neither fits
 try:
     choose({"batch": 1, "context": 0, "bytes_per_param": 2, "max_gpus": 1, "usd_per_gpu_hour": 1.0}, _llama70, _mixtral, _a40)

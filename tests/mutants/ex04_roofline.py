@@ -70,8 +70,16 @@ MUTANTS = [
     {"name": "decode time from the bytes only", "cell": "decode_time",
      "old": 'return max(step["flops"] / gpu["peak_flops"], step["bytes"] / gpu["bandwidth"])',
      "new": 'return step["bytes"] / gpu["bandwidth"]'},
-    # issue 18, boundaries: exactly at the ridge
-    {"name": "exactly at the ridge called memory-bound (<= instead of <)", "cell": "bound",
-     "old": 'return "memory" if intensity < peak_flops / bandwidth else "compute"',
-     "new": 'return "memory" if intensity <= peak_flops / bandwidth else "compute"'},
+    # hardening (issue 18): boundaries
+    {"name": "[boundary] exactly at the ridge called memory-bound (<= instead of <)", "cell": "bound",
+     "old": "intensity < peak_flops / bandwidth", "new": "intensity <= peak_flops / bandwidth"},
+    {"name": "[boundary] expected experts through a logarithm (fails at top_k == n_experts)", "cell": "expected_experts",
+     "old": "n_experts * (1 - (1 - top_k / n_experts) ** batch)",
+     "new": "n_experts * (1 - math.exp(batch * math.log(1 - top_k / n_experts)))"},
+    {"name": "[boundary] batch 0 wrongly rejected", "cell": "expected_experts",
+     "old": "    return n_experts * (1 - (1 - top_k / n_experts) ** batch)",
+     "new": "    if batch < 1:\n        raise ValueError(f\"batch must be >= 1, got {batch}\")\n    return n_experts * (1 - (1 - top_k / n_experts) ** batch)"},
+    {"name": "[in place] decode_step scales model['expert_params'] to the touched experts", "cell": "decode_step",
+     "old": "nbytes = model[\"bytes_per_param\"] * (model[\"dense_params\"] + model[\"expert_params\"] * touched / e)",
+     "new": "model[\"expert_params\"] *= touched / e\n    nbytes = model[\"bytes_per_param\"] * (model[\"dense_params\"] + model[\"expert_params\"])"},
 ]
