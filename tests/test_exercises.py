@@ -67,22 +67,39 @@ def test_solution_full_marks_and_blank_release_zero(course_copy: Path, assignmen
     assert blank.score == 0, f"the untouched release of {assignment} scores {blank.score}/{blank.max_score}"
 
 
-POINTS = re.compile(r"Points: ([^=]+?) = (\d+)\.")
-STATES_BUDGET = ("ex06_router", "ex07_expert_parallel", "ex08_fast_moe")  # the others: issue 18's hardening
+POINTS = re.compile(r"Points: ([^=]+?) = (\d+)\.")  # "Points: 3 + 3 + 2 + 4 = 12."
+POINTS_IN_ALL = re.compile(r"(\d+) points in all: (.+?)\.")  # "15 points in all: part 1 (2 points), part 2 (3)."
+WORKING_TIME = re.compile(r"Expected working time|\*\*Time and points\*\*: about")
 
 
 @pytest.mark.parametrize("assignment", assignments())
 def test_stated_working_time_and_points_match_the_grades(assignment: str) -> None:
-    """The header's "Expected working time" and "Points: a + b + ... = N" agree with the graded cells."""
+    """The header states the expected working time and the points of each part, and they add up to
+    the graded cells' points."""
     nb = nbformat.read(ROOT / "solutions" / assignment / f"{assignment}.ipynb", as_version=4)
-    header = next(c.source for c in nb.cells if c.cell_type == "markdown")
+    header = " ".join(c.source for c in nb.cells[:3] if c.cell_type == "markdown").replace("\n", " ")
     graded = [c.metadata["nbgrader"]["points"] for c in nb.cells
               if c.metadata.get("nbgrader", {}).get("grade") and "points" in c.metadata["nbgrader"]]
-    stated = POINTS.search(header.replace("\n", " "))
-    if stated is None:
-        assert assignment not in STATES_BUDGET, f"{assignment}'s header must state 'Points: a + b + ... = total.'"
-        pytest.skip(f"{assignment} states no point budget yet")
-    parts = [int(p) for p in re.findall(r"\d+", stated.group(1))]
-    assert sum(parts) == int(stated.group(2)) == sum(graded), \
+    if (stated := POINTS.search(header)) is not None:
+        parts, total = [int(p) for p in re.findall(r"\d+", stated.group(1))], int(stated.group(2))
+    elif (stated := POINTS_IN_ALL.search(header)) is not None:
+        parts = [int(p) for part in re.findall(r"part \d+ \(([\d + ]+)", stated.group(2)) for p in re.findall(r"\d+", part)]
+        total = int(stated.group(1))
+    else:
+        raise AssertionError(f"{assignment}'s first cell must state its points: 'Points: a + b + ... = total.' "
+                             "or 'N points in all: part 1 (a points), part 2 (b), ...'")
+    assert sum(parts) == total == sum(graded), \
         f"{assignment}: the header states {stated.group(0)!r}, the graded cells give {graded} (sum {sum(graded)})"
-    assert "Expected working time" in header, f"{assignment}: state the expected working time in the header"
+    assert WORKING_TIME.search(header), f"{assignment}: state the expected working time in the first cell"
+
+
+def test_the_instructor_appendix_lists_every_assignment_with_its_points() -> None:
+    text = (ROOT / "book" / "appendix" / "instructors.md").read_text()
+    rows = dict(re.findall(r"^\| `(ex\d\d_\w+)` \| [^|]+ \| (\d+) \|", text, re.M))
+    assert set(rows) == set(assignments()), f"the appendix's table of assignments lists {sorted(rows)}"
+    for assignment, points in rows.items():
+        graded = 0
+        for nb_path in (ROOT / "solutions" / assignment).glob("*.ipynb"):
+            graded += sum(c.metadata.get("nbgrader", {}).get("points", 0)
+                          for c in nbformat.read(nb_path, as_version=4).cells if c.metadata.get("nbgrader", {}).get("grade"))
+        assert int(points) == graded, f"{assignment}: the appendix says {points} points, its graded cells hold {graded}"
