@@ -21,15 +21,10 @@ Dispatch and combine, three ways, each a function ``(x, routing, w_gate, w_up, w
   dtype (probed once by :func:`grouped_mm_supported`: e.g. CUDA GPUs below compute capability 8.0,
   or an old torch) it falls back to :func:`dispatch_sorted`, which computes the same thing.
 
-The expert matmuls go through :func:`linear` (``x @ w.T``). On a CPU, when no gradient is needed,
-it calls oneDNN's matmul (``torch.ops.mkldnn._linear_pointwise``, the kernel ``torch.compile``
-uses for CPU linears) instead of ``F.linear``, which calls MKL: MKL packs the whole weight matrix
-on every call when the token count is small, and on AMD CPUs it runs well below the chip's peak;
-oneDNN streams the weights once. Same fp32 (or bf16) arithmetic, several times faster in decode
-(see ``benchmarks/moe_dispatch.py``). In fp32 decode, where an expert sees a few tokens, even
-oneDNN reads the weights well below the memory bandwidth, so there :func:`linear` calls
-:func:`dmcourse.stream.linear_stream`, a small C kernel built at first use that reads each weight
-once (oneDNN where no C compiler is found). Elsewhere (GPU, autograd, an old torch) it is ``F.linear``.
+The expert matmuls go through one seam, :func:`dmcourse.matmul.linear` (``x @ w.T``, i.e.
+``F.linear``; re-exported here as :func:`linear`), and every dispatch takes a ``linear=`` argument to
+swap it. Which of torch's kernels computes it on a CPU is measured on the machine the course runs on
+(:mod:`dmcourse.matmul`), not written into the dispatch code.
 """
 
 from __future__ import annotations
@@ -41,42 +36,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dmcourse import stream
 from dmcourse.ffn import SwiGLU
+from dmcourse.matmul import linear
 from dmcourse.routing import ROUTERS, Router, Routing
 
 DISPATCHES: tuple[str, ...] = ("sorted", "loop", "grouped")
-
-
-@functools.lru_cache(maxsize=None)
-def _onednn_linear_works(dtype: torch.dtype) -> bool:
-    op = getattr(getattr(torch.ops, "mkldnn", None), "_linear_pointwise", None)
-    if op is None or not torch.backends.mkldnn.is_available():
-        return False
-    try:
-        x, w = torch.randn(3, 16).to(dtype), torch.randn(8, 16).to(dtype)
-        got = op(x, w, None, "none", [], "").float()
-        return bool(torch.allclose(got, x.float() @ w.float().T, rtol=2e-2, atol=2e-2))
-    except (RuntimeError, NotImplementedError, TypeError):
-        return False
-
-
-def linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """``x @ w.T``: x (M, in), w (out, in) -> (M, out), with the fastest kernel torch offers here.
-
-    CPU tensors that need no gradient (under ``torch.no_grad()``/``inference_mode``, or not
-    requiring grad): float32 with 1 to :data:`dmcourse.stream.MAX_ROWS` rows (decode) use
-    :func:`dmcourse.stream.linear_stream` where it built; the rest use oneDNN
-    (``torch.ops.mkldnn._linear_pointwise``) when it is present and gives correct results for the
-    dtype (probed once). Everything else uses ``F.linear``.
-    """
-    if stream.use_for(x, w):
-        return stream.linear_stream(x, w)
-    if (x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16) and w.dtype == x.dtype
-            and not (torch.is_grad_enabled() and (x.requires_grad or w.requires_grad))
-            and _onednn_linear_works(x.dtype)):
-        return torch.ops.mkldnn._linear_pointwise(x, w, None, "none", [], "")
-    return F.linear(x, w)
 
 
 def expert_swiglu(x: torch.Tensor, w_gate: torch.Tensor, w_up: torch.Tensor, w_down: torch.Tensor,
@@ -115,7 +79,7 @@ def _check_inputs(x: torch.Tensor, routing: Routing, w_gate: torch.Tensor, w_up:
 def dispatch_loop(x: torch.Tensor, routing: Routing, w_gate: torch.Tensor, w_up: torch.Tensor,
                   w_down: torch.Tensor, *, linear: Callable[..., torch.Tensor] = linear) -> torch.Tensor:
     """Loop over experts: x (T, d_model) -> (T, d_model). Experts without tokens are skipped.
-    ``linear`` does the matmuls (default :func:`linear`; pass ``F.linear`` for the plain kernel)."""
+    ``linear`` does the matmuls (default :func:`dmcourse.matmul.linear`)."""
     _, _, n_experts = _check_inputs(x, routing, w_gate, w_up, w_down)
     out = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
     for e in range(n_experts):
@@ -164,7 +128,7 @@ def dispatch_sorted(x: torch.Tensor, routing: Routing, w_gate: torch.Tensor, w_u
     """Sort (token, expert) pairs by expert, run each expert on its contiguous block, combine.
 
     x (T, d_model) -> (T, d_model). Only experts that received tokens are touched. ``linear`` does
-    the matmuls (default :func:`linear`; pass ``F.linear`` for the plain kernel).
+    the matmuls (default :func:`dmcourse.matmul.linear`).
     """
     n_tokens, _, _ = _check_inputs(x, routing, w_gate, w_up, w_down)
     if n_tokens == 0:
@@ -183,7 +147,7 @@ def _grouped_mm_fn() -> Callable[..., torch.Tensor] | None:
     return getattr(F, "grouped_mm", None) or getattr(torch, "_grouped_mm", None)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _probe_grouped_mm(device: str, dtype: torch.dtype) -> bool:
     fn = _grouped_mm_fn()
     if fn is None:
