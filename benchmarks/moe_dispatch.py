@@ -58,7 +58,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-
 import torch.nn.functional as F
 
 from dmcourse import matmul, stream
@@ -66,8 +65,15 @@ from dmcourse.device import _cpu_name, device_info, pick_device
 from dmcourse.ffn import SwiGLU
 from dmcourse.matmul import linear
 from dmcourse.moe import MoE, combine, expert_swiglu, from_mixtral_block, sort_by_expert
-from dmcourse.roofline import (default_buffer_bytes, last_level_cache_bytes, measure_bandwidth, measure_matmul,
-                               roofline_time, rotating, rotation_count)
+from dmcourse.roofline import (
+    default_buffer_bytes,
+    last_level_cache_bytes,
+    measure_bandwidth,
+    measure_matmul,
+    roofline_time,
+    rotating,
+    rotation_count,
+)
 from dmcourse.timing import time_fn
 
 DECODE_TOKENS = (1, 4, 16, 64)
@@ -157,33 +163,44 @@ def _forced(moe: MoE, x: torch.Tensor, kernel: str) -> Callable[[], torch.Tensor
 def profile_steps(moe: MoE, x: torch.Tensor, rounds: int) -> dict[str, float]:
     """The sorted dispatch (:func:`dmcourse.moe.dispatch_sorted`) step by step, each step timed on its
     own: ``{step: median seconds per layer call}``, plus ``"layer"`` (the whole ``moe(x)``, timed in
-    the same rounds). x (T, d_model); CPU only (no synchronisation)."""
+    the same rounds). Where :func:`dmcourse.matmul.gated` fuses the activation into the GEMMs
+    (oneDNN post-ops) it is timed as part of ``GEMM gate+up`` and ``activation`` is 0.
+    x (T, d_model); CPU only (no synchronisation)."""
     steps: dict[str, list[float]] = {}
 
-    def timed(name, fn):
+    def timed(r, name, fn, *args):
         start = time.perf_counter()
-        out = fn()
+        out = fn(*args)
         steps.setdefault(name, [0.0] * rounds)[r] += time.perf_counter() - start
         return out
+
+    def gate_up(block, w_gate, w_up):
+        return linear(block, w_gate), linear(block, w_up)
+
+    def activation(gate, up):
+        return F.silu(gate, inplace=True).mul_(up)
 
     moe.dispatch = "sorted"
     with torch.inference_mode():
         moe(x)
         for r in range(rounds):
-            routing = timed("routing", lambda: moe.router(x))
-            order, token, counts = timed("sort", lambda: sort_by_expert(routing))
-            xs = timed("gather", lambda: x.index_select(0, token))
+            routing = timed(r, "routing", moe.router, x)
+            order, token, counts = timed(r, "sort", sort_by_expert, routing)
+            xs = timed(r, "gather", x.index_select, 0, token)
             outs, start = [], 0
             for e, count in enumerate(counts.tolist()):
                 if count:
-                    block = xs[start:start + count]
-                    gate, up = timed("GEMM gate+up", lambda: (linear(block, moe.w_gate[e]), linear(block, moe.w_up[e])))
-                    h = timed("activation", lambda: F.silu(gate, inplace=True).mul_(up))
-                    outs.append(timed("GEMM down", lambda: linear(h, moe.w_down[e])))
+                    block, w_gate, w_up = xs[start:start + count], moe.w_gate[e], moe.w_up[e]
+                    if matmul.fuses(block, w_gate, w_up):  # the activation runs inside the GEMMs
+                        h = timed(r, "GEMM gate+up", matmul.gated, block, w_gate, w_up)
+                        steps.setdefault("activation", [0.0] * rounds)
+                    else:
+                        h = timed(r, "activation", activation, *timed(r, "GEMM gate+up", gate_up, block, w_gate, w_up))
+                    outs.append(timed(r, "GEMM down", linear, h, moe.w_down[e]))
                     start += count
-            rows = timed("concatenate", lambda: torch.cat(outs))
-            y = timed("combine", lambda: combine(rows, order, routing))
-            timed("layer", lambda: moe(x))
+            rows = timed(r, "concatenate", torch.cat, outs)
+            y = timed(r, "combine", combine, rows, order, routing)
+            timed(r, "layer", moe, x)
     torch.testing.assert_close(y, moe(x).float(), rtol=1e-4, atol=1e-4)  # the steps are the layer
     return {name: statistics.median(v) for name, v in steps.items()}
 
@@ -358,8 +375,8 @@ def format_tables(r: dict) -> str:
         "matmul kernel chosen by this machine's probe (dmcourse.matmul.status()):",
         *(f"  {line}" for line in (r.get("matmul_status") or "not a CPU run: F.linear").splitlines()),
         "",
-        f"prefill: {s['tokens']} tokens, d_model {s['d_model']}, expert d_ff {s['d_ff']}, "
-        f"{s['n_experts']} experts, top-{s['top_k']} (medians of {s['rounds'] * s['repeats']} calls each, interleaved)",
+        (f"prefill: {s['tokens']} tokens, d_model {s['d_model']}, expert d_ff {s['d_ff']}, "
+        f"{s['n_experts']} experts, top-{s['top_k']} (medians of {s['rounds'] * s['repeats']} calls each, interleaved)"),
         f"{'method':28s} {'time ms':>9s} {'/ tf eager':>10s} {'/ tf grouped':>12s} {'/ dense':>8s} {'/ dense same kernel':>20s}",
     ]
     for name, t in sorted(p.items(), key=lambda kv: kv[1]):
@@ -368,19 +385,19 @@ def format_tables(r: dict) -> str:
     if r.get("profile"):
         steps = r["profile"]["steps_s"]
         parts = sum(v for k, v in steps.items() if k != "layer")
-        lines += ["", f"profile of moe sorted at {s['tokens']} tokens (each step timed on its own, medians; "
-                      f"the whole layer took {steps['layer'] * 1e3:.1f} ms in the same rounds):",
+        lines += ["", (f"profile of moe sorted at {s['tokens']} tokens (each step timed on its own, medians; "
+                      f"the whole layer took {steps['layer'] * 1e3:.1f} ms in the same rounds):"),
                   f"{'step':14s} {'ms':>9s} {'share':>6s}"]
         lines += [f"{k:14s} {v * 1e3:9.1f} {v / parts:6.1%}" for k, v in steps.items() if k != "layer"]
         lines.append(f"outside the expert GEMMs: {r['profile']['non_gemm_share']:.1%} (target < 10%)")
     c = r["ceilings"]
     lines += [
         "",
-        f"decode: floor = max(touched expert bytes / bandwidth (the fastest of copy, torch.sum and stream.read_sum, "
+        (f"decode: floor = max(touched expert bytes / bandwidth (the fastest of copy, torch.sum and stream.read_sum, "
         f"measured with each row's calls), FLOPs / {c['matmul_FLOPps'] / 1e9:.0f} GFLOP/s torch.matmul {c['matmul_size']}^3) "
         f"[same GEMM via dmcourse.moe.linear: {c['matmul_linear_FLOPps'] / 1e9:.0f} GFLOP/s; bandwidths measured apart: "
         f"copy {c['copy_bandwidth_Bps'] / 1e9:.1f}, torch.sum {c['read_bandwidth_Bps'] / 1e9:.1f}, "
-        f"stream.read_sum {c['read_kernel_bandwidth_Bps'] / 1e9:.1f} GB/s]",
+        f"stream.read_sum {c['read_kernel_bandwidth_Bps'] / 1e9:.1f} GB/s]"),
         f"C decode kernel: {r.get('decode_kernel')}",
         f"{'tokens':>6s} {'experts':>7s} {'GB/s':>5s} {'floor ms':>9s} " + " ".join(f"{n:>24s}" for n in r["decode"][0]["times_s"])
         + f" {'best/floor':>10s} {'[copy bw]':>9s} {'[linear]':>8s} {'[apart]':>7s}",

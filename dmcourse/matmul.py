@@ -274,6 +274,54 @@ def linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     return _kernel(kernel_for(x, w))(x, w)
 
 
+_seam_linear = linear
+
+
+@functools.cache
+def onednn_fuses(dtype: torch.dtype) -> bool:
+    """Whether oneDNN's post-ops (silu after a GEMM; a product with another tensor after a GEMM) exist
+    here and give ``silu(x @ g.T) * (x @ u.T)`` for ``dtype`` (probed once on a small input)."""
+    if not onednn_works(dtype):
+        return False
+    try:
+        x, g, u = (torch.randn(*s).to(dtype) for s in ((3, 16), (8, 16), (8, 16)))
+        got = _gated_onednn(x, g, u).float()
+        want = F.silu(x.float() @ g.float().T) * (x.float() @ u.float().T)
+        return bool(torch.allclose(got, want, rtol=3e-2, atol=3e-2))
+    except (RuntimeError, NotImplementedError, TypeError, AttributeError):
+        return False
+
+
+def _gated_onednn(x: torch.Tensor, w_gate: torch.Tensor, w_up: torch.Tensor) -> torch.Tensor:
+    op = torch.ops.mkldnn._linear_pointwise
+    gate = op(x, w_gate, None, "swish", [], "")  # silu applied to each tile while it is in the cache
+    return op.binary(x, gate, w_up, None, "mul")  # the up GEMM multiplies its tiles by the gate's
+
+
+def fuses(x: torch.Tensor, w_gate: torch.Tensor, w_up: torch.Tensor | None = None) -> bool:
+    """Whether :func:`gated` computes ``x``'s hidden state inside oneDNN's GEMMs (the chosen kernel
+    for the call is oneDNN and its post-ops work for the dtype)."""
+    return (kernel_for(x, w_gate) == "onednn" and onednn_fuses(x.dtype)
+            and (w_up is None or (w_up.dtype == w_gate.dtype and w_up.shape == w_gate.shape)))
+
+
+def gated(x: torch.Tensor, w_gate: torch.Tensor, w_up: torch.Tensor, linear: Kernel = linear) -> torch.Tensor:
+    """SwiGLU's hidden state ``silu(x @ w_gate.T) * (x @ w_up.T)``: x (M, in), w_gate and w_up
+    (hidden, in) -> (M, hidden), matmuls by ``linear``.
+
+    With the seam's own :func:`linear`, where the kernel chosen for the call is oneDNN, the
+    activation runs inside the two GEMMs (oneDNN post-ops: silu on the gate GEMM's output tiles, the
+    product on the up GEMM's), which saves four passes over (M, hidden) tensors in memory. Without
+    gradients the unfused path works in place (no extra tensor).
+    """
+    if linear is _seam_linear and fuses(x, w_gate, w_up):
+        return _gated_onednn(x, w_gate, w_up)
+    gate, up = linear(x, w_gate), linear(x, w_up)
+    if torch.is_grad_enabled() and (gate.requires_grad or up.requires_grad):
+        return F.silu(gate) * up
+    return F.silu(gate, inplace=True).mul_(up)  # no autograd: reuse gate's memory
+
+
 def status() -> str:
     """One line per dtype probed so far and per bucket: which kernel serves it, and why (override or
     probe, with the probe's fastest times); plus the C kernel's status."""

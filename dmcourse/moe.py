@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dmcourse.ffn import SwiGLU
-from dmcourse.matmul import linear
+from dmcourse.matmul import gated, linear
 from dmcourse.routing import ROUTERS, Router, Routing
 
 DISPATCHES: tuple[str, ...] = ("sorted", "loop", "grouped")
@@ -46,11 +46,9 @@ DISPATCHES: tuple[str, ...] = ("sorted", "loop", "grouped")
 def expert_swiglu(x: torch.Tensor, w_gate: torch.Tensor, w_up: torch.Tensor, w_down: torch.Tensor,
                   linear: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = linear) -> torch.Tensor:
     """One expert: :func:`dmcourse.ffn.swiglu` (``down(silu(gate(x)) * up(x))``) with the matmuls
-    done by ``linear``. x (M, d_model), w_gate/w_up (d_ff, d_model), w_down (d_model, d_ff)."""
-    gate, up = linear(x, w_gate), linear(x, w_up)
-    if torch.is_grad_enabled() and (gate.requires_grad or up.requires_grad):
-        return linear(F.silu(gate) * up, w_down)
-    return linear(F.silu(gate, inplace=True).mul_(up), w_down)  # no autograd: reuse gate's memory
+    done by ``linear``. x (M, d_model), w_gate/w_up (d_ff, d_model), w_down (d_model, d_ff).
+    The hidden state ``silu(gate(x)) * up(x)`` is :func:`dmcourse.matmul.gated`."""
+    return linear(gated(x, w_gate, w_up, linear), w_down)
 
 
 def _check_inputs(x: torch.Tensor, routing: Routing, w_gate: torch.Tensor, w_up: torch.Tensor,

@@ -165,3 +165,26 @@ def test_gradients_always_take_f_linear():
     with matmul.use("onednn" if matmul.onednn_works(torch.float32) else "F.linear"):
         matmul.linear(x, w).sum().backward()
     torch.testing.assert_close(x.grad, w.sum(0).expand(3, 16))
+
+
+@pytest.mark.parametrize("name", _all_kernels())
+@pytest.mark.parametrize("rows", [1, 5, 70])
+def test_gated_is_the_swiglu_hidden_state_through_every_kernel(name, rows):
+    gen = torch.Generator().manual_seed(rows)
+    x, g, u = torch.randn(rows, 32, generator=gen), torch.randn(24, 32, generator=gen), torch.randn(24, 32, generator=gen)
+    want = F.silu(x.double() @ g.double().T) * (x.double() @ u.double().T)
+    with torch.inference_mode(), matmul.use(name):
+        assert matmul.fuses(x, g, u) == (name == "onednn" and matmul.onednn_fuses(torch.float32))
+        got = matmul.gated(x, g, u)
+        plain = matmul.gated(x, g, u, F.linear)  # any other linear: never fused
+    torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(plain.double(), want, rtol=1e-4, atol=1e-4)
+
+
+def test_gated_keeps_autograd():
+    x = torch.randn(4, 16, requires_grad=True)
+    g, u = torch.randn(8, 16), torch.randn(8, 16)
+    matmul.gated(x, g, u).sum().backward()
+    xr = x.detach().clone().requires_grad_()
+    (F.silu(xr @ g.T) * (xr @ u.T)).sum().backward()
+    torch.testing.assert_close(x.grad, xr.grad)
