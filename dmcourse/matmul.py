@@ -66,7 +66,8 @@ KERNELS: tuple[str, ...] = ("F.linear", "onednn", "stream")
 DECODE_ONLY = frozenset({"stream"})  # reads x once per weight row: built for a few rows
 PROBE_VERSION = 2
 _override: str | None = None
-_choices: dict[str, dict[str, dict]] = {}  # machine key -> {"float32/1": {"ranking": [...], "median_s": {...}}}
+_choices: dict[str, dict[str, dict]] = {}  # machine key -> {"float32": {bucket: {"ranking", "best_s"}}}
+_memo: dict[tuple, dict[str, dict]] = {}  # (dtype, threads, kernel enabled) -> choose()'s answer, per call cheap
 
 
 @functools.cache
@@ -106,6 +107,8 @@ def _kernel(name: str) -> Kernel:
 def _can_run(name: str, x: torch.Tensor, w: torch.Tensor) -> bool:
     if name == "stream":
         return stream.problem(x, w) is None
+    if name == "onednn":
+        return onednn_works(x.dtype)
     return True
 
 
@@ -126,12 +129,16 @@ def _check_name(name: str) -> str:
     return name
 
 
-def forced() -> str | None:
-    """The kernel forced by :func:`use`/:func:`set_choice`, else by ``$DMCOURSE_MATMUL``; None: probe."""
-    if _override is not None:
-        return _override
+@functools.lru_cache(maxsize=None)
+def _env_forced() -> str | None:
     env = os.environ.get("DMCOURSE_MATMUL", "").strip()
     return None if env in ("", "probe") else _check_name(env)
+
+
+def forced() -> str | None:
+    """The kernel forced by :func:`use`/:func:`set_choice`, else by ``$DMCOURSE_MATMUL`` (read once per
+    process: :func:`linear` runs per matmul); None: the probe decides."""
+    return _override if _override is not None else _env_forced()
 
 
 def set_choice(name: str | None) -> None:
@@ -241,6 +248,9 @@ def probe(dtype: torch.dtype = torch.float32, *, kernels: Mapping[str, Kernel] |
 def choose(dtype: torch.dtype = torch.float32) -> dict[str, dict]:
     """This machine's choice for ``dtype``, per bucket (see :func:`probe`): from memory, else from the
     cache file, else probed now and saved."""
+    fast = (dtype, torch.get_num_threads(), stream.enabled() if dtype == torch.float32 else False)
+    if fast in _memo:
+        return _memo[fast]
     names = tuple(candidates(dtype))
     machine = machine_key(names)
     key = _key(machine)
@@ -252,6 +262,7 @@ def choose(dtype: torch.dtype = torch.float32) -> dict[str, dict]:
             on_disk = {**on_disk, label: probe(dtype)}
             _save(key, {"machine": machine, "date": datetime.date.today().isoformat(), "choices": on_disk})
         cached[label] = on_disk[label]
+    _memo[fast] = cached[label]
     return cached[label]
 
 
@@ -340,5 +351,6 @@ def status() -> str:
         for bucket, entry in buckets.items():
             times = ", ".join(f"{k} {v * 1e3:.2f} ms" for k, v in sorted(entry["best_s"].items(), key=lambda kv: kv[1]))
             lines.append(f"{label} rows {bucket}: {entry['ranking'][0]} ({times})")
-    lines.append(f"C decode kernel: {stream.status()}")
+    lines.append(f"C decode kernel: {stream.status()}" if stream.opted_in() else
+                 "C decode kernel: not a candidate (opt in with DMCOURSE_KERNEL=1 or dmcourse.stream.enable())")
     return "\n".join(lines)

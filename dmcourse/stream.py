@@ -141,11 +141,20 @@ def enable(on: bool | None = True) -> None:
     _opted_in = on
 
 
+@functools.lru_cache(maxsize=None)
+def _opted_by_env() -> bool:
+    return _flag("DMCOURSE_KERNEL")  # read once per process: asked on every matmul
+
+
+def opted_in() -> bool:
+    """Whether the kernel is opted in: :func:`enable`, else ``DMCOURSE_KERNEL=1`` (read once)."""
+    return _opted_by_env() if _opted_in is None else _opted_in
+
+
 def enabled() -> bool:
     """Whether :func:`dmcourse.matmul.linear`'s probe may choose this kernel: opted in
-    (:func:`enable` or ``DMCOURSE_KERNEL=1``), built, and threaded (:func:`threaded`)."""
-    opted = _flag("DMCOURSE_KERNEL") if _opted_in is None else _opted_in
-    return opted and threaded()
+    (:func:`opted_in`), built, and threaded (:func:`threaded`)."""
+    return opted_in() and threaded()
 
 
 def status() -> str:

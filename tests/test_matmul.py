@@ -43,7 +43,9 @@ def machine(monkeypatch, tmp_path):
     onednn first for prefill and F.linear first for decode (as a fake, instantly)."""
     monkeypatch.setenv("DMCOURSE_CACHE", str(tmp_path))
     monkeypatch.delenv("DMCOURSE_MATMUL", raising=False)
+    matmul._env_forced.cache_clear()
     monkeypatch.setattr(matmul, "_choices", {})
+    monkeypatch.setattr(matmul, "_memo", {})
     monkeypatch.setattr(matmul, "_override", None)
     calls = []
 
@@ -54,7 +56,9 @@ def machine(monkeypatch, tmp_path):
 
     monkeypatch.setattr(matmul, "probe", fake_probe)
     monkeypatch.setattr(matmul, "onednn_works", lambda dtype: True)
-    return calls
+    yield calls
+    monkeypatch.undo()
+    matmul._env_forced.cache_clear()
 
 
 def test_first_eligible_call_probes_once_and_uses_the_ranking(machine):
@@ -76,11 +80,13 @@ def test_the_cache_is_per_machine(machine, monkeypatch):
     saved = json.loads(matmul.cache_file().read_text())
     assert len(saved) == 1 and "float32" in next(iter(saved.values()))["choices"]
     monkeypatch.setattr(matmul, "_choices", {})  # a new process on the same machine: read from disk
+    monkeypatch.setattr(matmul, "_memo", {})
     with torch.inference_mode():
         matmul.kernel_for(torch.randn(4, 16), torch.randn(8, 16))
     assert machine == [torch.float32]
     real_key = matmul.machine_key
     monkeypatch.setattr(matmul, "machine_key", lambda names: {**real_key(names), "cpu": "another CPU"})
+    monkeypatch.setattr(matmul, "_memo", {})  # another machine: another process
     with torch.inference_mode():
         matmul.kernel_for(torch.randn(4, 16), torch.randn(8, 16))
     assert machine == [torch.float32, torch.float32], "a different machine key must probe again"
@@ -106,6 +112,7 @@ def test_overrides_win_over_the_probe(machine, monkeypatch):
             assert "forced: F.linear" in matmul.status()
         assert matmul.kernel_for(x, w) == "onednn"
         monkeypatch.setenv("DMCOURSE_MATMUL", "F.linear")
+        matmul._env_forced.cache_clear()  # read once per process: a new process
         assert matmul.kernel_for(x, w) == "F.linear"
         matmul.set_choice("onednn")  # code wins over the environment
         assert matmul.kernel_for(x, w) == "onednn"
@@ -114,6 +121,7 @@ def test_overrides_win_over_the_probe(machine, monkeypatch):
     with pytest.raises(ValueError, match="one of"):
         matmul.set_choice("mkl")
     monkeypatch.setenv("DMCOURSE_MATMUL", "fastest")
+    matmul._env_forced.cache_clear()
     with pytest.raises(ValueError, match="fastest"), torch.inference_mode():
         matmul.linear(x, w)
 

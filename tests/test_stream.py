@@ -60,11 +60,14 @@ def test_read_sum_equals_sum():
 
 
 @needs_kernel
-def test_the_kernel_is_a_candidate_only_when_opted_in_and_threaded(monkeypatch):
+def test_the_kernel_is_a_candidate_only_when_opted_in_and_threaded(monkeypatch, request):
+    request.addfinalizer(stream._opted_by_env.cache_clear)
     monkeypatch.delenv("DMCOURSE_KERNEL", raising=False)
     monkeypatch.setattr(stream, "_opted_in", None)
+    stream._opted_by_env.cache_clear()
     assert "stream" not in matmul.candidates(torch.float32), "the kernel must be opt-in"
     monkeypatch.setenv("DMCOURSE_KERNEL", "1")
+    stream._opted_by_env.cache_clear()
     assert ("stream" in matmul.candidates(torch.float32)) == stream.threaded()
     stream.enable(False)  # code wins over the environment
     assert "stream" not in matmul.candidates(torch.float32)
@@ -87,9 +90,11 @@ def rebuild(monkeypatch, tmp_path):
     """Build the kernel afresh under the environment the test sets (and again afterwards)."""
     monkeypatch.setenv("DMCOURSE_CACHE", str(tmp_path / "cache"))
     stream._library.cache_clear()
+    stream._opted_by_env.cache_clear()
     yield monkeypatch
     monkeypatch.undo()
     stream._library.cache_clear()
+    stream._opted_by_env.cache_clear()
 
 
 def test_switched_off_falls_back(rebuild):
