@@ -9,6 +9,8 @@ import time
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from dmcourse import matmul, stream
 from dmcourse.moe import MoE
@@ -196,3 +198,16 @@ def test_gated_keeps_autograd():
     xr = x.detach().clone().requires_grad_()
     (F.silu(xr @ g.T) * (xr @ u.T)).sum().backward()
     torch.testing.assert_close(x.grad, xr.grad)
+
+
+@settings(max_examples=25, deadline=None)
+@given(rows=st.integers(1, 80), in_blocks=st.integers(1, 4), out=st.integers(1, 40), seed=st.integers(0, 2**16))
+def test_property_every_kernel_agrees_with_f_linear(rows, in_blocks, out, seed):
+    """Whatever the probe picks, the seam computes F.linear: every kernel, any shape it accepts."""
+    gen = torch.Generator().manual_seed(seed)
+    x, w = torch.randn(rows, 16 * in_blocks, generator=gen), torch.randn(out, 16 * in_blocks, generator=gen)
+    want = F.linear(x, w)
+    with torch.inference_mode():
+        for name in _all_kernels():
+            with matmul.use(name):
+                torch.testing.assert_close(matmul.linear(x, w), want, rtol=1e-4, atol=1e-4)
