@@ -101,7 +101,8 @@ def candidates(dtype: torch.dtype = torch.float32) -> dict[str, Kernel]:
 
 
 def _kernel(name: str) -> Kernel:
-    return {"F.linear": F.linear, "onednn": _onednn, "stream": stream.linear_stream}[name]
+    kernels: dict[str, Kernel] = {"F.linear": F.linear, "onednn": _onednn, "stream": stream.linear_stream}
+    return kernels[name]
 
 
 def _can_run(name: str, x: torch.Tensor, w: torch.Tensor) -> bool:
