@@ -23,7 +23,7 @@ Prefill rows:
   through ``dmcourse.matmul.linear`` (the probe's prefill kernel).
 
 Profile (CPU): the sorted dispatch's steps timed one by one at the prefill size (routing, sort,
-gather, gate+up GEMMs, activation, down GEMM, concatenation, combine), and the share of the layer's
+gather, gate+up GEMMs, activation, down GEMM, rows back to (token, slot) order, combine), and the share of the layer's
 time outside the expert GEMMs. Targets (issue 21): prefill <= 1.0x transformers' block and <= 1.1x
 the dense SwiGLU with the same kernel; decode <= 1.5x the floor at 1, 4, 16 and 64 tokens. A missed
 target is printed with the reason the run measured.
@@ -64,7 +64,7 @@ from dmcourse import matmul, stream
 from dmcourse.device import _cpu_name, device_info, pick_device
 from dmcourse.ffn import SwiGLU
 from dmcourse.matmul import linear
-from dmcourse.moe import MoE, combine, expert_swiglu, from_mixtral_block, sort_by_expert
+from dmcourse.moe import MoE, expert_swiglu, from_mixtral_block, mix, sort_by_expert
 from dmcourse.roofline import (
     default_buffer_bytes,
     last_level_cache_bytes,
@@ -187,7 +187,7 @@ def profile_steps(moe: MoE, x: torch.Tensor, rounds: int) -> dict[str, float]:
             routing = timed(r, "routing", moe.router, x)
             order, token, counts = timed(r, "sort", sort_by_expert, routing)
             xs = timed(r, "gather", x.index_select, 0, token)
-            outs, start = [], 0
+            unsorted, start = torch.empty_like(xs), 0
             for e, count in enumerate(counts.tolist()):
                 if count:
                     block, w_gate, w_up = xs[start:start + count], moe.w_gate[e], moe.w_up[e]
@@ -196,10 +196,10 @@ def profile_steps(moe: MoE, x: torch.Tensor, rounds: int) -> dict[str, float]:
                         steps.setdefault("activation", [0.0] * rounds)
                     else:
                         h = timed(r, "activation", activation, *timed(r, "GEMM gate+up", gate_up, block, w_gate, w_up))
-                    outs.append(timed(r, "GEMM down", linear, h, moe.w_down[e]))
+                    y = timed(r, "GEMM down", linear, h, moe.w_down[e])
+                    timed(r, "unsort rows", unsorted.index_copy_, 0, order[start:start + count], y)
                     start += count
-            rows = timed(r, "concatenate", torch.cat, outs)
-            y = timed(r, "combine", combine, rows, order, routing)
+            y = timed(r, "combine", mix, unsorted, routing)
             timed(r, "layer", moe, x)
     torch.testing.assert_close(y, moe(x).float(), rtol=1e-4, atol=1e-4)  # the steps are the layer
     return {name: statistics.median(v) for name, v in steps.items()}

@@ -13,8 +13,9 @@ Dispatch and combine, three ways, each a function ``(x, routing, w_gate, w_up, w
   The textbook version (and what ``transformers``' eager Mixtral block does).
 * :func:`dispatch_sorted` -- sort the ``T * k`` (token, expert) pairs by expert so each expert's
   tokens are one contiguous block (offsets from ``bincount``/``cumsum``), gather once, run each
-  non-empty expert on its block, put rows back with the inverse permutation and sum the ``k``
-  weighted rows of each token. One host sync (the group sizes) per forward.
+  non-empty expert on its block, copy its output rows straight back to their (token, slot) places
+  (while they are still in the cache) and sum the ``k`` weighted rows of each token (:func:`mix`).
+  One host sync (the group sizes) per forward.
 * :func:`dispatch_grouped` -- the same sorted layout, but all experts in one grouped GEMM per
   projection (``torch.nn.functional.grouped_mm``, torch >= 2.10; ``torch._grouped_mm`` before). No
   host sync and no Python loop over experts. Where grouped GEMM is unavailable for the device and
@@ -104,21 +105,26 @@ def sort_by_expert(routing: Routing) -> tuple[torch.Tensor, torch.Tensor, torch.
     return order, order // routing.top_k, torch.bincount(flat, minlength=routing.n_experts)
 
 
+def mix(unsorted: torch.Tensor, routing: Routing) -> torch.Tensor:
+    """Sum each token's k expert outputs with its routing weights: unsorted (T*k, d), row ``t*k + j``
+    = expert ``indices[t, j]``'s output for token ``t`` -> (T, d) float32 (no atomics, so
+    deterministic on GPUs too)."""
+    n_tokens, k = routing.indices.shape
+    rows = unsorted.view(n_tokens, k, unsorted.shape[-1])
+    if k == 1:
+        return rows[:, 0].float() * routing.weights
+    return torch.bmm(routing.weights.unsqueeze(1), rows.float()).squeeze(1)
+
+
 def combine(rows: torch.Tensor, order: torch.Tensor, routing: Routing) -> torch.Tensor:
     """Undo the sort and mix: rows (T*k, d) in sorted order -> (T, d) float32.
 
-    Gathering the rows with the inverse permutation (``inverse[order] = arange``) gives
-    ``unsorted.view(T, k, d)``, whose ``[t, j]`` row is expert ``indices[t, j]``'s output for
-    token ``t``; each token's k rows are summed with
-    their routing weights (in float32; no atomics, so deterministic on GPUs too).
+    Gathering the rows with the inverse permutation (``inverse[order] = arange``) puts them back in
+    (token, slot) order, then :func:`mix` sums each token's k rows with their routing weights.
     """
-    n_tokens, k = routing.indices.shape
     inverse = torch.empty_like(order)
     inverse[order] = torch.arange(order.numel(), device=order.device)  # sorted row of each (token, slot) pair
-    unsorted = rows.index_select(0, inverse).view(n_tokens, k, rows.shape[-1])
-    if k == 1:
-        return unsorted[:, 0].float() * routing.weights
-    return torch.bmm(routing.weights.unsqueeze(1), unsorted.float()).squeeze(1)
+    return mix(rows.index_select(0, inverse), routing)
 
 
 def dispatch_sorted(x: torch.Tensor, routing: Routing, w_gate: torch.Tensor, w_up: torch.Tensor,
@@ -133,12 +139,14 @@ def dispatch_sorted(x: torch.Tensor, routing: Routing, w_gate: torch.Tensor, w_u
         return torch.zeros_like(x)
     order, token, counts = sort_by_expert(routing)
     xs = x.index_select(0, token)  # (T*k, d_model), grouped by expert
-    outs, start = [], 0
+    unsorted = torch.empty_like(xs)  # row t*k + j: the output of token t's j-th expert
+    start = 0
     for e, count in enumerate(counts.tolist()):  # one host sync: the group sizes
         if count:
-            outs.append(expert_swiglu(xs[start:start + count], w_gate[e], w_up[e], w_down[e], linear))
+            y = expert_swiglu(xs[start:start + count], w_gate[e], w_up[e], w_down[e], linear)
+            unsorted.index_copy_(0, order[start:start + count], y.to(unsorted.dtype))  # rows to their (token, slot) places
             start += count
-    return combine(torch.cat(outs), order, routing).to(x.dtype)
+    return mix(unsorted, routing).to(x.dtype)
 
 
 def _grouped_mm_fn() -> Callable[..., torch.Tensor] | None:

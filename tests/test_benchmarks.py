@@ -35,7 +35,7 @@ def test_moe_dispatch_quick_run_records_every_floor(tmp_path):
     assert rec["cpu_model"] and f"CPU model: {rec['cpu_model']}" in proc.stdout
     assert set(rec["matmul_choice"]) == {"1", "2-4", "5-16", "17-64", "prefill"}
     steps = rec["profile"]["steps_s"]
-    assert {"routing", "sort", "gather", "GEMM gate+up", "activation", "GEMM down", "combine", "layer"} <= set(steps)
+    assert {"routing", "sort", "gather", "GEMM gate+up", "activation", "GEMM down", "unsort rows", "combine", "layer"} <= set(steps)
     assert 0 < rec["profile"]["non_gemm_share"] < 1 and "outside the expert GEMMs" in proc.stdout
     assert [t["target"] for t in rec["targets"]][:2] == ["prefill / transformers eager", "prefill / dense SwiGLU, same kernel"]
     assert len(rec["targets"]) == 6 and "targets (issue 21)" in proc.stdout
