@@ -141,7 +141,7 @@ def enable(on: bool | None = True) -> None:
     _opted_in = on
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _opted_by_env() -> bool:
     return _flag("DMCOURSE_KERNEL")  # read once per process: asked on every matmul
 
