@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         t = {name: statistics.median(v) for name, v in times.items()}
         flops = 2 * n * nbytes / 4
         print(f"{n:4d} {nbytes / t['read'] / 1e9:9.1f} {nbytes / t['kernel'] / 1e9:11.1f} {nbytes / t['oneDNN'] / 1e9:11.1f} "
-              f"{flops / t['kernel'] / 1e9:14.0f} {flops / t['oneDNN'] / 1e9:14.0f} {t['kernel'] / t['oneDNN']:13.2f}")
+              f"{flops / t['kernel'] / 1e9:14.1f} {flops / t['oneDNN'] / 1e9:14.1f} {t['kernel'] / t['oneDNN']:13.2f}")
     return 0
 
 
