@@ -6,8 +6,9 @@ gradient is needed, torch ships more than one kernel for it, and which is fastes
 machine: MKL (``F.linear``) packs the weights on every call and is the fastest on some Intel CPUs;
 oneDNN (``torch.ops.mkldnn._linear_pointwise``, what ``torch.compile`` emits for CPU linears) is
 faster on others. So the kernel is not decided here but *measured where it runs*: the first eligible
-call runs :func:`probe` (4.3 s, ``time.perf_counter`` around ``probe()``, 2-core AMD EPYC VM loaded
-by other jobs, 2026-11-30), which times every candidate of :func:`candidates` on one expert of the course's benchmark layer (``d_model`` 1024, ``d_ff`` 2816: a gate and a down
+call runs :func:`probe` (1.6 s, 2.0 s with the C kernel opted in: ``time.perf_counter`` around
+``probe()``, 2 threads, 2-core AMD EPYC VM at load average 4 from other jobs, 2026-11-30; 4.3 s at
+load average 6), which times every candidate of :func:`candidates` on one expert of the course's benchmark layer (``d_model`` 1024, ``d_ff`` 2816: a gate and a down
 projection) for each regime of :data:`BUCKETS` (decode by rows per expert, and prefill), with the
 weights cycled through more than twice the last-level cache as a real model's would be. The ranking
 is cached per machine (CPU model and flags, torch version, thread count, candidate set) in
