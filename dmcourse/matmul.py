@@ -268,6 +268,20 @@ def choose(dtype: torch.dtype = torch.float32) -> dict[str, dict]:
     return cached[label]
 
 
+def reprobe(dtype: torch.dtype = torch.float32) -> dict[str, dict]:
+    """Forget this machine's choice for ``dtype`` (in memory and in the cache file) and probe again
+    now: for when the probe ran while other programs loaded the machine."""
+    key = _key(machine_key(tuple(candidates(dtype))))
+    label = str(dtype).removeprefix("torch.")
+    _memo.clear()
+    _choices.get(key, {}).pop(label, None)
+    entry = _load().get(key)
+    if entry and label in entry.get("choices", {}):
+        del entry["choices"][label]
+        _save(key, entry)
+    return choose(dtype)
+
+
 def kernel_for(x: torch.Tensor, w: torch.Tensor) -> str:
     """The name of the kernel :func:`linear` uses for ``x @ w.T`` (probing on the first eligible call)."""
     if not _eligible(x, w):

@@ -95,6 +95,16 @@ def test_the_cache_is_per_machine(machine, monkeypatch):
     assert len(json.loads(matmul.cache_file().read_text())) == 2
 
 
+def test_reprobe_forgets_and_probes_again(machine):
+    with torch.inference_mode():
+        matmul.kernel_for(torch.randn(4, 16), torch.randn(8, 16))
+        assert matmul.reprobe(torch.float32)["prefill"]["ranking"][0] == "onednn"
+        matmul.kernel_for(torch.randn(4, 16), torch.randn(8, 16))
+    assert machine == [torch.float32, torch.float32], "reprobe probes once more, then the choice is cached again"
+    saved = json.loads(matmul.cache_file().read_text())
+    assert len(saved) == 1 and "float32" in next(iter(saved.values()))["choices"]
+
+
 def test_threads_are_part_of_the_machine_key():
     before = torch.get_num_threads()
     try:
