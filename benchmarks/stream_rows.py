@@ -1,11 +1,14 @@
-"""The decode kernel against oneDNN by row count: where ``dmcourse.stream.MAX_ROWS`` comes from.
+"""The opt-in C decode kernel against oneDNN by row count, on this machine.
+
+The MoE layer does not read this table: ``dmcourse.matmul``'s probe measures the same comparison per
+row-count bucket on the machine it runs on. This script shows it in detail.
 
     python benchmarks/stream_rows.py
 
 For each number of rows n, times the gate (d_model 1024 -> d_ff 2816) and down (2816 -> 1024)
 projections of 8 experts (fp32, 2 threads, 185 MB of weights, more than the last-level cache) with
-``dmcourse.stream.linear_stream`` and with oneDNN (``dmcourse.moe.linear`` inside
-``dmcourse.stream.off()``), interleaved, and a read-only pass over the same weights with
+``dmcourse.stream.linear_stream`` and with oneDNN (``dmcourse.matmul.linear`` inside
+``dmcourse.matmul.use("onednn")``), interleaved, and a read-only pass over the same weights with
 ``dmcourse.stream.read_sum``. Prints weight GB/s, GFLOP/s, and the kernel's time over oneDNN's.
 """
 
@@ -19,9 +22,9 @@ import time
 
 import torch
 
-from dmcourse import stream
+from dmcourse import matmul, stream
 from dmcourse.device import device_info
-from dmcourse.moe import linear
+from dmcourse.matmul import linear
 
 ROWS = (1, 2, 4, 6, 8, 12, 16, 24, 32)
 
@@ -57,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
                 stream.linear_stream(h, w_down[e])
 
         def onednn():
-            with stream.off():
+            with matmul.use("onednn"):
                 for e in range(experts):
                     linear(x, w_gate[e])
                     linear(h, w_down[e])
@@ -72,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         t = {name: statistics.median(v) for name, v in times.items()}
         flops = 2 * n * nbytes / 4
         print(f"{n:4d} {nbytes / t['read'] / 1e9:9.1f} {nbytes / t['kernel'] / 1e9:11.1f} {nbytes / t['oneDNN'] / 1e9:11.1f} "
-              f"{flops / t['kernel'] / 1e9:14.0f} {flops / t['oneDNN'] / 1e9:14.0f} {t['kernel'] / t['oneDNN']:13.2f}")
+              f"{flops / t['kernel'] / 1e9:14.1f} {flops / t['oneDNN'] / 1e9:14.1f} {t['kernel'] / t['oneDNN']:13.2f}")
     return 0
 
 

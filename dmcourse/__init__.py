@@ -9,6 +9,7 @@ we measure") imports it first; each module's docstring names the chapter that in
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from typing import TYPE_CHECKING, Any
 
 from dmcourse._version import __version__
@@ -41,6 +42,8 @@ def __getattr__(name: str) -> Any:
         value = getattr(importlib.import_module(f"dmcourse.{_EXPORTS[name]}"), name)
         globals()[name] = value  # the next lookup is an ordinary attribute
         return value
+    if not name.startswith("_") and importlib.util.find_spec(f"dmcourse.{name}") is not None:
+        return importlib.import_module(f"dmcourse.{name}")  # dmcourse.matmul without importing it first
     raise AttributeError(f"module 'dmcourse' has no attribute {name!r}")
 
 

@@ -13,23 +13,19 @@ Dispatch and combine, three ways, each a function ``(x, routing, w_gate, w_up, w
   The textbook version (and what ``transformers``' eager Mixtral block does).
 * :func:`dispatch_sorted` -- sort the ``T * k`` (token, expert) pairs by expert so each expert's
   tokens are one contiguous block (offsets from ``bincount``/``cumsum``), gather once, run each
-  non-empty expert on its block, put rows back with the inverse permutation and sum the ``k``
-  weighted rows of each token. One host sync (the group sizes) per forward.
+  non-empty expert on its block, copy its output rows straight back to their (token, slot) places
+  (while they are still in the cache) and sum the ``k`` weighted rows of each token (:func:`mix`).
+  One host sync (the group sizes) per forward.
 * :func:`dispatch_grouped` -- the same sorted layout, but all experts in one grouped GEMM per
   projection (``torch.nn.functional.grouped_mm``, torch >= 2.10; ``torch._grouped_mm`` before). No
   host sync and no Python loop over experts. Where grouped GEMM is unavailable for the device and
   dtype (probed once by :func:`grouped_mm_supported`: e.g. CUDA GPUs below compute capability 8.0,
   or an old torch) it falls back to :func:`dispatch_sorted`, which computes the same thing.
 
-The expert matmuls go through :func:`linear` (``x @ w.T``). On a CPU, when no gradient is needed,
-it calls oneDNN's matmul (``torch.ops.mkldnn._linear_pointwise``, the kernel ``torch.compile``
-uses for CPU linears) instead of ``F.linear``, which calls MKL: MKL packs the whole weight matrix
-on every call when the token count is small, and on AMD CPUs it runs well below the chip's peak;
-oneDNN streams the weights once. Same fp32 (or bf16) arithmetic, several times faster in decode
-(see ``benchmarks/moe_dispatch.py``). In fp32 decode, where an expert sees a few tokens, even
-oneDNN reads the weights well below the memory bandwidth, so there :func:`linear` calls
-:func:`dmcourse.stream.linear_stream`, a small C kernel built at first use that reads each weight
-once (oneDNN where no C compiler is found). Elsewhere (GPU, autograd, an old torch) it is ``F.linear``.
+The expert matmuls go through one seam, :func:`dmcourse.matmul.linear` (``x @ w.T``, i.e.
+``F.linear``; re-exported here as :func:`linear`), and every dispatch takes a ``linear=`` argument to
+swap it. Which of torch's kernels computes it on a CPU is measured on the machine the course runs on
+(:mod:`dmcourse.matmul`), not written into the dispatch code.
 """
 
 from __future__ import annotations
@@ -41,52 +37,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dmcourse import stream
 from dmcourse.ffn import SwiGLU
+from dmcourse.matmul import gated, linear
 from dmcourse.routing import ROUTERS, Router, Routing, default_router
 
 DISPATCHES: tuple[str, ...] = ("sorted", "loop", "grouped")
 
 
-@functools.lru_cache(maxsize=None)
-def _onednn_linear_works(dtype: torch.dtype) -> bool:
-    op = getattr(getattr(torch.ops, "mkldnn", None), "_linear_pointwise", None)
-    if op is None or not torch.backends.mkldnn.is_available():
-        return False
-    try:
-        x, w = torch.randn(3, 16).to(dtype), torch.randn(8, 16).to(dtype)
-        got = op(x, w, None, "none", [], "").float()
-        return bool(torch.allclose(got, x.float() @ w.float().T, rtol=2e-2, atol=2e-2))
-    except (RuntimeError, NotImplementedError, TypeError):
-        return False
-
-
-def linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """``x @ w.T``: x (M, in), w (out, in) -> (M, out), with the fastest kernel torch offers here.
-
-    CPU tensors that need no gradient (under ``torch.no_grad()``/``inference_mode``, or not
-    requiring grad): float32 with 1 to :data:`dmcourse.stream.MAX_ROWS` rows (decode) use
-    :func:`dmcourse.stream.linear_stream` where it built; the rest use oneDNN
-    (``torch.ops.mkldnn._linear_pointwise``) when it is present and gives correct results for the
-    dtype (probed once). Everything else uses ``F.linear``.
-    """
-    if stream.use_for(x, w):
-        return stream.linear_stream(x, w)
-    if (x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16) and w.dtype == x.dtype
-            and not (torch.is_grad_enabled() and (x.requires_grad or w.requires_grad))
-            and _onednn_linear_works(x.dtype)):
-        return torch.ops.mkldnn._linear_pointwise(x, w, None, "none", [], "")
-    return F.linear(x, w)
-
-
 def expert_swiglu(x: torch.Tensor, w_gate: torch.Tensor, w_up: torch.Tensor, w_down: torch.Tensor,
                   linear: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = linear) -> torch.Tensor:
     """One expert: :func:`dmcourse.ffn.swiglu` (``down(silu(gate(x)) * up(x))``) with the matmuls
-    done by ``linear``. x (M, d_model), w_gate/w_up (d_ff, d_model), w_down (d_model, d_ff)."""
-    gate, up = linear(x, w_gate), linear(x, w_up)
-    if torch.is_grad_enabled() and (gate.requires_grad or up.requires_grad):
-        return linear(F.silu(gate) * up, w_down)
-    return linear(F.silu(gate, inplace=True).mul_(up), w_down)  # no autograd: reuse gate's memory
+    done by ``linear``. x (M, d_model), w_gate/w_up (d_ff, d_model), w_down (d_model, d_ff).
+    The hidden state ``silu(gate(x)) * up(x)`` is :func:`dmcourse.matmul.gated`."""
+    return linear(gated(x, w_gate, w_up, linear), w_down)
 
 
 def _check_inputs(x: torch.Tensor, routing: Routing, w_gate: torch.Tensor, w_up: torch.Tensor,
@@ -115,7 +78,7 @@ def _check_inputs(x: torch.Tensor, routing: Routing, w_gate: torch.Tensor, w_up:
 def dispatch_loop(x: torch.Tensor, routing: Routing, w_gate: torch.Tensor, w_up: torch.Tensor,
                   w_down: torch.Tensor, *, linear: Callable[..., torch.Tensor] = linear) -> torch.Tensor:
     """Loop over experts: x (T, d_model) -> (T, d_model). Experts without tokens are skipped.
-    ``linear`` does the matmuls (default :func:`linear`; pass ``F.linear`` for the plain kernel)."""
+    ``linear`` does the matmuls (default :func:`dmcourse.matmul.linear`)."""
     _, _, n_experts = _check_inputs(x, routing, w_gate, w_up, w_down)
     out = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
     for e in range(n_experts):
@@ -142,21 +105,26 @@ def sort_by_expert(routing: Routing) -> tuple[torch.Tensor, torch.Tensor, torch.
     return order, order // routing.top_k, torch.bincount(flat, minlength=routing.n_experts)
 
 
+def mix(unsorted: torch.Tensor, routing: Routing) -> torch.Tensor:
+    """Sum each token's k expert outputs with its routing weights: unsorted (T*k, d), row ``t*k + j``
+    = expert ``indices[t, j]``'s output for token ``t`` -> (T, d) float32 (no atomics, so
+    deterministic on GPUs too)."""
+    n_tokens, k = routing.indices.shape
+    rows = unsorted.view(n_tokens, k, unsorted.shape[-1])
+    if k == 1:
+        return rows[:, 0].float() * routing.weights
+    return torch.bmm(routing.weights.unsqueeze(1), rows.float()).squeeze(1)
+
+
 def combine(rows: torch.Tensor, order: torch.Tensor, routing: Routing) -> torch.Tensor:
     """Undo the sort and mix: rows (T*k, d) in sorted order -> (T, d) float32.
 
-    Gathering the rows with the inverse permutation (``inverse[order] = arange``) gives
-    ``unsorted.view(T, k, d)``, whose ``[t, j]`` row is expert ``indices[t, j]``'s output for
-    token ``t``; each token's k rows are summed with
-    their routing weights (in float32; no atomics, so deterministic on GPUs too).
+    Gathering the rows with the inverse permutation (``inverse[order] = arange``) puts them back in
+    (token, slot) order, then :func:`mix` sums each token's k rows with their routing weights.
     """
-    n_tokens, k = routing.indices.shape
     inverse = torch.empty_like(order)
     inverse[order] = torch.arange(order.numel(), device=order.device)  # sorted row of each (token, slot) pair
-    unsorted = rows.index_select(0, inverse).view(n_tokens, k, rows.shape[-1])
-    if k == 1:
-        return unsorted[:, 0].float() * routing.weights
-    return torch.bmm(routing.weights.unsqueeze(1), unsorted.float()).squeeze(1)
+    return mix(rows.index_select(0, inverse), routing)
 
 
 def dispatch_sorted(x: torch.Tensor, routing: Routing, w_gate: torch.Tensor, w_up: torch.Tensor,
@@ -164,26 +132,28 @@ def dispatch_sorted(x: torch.Tensor, routing: Routing, w_gate: torch.Tensor, w_u
     """Sort (token, expert) pairs by expert, run each expert on its contiguous block, combine.
 
     x (T, d_model) -> (T, d_model). Only experts that received tokens are touched. ``linear`` does
-    the matmuls (default :func:`linear`; pass ``F.linear`` for the plain kernel).
+    the matmuls (default :func:`dmcourse.matmul.linear`).
     """
     n_tokens, _, _ = _check_inputs(x, routing, w_gate, w_up, w_down)
     if n_tokens == 0:
         return torch.zeros_like(x)
     order, token, counts = sort_by_expert(routing)
     xs = x.index_select(0, token)  # (T*k, d_model), grouped by expert
-    outs, start = [], 0
+    unsorted = torch.empty_like(xs)  # row t*k + j: the output of token t's j-th expert
+    start = 0
     for e, count in enumerate(counts.tolist()):  # one host sync: the group sizes
         if count:
-            outs.append(expert_swiglu(xs[start:start + count], w_gate[e], w_up[e], w_down[e], linear))
+            y = expert_swiglu(xs[start:start + count], w_gate[e], w_up[e], w_down[e], linear)
+            unsorted.index_copy_(0, order[start:start + count], y.to(unsorted.dtype))  # rows to their (token, slot) places
             start += count
-    return combine(torch.cat(outs), order, routing).to(x.dtype)
+    return mix(unsorted, routing).to(x.dtype)
 
 
 def _grouped_mm_fn() -> Callable[..., torch.Tensor] | None:
     return getattr(F, "grouped_mm", None) or getattr(torch, "_grouped_mm", None)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _probe_grouped_mm(device: str, dtype: torch.dtype) -> bool:
     fn = _grouped_mm_fn()
     if fn is None:

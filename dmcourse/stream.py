@@ -1,25 +1,24 @@
-"""A weight-streaming matmul for MoE decode on a CPU, built from 120 lines of C at first use.
+"""The C decode kernel, an opt-in exhibit: a weight-streaming matmul for MoE decode on a CPU.
 
-In decode each expert sees a handful of tokens, so ``x (n, in) @ w (out, in).T`` with small ``n`` is
-a matrix-*vector* product in disguise: 2 FLOPs per weight per token, and its time is the time to
-read ``w`` once. The GEMM kernels torch ships on CPUs (oneDNN, MKL) are built for large ``n``; for
-a few rows they stream weights well below the memory bandwidth (``benchmarks/moe_dispatch.py``).
-:func:`linear_stream` reads each 16-float vector of ``w`` once and multiplies it into every row of
-``x`` while it sits in a register, keeping ``x`` in the L1 cache (in column blocks when it is too
-large); the threads split the rows of ``w`` (``dmcourse/csrc/stream.c``).
-:func:`read_sum` is the same kind of loop that only reads: the read bandwidth that kernel can reach.
+Chapter 5 (rooflines) uses it through the ``linear=`` seam; chapter 3's MoE layer does not depend on
+it. In decode each expert sees a handful of tokens, so ``x (n, in) @ w (out, in).T`` with small ``n``
+is a matrix-*vector* product in disguise: 2 FLOPs per weight per token, and its time is the time to
+read ``w`` once. :func:`linear_stream` reads each 16-float vector of ``w`` once and multiplies it into
+every row of ``x`` while it sits in a register, keeping ``x`` in the L1 cache (in column blocks when
+it is too large); the threads split the rows of ``w`` (``dmcourse/csrc/stream.c``). :func:`read_sum`
+is the same kind of loop that only reads: the read bandwidth that kernel can reach.
 
 The C file is compiled with the system C compiler (``$CC``, else ``cc``; ``-O3 -march=native
--fopenmp``, dropping flags the compiler refuses) into ``$DMCOURSE_CACHE`` (default
-``~/.cache/dmcourse``) and loaded with ``ctypes``, then checked against ``torch`` on a small input.
-Colab and Linux machines have a compiler; where there is none (or ``DMCOURSE_NO_KERNEL=1``),
-:func:`available` is False, :func:`status` says why, and :func:`dmcourse.moe.linear` keeps using
-oneDNN -- the same arithmetic, slower in decode.
+-fopenmp``, dropping flags the compiler refuses) into :func:`cache_dir` and loaded with ``ctypes``,
+then checked against ``torch`` on a small input; :func:`status` says where it is or why not.
+:func:`dmcourse.matmul.linear` considers it (its probe times it against torch's kernels) only where
+:func:`enabled`: opted in (``DMCOURSE_KERNEL=1`` or :func:`enable`), built, and built *with* OpenMP
+threads. ``DMCOURSE_NO_KERNEL=1`` never builds it; ``DMCOURSE_REQUIRE_KERNEL=1`` (for CI) makes a
+failed or thread-less build an error instead of a fallback.
 """
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import functools
 import hashlib
@@ -28,19 +27,23 @@ import platform
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 
 SOURCE = Path(__file__).with_name("csrc") / "stream.c"
-MAX_ROWS = 16
-""":func:`dmcourse.moe.linear` uses the kernel for 1 to ``MAX_ROWS`` rows of ``x``. Measured with
-``python benchmarks/stream_rows.py`` (AMD EPYC 2-core VM, fp32, 2 threads, 2026-11-26): the kernel
-took 0.62x to 0.76x oneDNN's time at 1 to 8 rows, 0.89x at 16, 1.15x at 24."""
 _FLAG_SETS = (("-O3", "-march=native", "-fopenmp"), ("-O3", "-march=native"), ("-O3",))
 _status = "not built yet"
-_enabled = True
+_opted_in: bool | None = None  # None: follow $DMCOURSE_KERNEL
+
+
+def _flag(name: str) -> bool:
+    return os.environ.get(name, "") not in ("", "0")
+
+
+def cache_dir() -> Path:
+    """Where built kernels and measured choices are kept: ``$DMCOURSE_CACHE``, else ``~/.cache/dmcourse``."""
+    return Path(os.environ.get("DMCOURSE_CACHE") or Path.home() / ".cache" / "dmcourse")
 
 
 def _cpu_id() -> str:
@@ -68,7 +71,7 @@ def _compile(cache: Path) -> Path:
         with tempfile.TemporaryDirectory(dir=cache) as tmp:
             out = Path(tmp) / target.name
             proc = subprocess.run([compiler, *flags, "-shared", "-fPIC", str(SOURCE), "-o", str(out)],
-                                  capture_output=True, text=True, timeout=120)
+                                  check=False, capture_output=True, text=True, timeout=120)
             if proc.returncode == 0:
                 os.replace(out, target)  # atomic: a concurrent build of the same key is harmless
                 return target
@@ -76,19 +79,28 @@ def _compile(cache: Path) -> Path:
     raise RuntimeError("the C compiler failed:\n" + "\n".join(errors))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _library() -> ctypes.CDLL | None:
+    lib = _build()
+    if lib is None and _flag("DMCOURSE_REQUIRE_KERNEL"):
+        raise RuntimeError(f"DMCOURSE_REQUIRE_KERNEL is set and the dmcourse.stream kernel is {_status}")
+    return lib
+
+
+def _build() -> ctypes.CDLL | None:
     global _status
-    if os.environ.get("DMCOURSE_NO_KERNEL", "") not in ("", "0"):
+    if _flag("DMCOURSE_NO_KERNEL"):
         _status = "switched off by DMCOURSE_NO_KERNEL"
         return None
     try:
-        path = _compile(Path(os.environ.get("DMCOURSE_CACHE") or Path.home() / ".cache" / "dmcourse"))
+        path = _compile(cache_dir())
         lib = ctypes.CDLL(str(path))
         lib.linear_stream.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int64] * 3 + [ctypes.c_int]
         lib.linear_stream.restype = None
         lib.read_sum.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int]
         lib.read_sum.restype = ctypes.c_double
+        lib.openmp_threads.argtypes = []
+        lib.openmp_threads.restype = ctypes.c_int
     except (OSError, RuntimeError, subprocess.SubprocessError) as err:
         _status = f"not available: {err}"
         return None
@@ -99,13 +111,50 @@ def _library() -> ctypes.CDLL | None:
     if not torch.allclose(got, x @ w.T, rtol=1e-4, atol=1e-4):
         _status = f"not available: {path.name} gave wrong results (max error {(got - x @ w.T).abs().max():.3g})"
         return None
-    _status = f"available ({path})"
+    threads = lib.openmp_threads()
+    if threads == 0 and _flag("DMCOURSE_REQUIRE_KERNEL"):
+        _status = f"not available: {path.name} was built without OpenMP (the compiler refused -fopenmp)"
+        return None
+    _status = f"available ({path}, {'OpenMP' if threads else 'no OpenMP: one thread'})"
     return lib
 
 
 def available() -> bool:
-    """Whether the kernel compiled, loaded and passed its check on this machine (built on first call)."""
+    """Whether the kernel compiled, loaded and passed its check on this machine (built on first call).
+    With ``DMCOURSE_REQUIRE_KERNEL=1`` a failed build raises RuntimeError instead."""
     return _library() is not None
+
+
+def threaded() -> bool:
+    """Whether the built kernel runs on OpenMP threads (False where the compiler refused -fopenmp,
+    e.g. Apple clang: then it reads memory with one core and is not worth choosing)."""
+    lib = _library()
+    return lib is not None and lib.openmp_threads() > 0
+
+
+def enable(on: bool | None = True) -> None:
+    """Opt in (or out) of the kernel as a candidate of :func:`dmcourse.matmul.linear`; None: follow
+    ``$DMCOURSE_KERNEL``."""
+    global _opted_in
+    if on is not None and not isinstance(on, bool):
+        raise TypeError(f"on must be True, False or None, got {on!r}")
+    _opted_in = on
+
+
+@functools.cache
+def _opted_by_env() -> bool:
+    return _flag("DMCOURSE_KERNEL")  # read once per process: asked on every matmul
+
+
+def opted_in() -> bool:
+    """Whether the kernel is opted in: :func:`enable`, else ``DMCOURSE_KERNEL=1`` (read once)."""
+    return _opted_by_env() if _opted_in is None else _opted_in
+
+
+def enabled() -> bool:
+    """Whether :func:`dmcourse.matmul.linear`'s probe may choose this kernel: opted in
+    (:func:`opted_in`), built, and threaded (:func:`threaded`)."""
+    return opted_in() and threaded()
 
 
 def status() -> str:
@@ -121,11 +170,13 @@ def _call(lib: ctypes.CDLL, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     return y
 
 
-def _problem(x: torch.Tensor, w: torch.Tensor) -> str | None:
+def problem(x: torch.Tensor, w: torch.Tensor) -> str | None:
     """Why the kernel cannot compute ``x @ w.T``, or None if it can."""
     for name, t in (("x", x), ("w", w)):
         if t.device.type != "cpu" or t.dtype != torch.float32 or t.dim() != 2:
             return f"{name} must be a 2-D float32 CPU tensor, got {t.dim()}-D {t.dtype} on {t.device}"
+    if 0 in x.shape or 0 in w.shape:
+        return f"x (n, in) and w (out, in) must not be empty, got x {tuple(x.shape)}, w {tuple(w.shape)}"
     if x.shape[1] != w.shape[1]:
         return f"x (n, in) and w (out, in) disagree on in: x {tuple(x.shape)}, w {tuple(w.shape)}"
     if x.shape[1] % 16:
@@ -143,35 +194,15 @@ def _require() -> ctypes.CDLL:
 def linear_stream(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """``x @ w.T``: x (n, in), w (out, in) -> (n, out), float32 on CPU, ``in`` a multiple of 16.
 
-    Reads ``w`` once whatever ``n`` is (faster than oneDNN for n <= :data:`MAX_ROWS`); uses
-    ``torch.get_num_threads()`` threads. Raises ValueError for other shapes or dtypes, RuntimeError
-    where the kernel is not available (see :func:`status`).
+    Reads ``w`` once whatever ``n`` is (built for a few rows: ``benchmarks/stream_rows.py`` times it
+    against torch's kernels by row count); uses ``torch.get_num_threads()`` threads. Raises
+    ValueError for empty, mis-shaped or non-float32 operands, RuntimeError where the kernel is not
+    available (see :func:`status`). No autograd.
     """
-    problem = _problem(x, w)
-    if problem:
-        raise ValueError(problem)
+    why = problem(x, w)
+    if why:
+        raise ValueError(why)
     return _call(_require(), x.contiguous(), w.contiguous())
-
-
-@contextlib.contextmanager
-def off() -> Iterator[None]:
-    """Inside ``with dmcourse.stream.off():`` :func:`dmcourse.moe.linear` does not use the kernel
-    (to time or check the oneDNN path it replaces)."""
-    global _enabled
-    before, _enabled = _enabled, False
-    try:
-        yield
-    finally:
-        _enabled = before
-
-
-def use_for(x: torch.Tensor, w: torch.Tensor) -> bool:
-    """Whether :func:`dmcourse.moe.linear` should call :func:`linear_stream` for ``x @ w.T``:
-    float32 CPU tensors, 1 to :data:`MAX_ROWS` rows, ``in`` a multiple of 16, no gradient needed,
-    not inside :func:`off`, kernel available."""
-    return (_enabled and x.device.type == "cpu" and _problem(x, w) is None and 1 <= x.shape[0] <= MAX_ROWS
-            and not (torch.is_grad_enabled() and (x.requires_grad or w.requires_grad))
-            and available())
 
 
 def read_sum(x: torch.Tensor) -> float:

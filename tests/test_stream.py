@@ -1,13 +1,13 @@
-"""dmcourse.stream: the C decode kernel equals x @ w.T, is used by moe.linear for 1 to MAX_ROWS rows, and
-falls back cleanly where it cannot be built."""
+"""dmcourse.stream: the opt-in C decode kernel equals x @ w.T, rejects empty and mis-shaped inputs, is a
+candidate of dmcourse.matmul only where opted in and threaded, and falls back cleanly (or fails loudly
+under DMCOURSE_REQUIRE_KERNEL) where it cannot be built."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from dmcourse import measure, moe, stream
-from dmcourse.routing import Router
+from dmcourse import matmul, measure, moe, stream
 
 needs_kernel = pytest.mark.skipif(not stream.available(), reason=f"kernel {stream.status()}")
 
@@ -42,6 +42,9 @@ def test_linear_stream_any_thread_count_and_layout(threads):
     (torch.randn(2, 32), torch.randn(4, 16), "disagree on in"),
     (torch.randn(2, 32, dtype=torch.float64), torch.randn(4, 32, dtype=torch.float64), "float32"),
     (torch.randn(32), torch.randn(4, 32), "2-D"),
+    (torch.randn(0, 32), torch.randn(4, 32), "empty"),
+    (torch.randn(2, 0), torch.randn(4, 0), "empty"),
+    (torch.randn(2, 32), torch.randn(0, 32), "empty"),
 ])
 def test_linear_stream_rejects_bad_input(x, w, message):
     with pytest.raises(ValueError, match=message):
@@ -57,34 +60,29 @@ def test_read_sum_equals_sum():
 
 
 @needs_kernel
-def test_moe_linear_uses_the_kernel_for_decode_rows_only(monkeypatch):
-    calls = []
-    real = stream.linear_stream
-    monkeypatch.setattr(stream, "linear_stream", lambda x, w: calls.append(x.shape[0]) or real(x, w))
-    w = torch.randn(64, 32)
-    with torch.inference_mode():
-        for n in (1, stream.MAX_ROWS, stream.MAX_ROWS + 1, 100):
-            moe.linear(torch.randn(n, 32), w)
-        moe.linear(torch.randn(3, 24), torch.randn(8, 24))  # in not a multiple of 16: oneDNN
-        with stream.off():
-            moe.linear(torch.randn(2, 32), w)
-    moe.linear(torch.randn(2, 32, requires_grad=True), w)  # needs a gradient: F.linear
-    expected = [1, stream.MAX_ROWS]
-    assert calls == expected, f"the kernel ran for row counts {calls}, expected only the decode calls {expected}"
+def test_the_kernel_is_a_candidate_only_when_opted_in_and_threaded(monkeypatch, request):
+    request.addfinalizer(stream._opted_by_env.cache_clear)
+    monkeypatch.delenv("DMCOURSE_KERNEL", raising=False)
+    monkeypatch.setattr(stream, "_opted_in", None)
+    stream._opted_by_env.cache_clear()
+    assert "stream" not in matmul.candidates(torch.float32), "the kernel must be opt-in"
+    monkeypatch.setenv("DMCOURSE_KERNEL", "1")
+    stream._opted_by_env.cache_clear()
+    assert ("stream" in matmul.candidates(torch.float32)) == stream.threaded()
+    stream.enable(False)  # code wins over the environment
+    assert "stream" not in matmul.candidates(torch.float32)
+    stream.enable(True)
+    monkeypatch.setattr(stream, "threaded", lambda: False)  # e.g. Apple clang: no OpenMP
+    assert not stream.enabled() and "stream" not in matmul.candidates(torch.float32)
+    assert "stream" not in matmul.candidates(torch.bfloat16)
+    with pytest.raises(TypeError, match="True, False or None"):
+        stream.enable("yes")
 
 
 @needs_kernel
-@pytest.mark.parametrize("dispatch", ["loop", "sorted"])
-@pytest.mark.parametrize("tokens", [1, 4, 16])
-def test_moe_decode_same_with_and_without_kernel(dispatch, tokens):
-    torch.manual_seed(tokens)
-    layer = moe.MoE(d_model=64, d_ff=96, n_experts=8, top_k=2, dispatch=dispatch).eval()
-    x = torch.randn(1, tokens, 64)
-    with torch.inference_mode():
-        with stream.off():
-            ref = layer(x)
-        got = layer(x)
-    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+def test_built_with_openmp_here():
+    """Linux CI builds with gcc -fopenmp: a thread-less build here would be a silent slowdown."""
+    assert stream.threaded() and "OpenMP" in stream.status()
 
 
 @pytest.fixture
@@ -92,17 +90,23 @@ def rebuild(monkeypatch, tmp_path):
     """Build the kernel afresh under the environment the test sets (and again afterwards)."""
     monkeypatch.setenv("DMCOURSE_CACHE", str(tmp_path / "cache"))
     stream._library.cache_clear()
+    stream._opted_by_env.cache_clear()
     yield monkeypatch
     monkeypatch.undo()
     stream._library.cache_clear()
+    stream._opted_by_env.cache_clear()
 
 
-def test_switched_off_falls_back_to_onednn(rebuild):
+def test_switched_off_falls_back(rebuild):
     rebuild.setenv("DMCOURSE_NO_KERNEL", "1")
-    assert not stream.available() and "DMCOURSE_NO_KERNEL" in stream.status()
+    rebuild.setenv("DMCOURSE_KERNEL", "1")  # opted in, but not built: not a candidate
+    assert not stream.available() and not stream.enabled() and "DMCOURSE_NO_KERNEL" in stream.status()
+    assert "stream" not in matmul.candidates(torch.float32)
     x, w = torch.randn(2, 32), torch.randn(8, 32)
     with torch.inference_mode():
         torch.testing.assert_close(moe.linear(x, w), x @ w.T)
+    with pytest.raises(RuntimeError, match="DMCOURSE_NO_KERNEL"):
+        matmul.set_choice("stream")
     with pytest.raises(RuntimeError, match="DMCOURSE_NO_KERNEL"):
         stream.linear_stream(x, w)
     with pytest.raises(RuntimeError, match="read_kernel"):
@@ -113,6 +117,33 @@ def test_no_compiler_says_so(rebuild):
     rebuild.setenv("CC", "no-such-compiler-dmcourse")
     assert not stream.available()
     assert "no C compiler" in stream.status() and "no-such-compiler-dmcourse" in stream.status()
+
+
+def test_require_kernel_makes_a_failed_build_an_error(rebuild):
+    rebuild.setenv("CC", "no-such-compiler-dmcourse")
+    rebuild.setenv("DMCOURSE_REQUIRE_KERNEL", "1")
+    with pytest.raises(RuntimeError, match="DMCOURSE_REQUIRE_KERNEL.*no C compiler"):
+        stream.available()
+
+
+def test_without_openmp_it_runs_on_one_thread_and_is_not_enabled(rebuild, tmp_path):
+    """A compiler that refuses -fopenmp (Apple clang does): the build falls back to no OpenMP, computes
+    correctly, says so, is never a candidate, and DMCOURSE_REQUIRE_KERNEL rejects it."""
+    fake = tmp_path / "noompcc"
+    fake.write_text('#!/bin/sh\nfor a in "$@"; do [ "$a" = -fopenmp ] && { echo "no -fopenmp" >&2; exit 1; }; done\n'
+                    'exec cc "$@"\n')
+    fake.chmod(0o755)
+    rebuild.setenv("CC", str(fake))
+    rebuild.setenv("DMCOURSE_KERNEL", "1")
+    if not stream.available():
+        pytest.skip(f"no working cc here: {stream.status()}")
+    assert not stream.threaded() and not stream.enabled() and "no OpenMP" in stream.status()
+    x, w = torch.randn(3, 32), torch.randn(8, 32)
+    torch.testing.assert_close(stream.linear_stream(x, w), x @ w.T, rtol=1e-5, atol=1e-5)
+    stream._library.cache_clear()
+    rebuild.setenv("DMCOURSE_REQUIRE_KERNEL", "1")
+    with pytest.raises(RuntimeError, match="without OpenMP"):
+        stream.available()
 
 
 def test_broken_compiler_says_so(rebuild, tmp_path):

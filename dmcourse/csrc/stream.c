@@ -1,4 +1,4 @@
-/* Weight-streaming kernels for CPU decode (fp32, row-major). Built at first use by dmcourse/stream.py.
+/* Weight-streaming kernels for CPU decode (fp32, row-major). Built at first use by dmcourse/stream.py (an opt-in exhibit).
 
    linear_stream: y (n, out) = x (n, in) @ w (out, in)^T for a few rows n, as in MoE decode, where each
    expert sees a handful of tokens. The time is the time to read w once, so the kernel reads each
@@ -75,7 +75,18 @@ static void pair_##NB(const float* restrict w, int64_t ldw, const float* restric
 PAIR(1) PAIR(2) PAIR(3) PAIR(4)
 static const row_fn PAIRS[5] = {0, pair_1, pair_2, pair_3, pair_4};
 
+/* OpenMP threads available to the kernels: 0 where it was built without OpenMP (one thread) */
+int openmp_threads(void) {
+#ifdef _OPENMP
+    return omp_get_max_threads();
+#else
+    return 0;
+#endif
+}
+
 void linear_stream(const float* x, const float* w, float* y, int64_t n, int64_t in, int64_t out, int threads) {
+    if (n <= 0 || in <= 0 || out <= 0) return;   /* the Python side rejects empty operands; never divide by 0 */
+    if (threads < 1) threads = 1;
     memset(y, 0, sizeof(float) * n * out);
     int64_t widest = (8192 / n) / 16 * 16;              /* columns of x that fit in 32 KiB */
     if (widest < 16) widest = 16;
