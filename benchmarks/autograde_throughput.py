@@ -71,12 +71,17 @@ def breakdown(assignment: str, repeats: int) -> list[tuple[str, float]]:
     """(what, median seconds) of the fixed costs around one submission (see the module doc)."""
     _, release = synth.load(ROOT, assignment)
     first = next(c.source for c in release.cells[1:] if c.cell_type == "code")  # cell 0: the setup cell
-    kernel = ("import nbformat, nbclient; nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell({!r})]);"
-              " nbclient.NotebookClient(nb, kernel_name='python3').execute()")
-    parts = {"python alone": "pass", "import dmcourse (torch)": "import dmcourse",
-             "import nbgrader.apps": "import nbgrader.apps",
-             "kernel start, empty cell": kernel.format("pass"),
-             f"kernel start + first code cell of {assignment}": kernel.format(first)}
+    kernel = (
+        "import nbformat, nbclient; nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell({!r})]);"
+        " nbclient.NotebookClient(nb, kernel_name='python3').execute()"
+    )
+    parts = {
+        "python alone": "pass",
+        "import dmcourse (torch)": "import dmcourse",
+        "import nbgrader.apps": "import nbgrader.apps",
+        "kernel start, empty cell": kernel.format("pass"),
+        f"kernel start + first code cell of {assignment}": kernel.format(first),
+    }
     times: dict[str, list[float]] = {k: [] for k in parts}
     for _ in range(repeats):  # interleaved, so that the machine's load hits every part alike
         for what, code in parts.items():
@@ -94,22 +99,28 @@ def main() -> None:
     args = p.parse_args()
     assignments = args.assignment or sorted(d.name for d in (ROOT / "solutions").iterdir() if d.is_dir())
     if args.breakdown:
-        print(f"fixed costs on {platform.processor() or platform.machine()} ({os.cpu_count()} CPUs), "
-              f"{dt.date.today()}, medians of {args.repeats}, load average {getattr(os, 'getloadavg', lambda: (float('nan'),))()[0]:.1f}")
+        print(
+            f"fixed costs on {platform.processor() or platform.machine()} ({os.cpu_count()} CPUs), "
+            f"{dt.date.today()}, medians of {args.repeats}, load average {getattr(os, 'getloadavg', lambda: (float('nan'),))()[0]:.1f}"
+        )
         print("| part | seconds |")
         print("|---|---|")
         for what, sec in breakdown(assignments[0], args.repeats):
             print(f"| {what} | {sec:.2f} |", flush=True)
         return
-    print(f"autograde throughput on {platform.processor() or platform.machine()} ({os.cpu_count()} CPUs), "
-          f"{dt.date.today()}, {args.n} correct submissions per run")
+    print(
+        f"autograde throughput on {platform.processor() or platform.machine()} ({os.cpu_count()} CPUs), "
+        f"{dt.date.today()}, {args.n} correct submissions per run"
+    )
     print("| assignment | jobs | seconds | submissions/min | s/submission |")
     print("|---|---|---|---|---|")
     for a in assignments:
         for jobs in args.jobs:
             seconds, graded = measure(a, args.n, jobs)
-            print(f"| {a} | {jobs} | {seconds:.1f} | {60 * graded / seconds:.1f} | {seconds / max(graded, 1):.2f} |",
-                  flush=True)
+            print(
+                f"| {a} | {jobs} | {seconds:.1f} | {60 * graded / seconds:.1f} | {seconds / max(graded, 1):.2f} |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

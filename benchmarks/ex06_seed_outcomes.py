@@ -47,8 +47,11 @@ def main() -> None:
     for seed in a.seeds:
         t0 = time.perf_counter()
         r = {b: ns["evaluate"](ns["train_router"](b, seed=seed)) for b in ("none", "aux", "bias")}
-        print(f"| {seed} | {r['none'][0]:.3f} | {r['none'][1]:.2f} | {r['aux'][0]:.3f} | {r['aux'][1]:.2f} | "
-              f"{r['bias'][0]:.3f} | {r['bias'][1]:.2f} | {time.perf_counter() - t0:.0f} |", flush=True)
+        print(
+            f"| {seed} | {r['none'][0]:.3f} | {r['none'][1]:.2f} | {r['aux'][0]:.3f} | {r['aux'][1]:.2f} | "
+            f"{r['bias'][0]:.3f} | {r['bias'][1]:.2f} | {time.perf_counter() - t0:.0f} |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

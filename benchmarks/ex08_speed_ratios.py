@@ -72,8 +72,10 @@ def main() -> None:
     ids = torch.stack([torch.randperm(E)[:k] for _ in range(T)])
     wts = torch.softmax(torch.randn(T, k), -1)
     routing = Routing(ids, wts, torch.zeros(T, E), torch.zeros(T, E))
-    print(f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC, {platform.processor() or platform.machine()}, "
-          f"torch {torch.__version__}, {a.threads} thread(s)")
+    print(
+        f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC, {platform.processor() or platform.machine()}, "
+        f"torch {torch.__version__}, {a.threads} thread(s)"
+    )
     print("| trial | slow ms | fast ms | expert loop ms | course sorted ms | slow/fast | slow/loop | fast/sorted |")
     print("|---|---|---|---|---|---|---|---|")
     with torch.inference_mode():
@@ -85,9 +87,12 @@ def main() -> None:
                 m["loop"].append(_median_s(lambda: loop_moe(x, ids, wts, *w), 5))
                 m["sorted"].append(_median_s(lambda: dispatch_sorted(x, routing, *w), 5))
             s = {n: statistics.median(v) for n, v in m.items()}
-            print(f"| {trial} | {s['slow'] * 1e3:.1f} | {s['fast'] * 1e3:.2f} | {s['loop'] * 1e3:.2f} | "
-                  f"{s['sorted'] * 1e3:.2f} | {s['slow'] / s['fast']:.0f} | {s['slow'] / s['loop']:.0f} | "
-                  f"{s['fast'] / s['sorted']:.2f} |", flush=True)
+            print(
+                f"| {trial} | {s['slow'] * 1e3:.1f} | {s['fast'] * 1e3:.2f} | {s['loop'] * 1e3:.2f} | "
+                f"{s['sorted'] * 1e3:.2f} | {s['slow'] / s['fast']:.0f} | {s['slow'] / s['loop']:.0f} | "
+                f"{s['fast'] / s['sorted']:.2f} |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

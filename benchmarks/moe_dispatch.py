@@ -64,8 +64,14 @@ from dmcourse import matmul, stream
 from dmcourse.device import _cpu_name, device_info, pick_device
 from dmcourse.ffn import SwiGLU
 from dmcourse.matmul import linear
-from dmcourse.measure import (default_buffer_bytes, last_level_cache_bytes, measure_bandwidth, measure_matmul,
-                              rotating, rotation_count)
+from dmcourse.measure import (
+    default_buffer_bytes,
+    last_level_cache_bytes,
+    measure_bandwidth,
+    measure_matmul,
+    rotating,
+    rotation_count,
+)
 from dmcourse.moe import MoE, expert_swiglu, from_mixtral_block, mix, sort_by_expert
 from dmcourse.roofline import roofline_time
 from dmcourse.timing import time_fn
@@ -78,8 +84,9 @@ def _mixtral_block(d_model: int, d_ff: int, n_experts: int, top_k: int, dtype: t
     from transformers.models.mixtral.modeling_mixtral import MixtralSparseMoeBlock
 
     transformers.logging.set_verbosity_error()
-    config = transformers.MixtralConfig(hidden_size=d_model, intermediate_size=d_ff, num_local_experts=n_experts,
-                                        num_experts_per_tok=top_k)
+    config = transformers.MixtralConfig(
+        hidden_size=d_model, intermediate_size=d_ff, num_local_experts=n_experts, num_experts_per_tok=top_k
+    )
     block = MixtralSparseMoeBlock(config).eval()
     with torch.no_grad():
         for p in block.parameters():  # transformers leaves them uninitialised
@@ -91,11 +98,19 @@ def _hf_call(block, x: torch.Tensor, implementation: str):
     def call():
         block.experts.config._experts_implementation = implementation
         return block(x)
+
     return call
 
 
-def _interleaved(fns: dict, *, rounds: int, repeats: int, device: torch.device, warmup: int = 1,
-                 before: Callable[[], object] | None = None) -> dict[str, list[float]]:
+def _interleaved(
+    fns: dict,
+    *,
+    rounds: int,
+    repeats: int,
+    device: torch.device,
+    warmup: int = 1,
+    before: Callable[[], object] | None = None,
+) -> dict[str, list[float]]:
     """``rounds * repeats`` timed calls of every function, round-robin one call at a time (after
     ``warmup`` untimed calls each), so that a busy moment on a shared machine hits all alike.
     ``before`` (untimed) runs before every timed call."""
@@ -138,9 +153,14 @@ def _ceilings(dev: torch.device, dtype: torch.dtype) -> dict:
     size = int(mm.settings["size"])
     with torch.inference_mode():
         mm_linear = measure_matmul(dev, precision=precision, size=size, matmul=linear)
-    return {"copy_bandwidth_Bps": bw.value, "read_bandwidth_Bps": read.value, "read_kernel_bandwidth_Bps": read_kernel,
-            "matmul_FLOPps": mm.value, "matmul_size": size,
-            "matmul_linear_FLOPps": mm_linear.value}
+    return {
+        "copy_bandwidth_Bps": bw.value,
+        "read_bandwidth_Bps": read.value,
+        "read_kernel_bandwidth_Bps": read_kernel,
+        "matmul_FLOPps": mm.value,
+        "matmul_size": size,
+        "matmul_linear_FLOPps": mm_linear.value,
+    }
 
 
 KERNEL_LABEL = {"F.linear": "F.linear", "onednn": "oneDNN", "stream": "stream"}
@@ -151,6 +171,7 @@ def _forced(moe: MoE, x: torch.Tensor, kernel: str) -> Callable[[], torch.Tensor
         moe.dispatch = "sorted"
         with matmul.use(kernel):
             return moe(x)
+
     return call
 
 
@@ -184,14 +205,14 @@ def profile_steps(moe: MoE, x: torch.Tensor, rounds: int) -> dict[str, float]:
             unsorted, start = torch.empty_like(xs), 0
             for e, count in enumerate(counts.tolist()):
                 if count:
-                    block, w_gate, w_up = xs[start:start + count], moe.w_gate[e], moe.w_up[e]
+                    block, w_gate, w_up = xs[start : start + count], moe.w_gate[e], moe.w_up[e]
                     if matmul.fuses(block, w_gate, w_up):  # the activation runs inside the GEMMs
                         h = timed(r, "GEMM gate+up", matmul.gated, block, w_gate, w_up)
                         steps.setdefault("activation", [0.0] * rounds)
                     else:
                         h = timed(r, "activation", activation, *timed(r, "GEMM gate+up", gate_up, block, w_gate, w_up))
                     y = timed(r, "GEMM down", linear, h, moe.w_down[e])
-                    timed(r, "unsort rows", unsorted.index_copy_, 0, order[start:start + count], y)
+                    timed(r, "unsort rows", unsorted.index_copy_, 0, order[start : start + count], y)
                     start += count
             y = timed(r, "combine", mix, unsorted, routing)
             timed(r, "layer", moe, x)
@@ -210,25 +231,54 @@ def targets(r: dict) -> list[dict]:
     p, rows = r["prefill_s"], []
     share = r.get("profile", {}).get("non_gemm_share")
     kernels = r.get("matmul_choice") or {}
-    why_prefill = (f"prefill kernel {kernels.get('prefill', '?')}; time outside the expert GEMMs "
-                   f"{share:.0%} of the layer" if share is not None else f"prefill kernel {kernels.get('prefill', '?')}")
-    for name, ref, limit in (("prefill / transformers eager", "transformers eager", 1.0),
-                             ("prefill / dense SwiGLU, same kernel", "dense SwiGLU, same kernel", 1.1)):
+    why_prefill = (
+        f"prefill kernel {kernels.get('prefill', '?')}; time outside the expert GEMMs {share:.0%} of the layer"
+        if share is not None
+        else f"prefill kernel {kernels.get('prefill', '?')}"
+    )
+    for name, ref, limit in (
+        ("prefill / transformers eager", "transformers eager", 1.0),
+        ("prefill / dense SwiGLU, same kernel", "dense SwiGLU, same kernel", 1.1),
+    ):
         value = p["moe sorted"] / p[ref]
-        rows.append({"target": name, "value": value, "limit": limit, "met": value <= limit,
-                     "why": "" if value <= limit else why_prefill})
+        rows.append(
+            {
+                "target": name,
+                "value": value,
+                "limit": limit,
+                "met": value <= limit,
+                "why": "" if value <= limit else why_prefill,
+            }
+        )
     buckets = {b.name: b for b in matmul.BUCKETS}
     for row in r["decode"]:
         value = row["times_s"]["moe sorted"] / row["floor_s"]
         experts = row["times_s"]["expert matmuls only"] / row["floor_s"]
         per_expert = max(1, round(row["tokens"] * r["settings"]["top_k"] / max(1, row["experts_touched"])))
         bucket = next((b.name for b in buckets.values() if b.holds(per_expert)), "?")
-        why = "" if value <= 1.5 else (
-            f"~{per_expert} rows per expert -> kernel {kernels.get(bucket, '?')}: the expert matmuls alone take "
-            f"{experts:.2f}x the floor" + ("" if experts > 1.5 else f"; routing/dispatch/combine add "
-                                           f"{(row['times_s']['moe sorted'] - row['times_s']['expert matmuls only']) * 1e3:.2f} ms"))
-        rows.append({"target": f"decode {row['tokens']} tokens / floor", "value": value, "limit": 1.5,
-                     "met": value <= 1.5, "why": why})
+        why = (
+            ""
+            if value <= 1.5
+            else (
+                f"~{per_expert} rows per expert -> kernel {kernels.get(bucket, '?')}: the expert matmuls alone take "
+                f"{experts:.2f}x the floor"
+                + (
+                    ""
+                    if experts > 1.5
+                    else f"; routing/dispatch/combine add "
+                    f"{(row['times_s']['moe sorted'] - row['times_s']['expert matmuls only']) * 1e3:.2f} ms"
+                )
+            )
+        )
+        rows.append(
+            {
+                "target": f"decode {row['tokens']} tokens / floor",
+                "value": value,
+                "limit": 1.5,
+                "met": value <= 1.5,
+                "why": why,
+            }
+        )
     return rows
 
 
@@ -255,10 +305,14 @@ def run(quick: bool = False, rounds: int = 5, repeats: int = 3, device: str | No
         def call():
             moe.dispatch = dispatch
             return moe(x)
+
         return call
 
-    forced = [k for k in matmul.candidates(dtype) if k in KERNEL_LABEL and k not in matmul.DECODE_ONLY] \
-        if dev.type == "cpu" else []
+    forced = (
+        [k for k in matmul.candidates(dtype) if k in KERNEL_LABEL and k not in matmul.DECODE_ONLY]
+        if dev.type == "cpu"
+        else []
+    )
     prefill_fns = {
         "moe sorted": moe_with("sorted"),
         "moe grouped": moe_with("grouped"),
@@ -273,8 +327,11 @@ def run(quick: bool = False, rounds: int = 5, repeats: int = 3, device: str | No
     choice = {}
     if dev.type == "cpu":
         with torch.inference_mode():  # the probe's choice for this machine (probing now if not cached)
-            choice = {b: e["ranking"][0] for b, e in matmul.choose(dtype).items()} if matmul.forced() is None \
+            choice = (
+                {b: e["ranking"][0] for b, e in matmul.choose(dtype).items()}
+                if matmul.forced() is None
                 else {b.name: matmul.forced() for b in matmul.BUCKETS}
+            )
     with torch.inference_mode():
         ref = block(x)
         for name in [n for n in prefill_fns if n.startswith("moe")]:
@@ -309,28 +366,53 @@ def run(quick: bool = False, rounds: int = 5, repeats: int = 3, device: str | No
             ends = counts.cumsum(0).tolist()
             segments = [(e, end - c, end) for e, (c, end) in enumerate(zip(counts.tolist(), ends)) if c]
             fns = {
-                "expert matmuls only": (lambda xs=xs, segments=segments: [
-                    expert_swiglu(xs[a:b], moe.w_gate[e], moe.w_up[e], moe.w_down[e]) for e, a, b in segments]),
+                "expert matmuls only": (
+                    lambda xs=xs, segments=segments: [
+                        expert_swiglu(xs[a:b], moe.w_gate[e], moe.w_up[e], moe.w_down[e]) for e, a, b in segments
+                    ]
+                ),
                 "moe sorted": (lambda xt=xt: (setattr(moe, "dispatch", "sorted"), moe(xt))),
                 "moe grouped": (lambda xt=xt: (setattr(moe, "dispatch", "grouped"), moe(xt))),
                 "moe loop": (lambda xt=xt: (setattr(moe, "dispatch", "loop"), moe(xt))),
-                **({f"moe sorted, {KERNEL_LABEL[k]}": _forced(moe, xt, k) for k in matmul.candidates(dtype)
-                    if k in KERNEL_LABEL} if dev.type == "cpu" else {}),
+                **(
+                    {
+                        f"moe sorted, {KERNEL_LABEL[k]}": _forced(moe, xt, k)
+                        for k in matmul.candidates(dtype)
+                        if k in KERNEL_LABEL
+                    }
+                    if dev.type == "cpu"
+                    else {}
+                ),
                 "transformers eager": _hf_call(block, xt, "eager"),
                 "transformers grouped_mm": _hf_call(block, xt, "grouped_mm"),
             }
-            s = _interleaved({**fns, **probes}, rounds=rounds, repeats=5 * repeats, device=dev, warmup=2,
-                             before=evict.sum)
-        bandwidths = {name.removeprefix("bandwidth: "): probe_bytes[name] / statistics.median(s.pop(name)) for name in probes}
-        decode.append({
-            "tokens": t, "experts_touched": touched, "bytes": touched * expert_bytes,
-            "flops": 2 * t * top_k * 3 * d_model * d_ff,
-            "times_s": {name: statistics.median(v) for name, v in s.items()},
-            "bandwidths_Bps": bandwidths,
-        })
+            s = _interleaved(
+                {**fns, **probes}, rounds=rounds, repeats=5 * repeats, device=dev, warmup=2, before=evict.sum
+            )
+        bandwidths = {
+            name.removeprefix("bandwidth: "): probe_bytes[name] / statistics.median(s.pop(name)) for name in probes
+        }
+        decode.append(
+            {
+                "tokens": t,
+                "experts_touched": touched,
+                "bytes": touched * expert_bytes,
+                "flops": 2 * t * top_k * 3 * d_model * d_ff,
+                "times_s": {name: statistics.median(v) for name, v in s.items()},
+                "bandwidths_Bps": bandwidths,
+            }
+        )
     ceilings.append(_ceilings(dev, dtype))
-    copy, read, read_kernel, mm, mm_linear = (statistics.median(c[key] for c in ceilings) for key in (
-        "copy_bandwidth_Bps", "read_bandwidth_Bps", "read_kernel_bandwidth_Bps", "matmul_FLOPps", "matmul_linear_FLOPps"))
+    copy, read, read_kernel, mm, mm_linear = (
+        statistics.median(c[key] for c in ceilings)
+        for key in (
+            "copy_bandwidth_Bps",
+            "read_bandwidth_Bps",
+            "read_kernel_bandwidth_Bps",
+            "matmul_FLOPps",
+            "matmul_linear_FLOPps",
+        )
+    )
     bw = max(copy, read, read_kernel)
     for row in decode:
         row_bw = max(row["bandwidths_Bps"].values())
@@ -340,19 +422,38 @@ def run(quick: bool = False, rounds: int = 5, repeats: int = 3, device: str | No
         row["floor_s_separate_ceilings"] = roofline_time(row["flops"], row["bytes"], mm, bw)
 
     record = {
-        "device": info.summary(), "device_type": dev.type, "dtype": str(dtype).removeprefix("torch."),
+        "device": info.summary(),
+        "device_type": dev.type,
+        "dtype": str(dtype).removeprefix("torch."),
         "cpu_model": _cpu_name() if dev.type == "cpu" else None,
         "threads": torch.get_num_threads() if dev.type == "cpu" else None,
         "decode_kernel": stream.status() if dev.type == "cpu" else None,
-        "matmul_choice": choice, "matmul_status": matmul.status() if dev.type == "cpu" else None,
-        "date": datetime.date.today().isoformat(), "torch": torch.__version__,
+        "matmul_choice": choice,
+        "matmul_status": matmul.status() if dev.type == "cpu" else None,
+        "date": datetime.date.today().isoformat(),
+        "torch": torch.__version__,
         "command": "python " + " ".join(sys.argv),
-        "settings": {"tokens": tokens, "d_model": d_model, "d_ff": d_ff, "n_experts": n_experts, "top_k": top_k,
-                     "rounds": rounds, "repeats": repeats, "quick": quick},
+        "settings": {
+            "tokens": tokens,
+            "d_model": d_model,
+            "d_ff": d_ff,
+            "n_experts": n_experts,
+            "top_k": top_k,
+            "rounds": rounds,
+            "repeats": repeats,
+            "quick": quick,
+        },
         "prefill_s": prefill,
-        "ceilings": {"bandwidth_Bps": bw, "copy_bandwidth_Bps": copy, "read_bandwidth_Bps": read,
-                     "read_kernel_bandwidth_Bps": read_kernel, "matmul_FLOPps": mm, "matmul_size": ceilings[0]["matmul_size"],
-                     "matmul_linear_FLOPps": mm_linear, "measurements": ceilings},
+        "ceilings": {
+            "bandwidth_Bps": bw,
+            "copy_bandwidth_Bps": copy,
+            "read_bandwidth_Bps": read,
+            "read_kernel_bandwidth_Bps": read_kernel,
+            "matmul_FLOPps": mm,
+            "matmul_size": ceilings[0]["matmul_size"],
+            "matmul_linear_FLOPps": mm_linear,
+            "measurements": ceilings,
+        },
         "decode": decode,
         "profile": profile,
     }
@@ -369,44 +470,60 @@ def format_tables(r: dict) -> str:
         "matmul kernel chosen by this machine's probe (dmcourse.matmul.status()):",
         *(f"  {line}" for line in (r.get("matmul_status") or "not a CPU run: F.linear").splitlines()),
         "",
-        (f"prefill: {s['tokens']} tokens, d_model {s['d_model']}, expert d_ff {s['d_ff']}, "
-        f"{s['n_experts']} experts, top-{s['top_k']} (medians of {s['rounds'] * s['repeats']} calls each, interleaved)"),
+        (
+            f"prefill: {s['tokens']} tokens, d_model {s['d_model']}, expert d_ff {s['d_ff']}, "
+            f"{s['n_experts']} experts, top-{s['top_k']} (medians of {s['rounds'] * s['repeats']} calls each, interleaved)"
+        ),
         f"{'method':28s} {'time ms':>9s} {'/ tf eager':>10s} {'/ tf grouped':>12s} {'/ dense':>8s} {'/ dense same kernel':>20s}",
     ]
     for name, t in sorted(p.items(), key=lambda kv: kv[1]):
-        lines.append(f"{name:28s} {t * 1e3:9.1f} {t / p['transformers eager']:10.2f} {t / p['transformers grouped_mm']:12.2f} "
-                     f"{t / p['dense SwiGLU']:8.2f} {t / p['dense SwiGLU, same kernel']:20.2f}")
+        lines.append(
+            f"{name:28s} {t * 1e3:9.1f} {t / p['transformers eager']:10.2f} {t / p['transformers grouped_mm']:12.2f} "
+            f"{t / p['dense SwiGLU']:8.2f} {t / p['dense SwiGLU, same kernel']:20.2f}"
+        )
     if r.get("profile"):
         steps = r["profile"]["steps_s"]
         parts = sum(v for k, v in steps.items() if k != "layer")
-        lines += ["", (f"profile of moe sorted at {s['tokens']} tokens (each step timed on its own, medians; "
-                      f"the whole layer took {steps['layer'] * 1e3:.1f} ms in the same rounds):"),
-                  f"{'step':14s} {'ms':>9s} {'share':>6s}"]
+        lines += [
+            "",
+            (
+                f"profile of moe sorted at {s['tokens']} tokens (each step timed on its own, medians; "
+                f"the whole layer took {steps['layer'] * 1e3:.1f} ms in the same rounds):"
+            ),
+            f"{'step':14s} {'ms':>9s} {'share':>6s}",
+        ]
         lines += [f"{k:14s} {v * 1e3:9.1f} {v / parts:6.1%}" for k, v in steps.items() if k != "layer"]
         lines.append(f"outside the expert GEMMs: {r['profile']['non_gemm_share']:.1%} (target < 10%)")
     c = r["ceilings"]
     lines += [
         "",
-        (f"decode: floor = max(touched expert bytes / bandwidth (the fastest of copy, torch.sum and stream.read_sum, "
-        f"measured with each row's calls), FLOPs / {c['matmul_FLOPps'] / 1e9:.0f} GFLOP/s torch.matmul {c['matmul_size']}^3) "
-        f"[same GEMM via dmcourse.moe.linear: {c['matmul_linear_FLOPps'] / 1e9:.0f} GFLOP/s; bandwidths measured apart: "
-        f"copy {c['copy_bandwidth_Bps'] / 1e9:.1f}, torch.sum {c['read_bandwidth_Bps'] / 1e9:.1f}, "
-        f"stream.read_sum {c['read_kernel_bandwidth_Bps'] / 1e9:.1f} GB/s]"),
+        (
+            f"decode: floor = max(touched expert bytes / bandwidth (the fastest of copy, torch.sum and stream.read_sum, "
+            f"measured with each row's calls), FLOPs / {c['matmul_FLOPps'] / 1e9:.0f} GFLOP/s torch.matmul {c['matmul_size']}^3) "
+            f"[same GEMM via dmcourse.moe.linear: {c['matmul_linear_FLOPps'] / 1e9:.0f} GFLOP/s; bandwidths measured apart: "
+            f"copy {c['copy_bandwidth_Bps'] / 1e9:.1f}, torch.sum {c['read_bandwidth_Bps'] / 1e9:.1f}, "
+            f"stream.read_sum {c['read_kernel_bandwidth_Bps'] / 1e9:.1f} GB/s]"
+        ),
         f"C decode kernel: {r.get('decode_kernel')}",
-        f"{'tokens':>6s} {'experts':>7s} {'GB/s':>5s} {'floor ms':>9s} " + " ".join(f"{n:>24s}" for n in r["decode"][0]["times_s"])
+        f"{'tokens':>6s} {'experts':>7s} {'GB/s':>5s} {'floor ms':>9s} "
+        + " ".join(f"{n:>24s}" for n in r["decode"][0]["times_s"])
         + f" {'best/floor':>10s} {'[copy bw]':>9s} {'[linear]':>8s} {'[apart]':>7s}",
     ]
     for row in r["decode"]:
         best = min(v for k, v in row["times_s"].items() if k.startswith("moe"))
         cells = " ".join(f"{v * 1e3:9.2f} ms ({v / row['floor_s']:4.2f}x)".rjust(24) for v in row["times_s"].values())
         bw = max(row["bandwidths_Bps"].values())
-        lines.append(f"{row['tokens']:6d} {row['experts_touched']:7d} {bw / 1e9:5.1f} {row['floor_s'] * 1e3:9.2f} {cells} "
-                     f"{best / row['floor_s']:10.2f} {best / row['floor_s_copy_bandwidth']:9.2f} "
-                     f"{best / row['floor_s_linear_ceiling']:8.2f} {best / row['floor_s_separate_ceilings']:7.2f}")
+        lines.append(
+            f"{row['tokens']:6d} {row['experts_touched']:7d} {bw / 1e9:5.1f} {row['floor_s'] * 1e3:9.2f} {cells} "
+            f"{best / row['floor_s']:10.2f} {best / row['floor_s_copy_bandwidth']:9.2f} "
+            f"{best / row['floor_s_linear_ceiling']:8.2f} {best / row['floor_s_separate_ceilings']:7.2f}"
+        )
     if r.get("targets"):
         lines += ["", "targets (issue 21):", f"{'target':40s} {'value':>7s} {'limit':>6s}  met  why missed"]
-        lines += [f"{t['target']:40s} {t['value']:7.2f} {t['limit']:6.2f}  {'yes' if t['met'] else 'NO ':3s}  {t['why']}"
-                  for t in r["targets"]]
+        lines += [
+            f"{t['target']:40s} {t['value']:7.2f} {t['limit']:6.2f}  {'yes' if t['met'] else 'NO ':3s}  {t['why']}"
+            for t in r["targets"]
+        ]
     return "\n".join(lines)
 
 

@@ -49,17 +49,19 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"{device_info('cpu').summary()}, 2 threads, torch {torch.__version__}, {datetime.date.today()}")
     print(f"command: python {' '.join(sys.argv)}")
-    print(f"{'rows':>4} {'read GB/s':>9} {'kernel GB/s':>11} {'oneDNN GB/s':>11} {'kernel GFLOP/s':>14} "
-          f"{'oneDNN GFLOP/s':>14} {'kernel/oneDNN':>13}")
+    print(
+        f"{'rows':>4} {'read GB/s':>9} {'kernel GB/s':>11} {'oneDNN GB/s':>11} {'kernel GFLOP/s':>14} "
+        f"{'oneDNN GFLOP/s':>14} {'kernel/oneDNN':>13}"
+    )
     for n in args.rows:
         x, h = torch.randn(n, d_model), torch.randn(n, d_ff)
 
-        def kernel():
+        def kernel(x=x, h=h):
             for e in range(experts):
                 stream.linear_stream(x, w_gate[e])
                 stream.linear_stream(h, w_down[e])
 
-        def onednn():
+        def onednn(x=x, h=h):
             with matmul.use("onednn"):
                 for e in range(experts):
                     linear(x, w_gate[e])
@@ -74,8 +76,10 @@ def main(argv: list[str] | None = None) -> int:
                     times[name].append(time.perf_counter() - start)
         t = {name: statistics.median(v) for name, v in times.items()}
         flops = 2 * n * nbytes / 4
-        print(f"{n:4d} {nbytes / t['read'] / 1e9:9.1f} {nbytes / t['kernel'] / 1e9:11.1f} {nbytes / t['oneDNN'] / 1e9:11.1f} "
-              f"{flops / t['kernel'] / 1e9:14.1f} {flops / t['oneDNN'] / 1e9:14.1f} {t['kernel'] / t['oneDNN']:13.2f}")
+        print(
+            f"{n:4d} {nbytes / t['read'] / 1e9:9.1f} {nbytes / t['kernel'] / 1e9:11.1f} {nbytes / t['oneDNN'] / 1e9:11.1f} "
+            f"{flops / t['kernel'] / 1e9:14.1f} {flops / t['oneDNN'] / 1e9:14.1f} {t['kernel'] / t['oneDNN']:13.2f}"
+        )
     return 0
 
 

@@ -17,24 +17,43 @@ from dmcourse._version import __version__
 #: The course's main names, imported from their modules on first use (PEP 562), so that
 #: ``import dmcourse`` (and the instructor CLI, ``python -m dmcourse.grading``) does not import torch.
 _EXPORTS: dict[str, str] = {
-    "ParamCount": "accounting", "count_params": "accounting",
-    "ModelConfig": "configs", "load_preset": "configs",
-    "DeviceInfo": "device", "device_info": "device", "in_colab": "device", "pick_device": "device",
-    "pick_dtype": "device", "seed_everything": "device",
-    "MoE": "moe", "from_mixtral_block": "moe",
-    "Router": "routing", "Routing": "routing",
-    "Timing": "timing", "time_fn": "timing",
+    "ParamCount": "accounting",
+    "count_params": "accounting",
+    "ModelConfig": "configs",
+    "load_preset": "configs",
+    "DeviceInfo": "device",
+    "device_info": "device",
+    "in_colab": "device",
+    "pick_device": "device",
+    "pick_dtype": "device",
+    "seed_everything": "device",
+    "MoE": "moe",
+    "from_mixtral_block": "moe",
+    "Router": "routing",
+    "Routing": "routing",
+    "Timing": "timing",
+    "time_fn": "timing",
 }
 
 __all__ = ["__version__", *sorted(_EXPORTS)]
 
 if TYPE_CHECKING:
-    from dmcourse.accounting import ParamCount, count_params
-    from dmcourse.configs import ModelConfig, load_preset
-    from dmcourse.device import DeviceInfo, device_info, in_colab, pick_device, pick_dtype, seed_everything
-    from dmcourse.moe import MoE, from_mixtral_block
-    from dmcourse.routing import Router, Routing
-    from dmcourse.timing import Timing, time_fn
+    from dmcourse.accounting import ParamCount as ParamCount
+    from dmcourse.accounting import count_params as count_params
+    from dmcourse.configs import ModelConfig as ModelConfig
+    from dmcourse.configs import load_preset as load_preset
+    from dmcourse.device import DeviceInfo as DeviceInfo
+    from dmcourse.device import device_info as device_info
+    from dmcourse.device import in_colab as in_colab
+    from dmcourse.device import pick_device as pick_device
+    from dmcourse.device import pick_dtype as pick_dtype
+    from dmcourse.device import seed_everything as seed_everything
+    from dmcourse.moe import MoE as MoE
+    from dmcourse.moe import from_mixtral_block as from_mixtral_block
+    from dmcourse.routing import Router as Router
+    from dmcourse.routing import Routing as Routing
+    from dmcourse.timing import Timing as Timing
+    from dmcourse.timing import time_fn as time_fn
 
 
 def __getattr__(name: str) -> Any:

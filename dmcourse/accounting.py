@@ -26,21 +26,25 @@ Conventions (chapter 2 explains each):
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, fields
 
-from dmcourse import hardware
 from dmcourse.configs import ModelConfig
-from dmcourse.hardware import GPUSpec
 
 GB: int = 10**9
 GiB: int = 2**30
 
 BYTES_PER_PARAM: dict[str, float] = {
-    "fp32": 4, "float32": 4,
-    "bf16": 2, "bfloat16": 2, "fp16": 2, "float16": 2,
-    "fp8": 1, "float8": 1, "int8": 1,
-    "int4": 0.5, "fp4": 0.5,
+    "fp32": 4,
+    "float32": 4,
+    "bf16": 2,
+    "bfloat16": 2,
+    "fp16": 2,
+    "float16": 2,
+    "fp8": 1,
+    "float8": 1,
+    "int8": 1,
+    "int4": 0.5,
+    "fp4": 0.5,
 }
 
 
@@ -96,8 +100,16 @@ class ParamCount:
 
     @property
     def total(self) -> int:
-        return (self.embedding + self.attention + self.dense_ffn + self.experts + self.shared_experts
-                + self.router + self.norms + self.lm_head)
+        return (
+            self.embedding
+            + self.attention
+            + self.dense_ffn
+            + self.experts
+            + self.shared_experts
+            + self.router
+            + self.norms
+            + self.lm_head
+        )
 
     @property
     def active(self) -> int:
@@ -173,13 +185,23 @@ def ffn_params(d_model: int, d_ff: int, kind: str = "swiglu") -> int:
 
 def _layer_counts(config: ModelConfig, moe: bool) -> dict[str, int]:
     c, d = config, config.d_model
-    out = dict(attention=attention_params(c), norms=2 * d + attention_norm_params(c),
-               dense_ffn=0, experts=0, shared_experts=0, router=0, active_experts=0)
+    out = dict(
+        attention=attention_params(c),
+        norms=2 * d + attention_norm_params(c),
+        dense_ffn=0,
+        experts=0,
+        shared_experts=0,
+        router=0,
+        active_experts=0,
+    )
     if moe:
         one = ffn_params(d, c.expert_width)
-        out.update(experts=c.n_experts * one, active_experts=c.top_k * one,
-                   shared_experts=c.n_shared_experts * ffn_params(d, c.shared_width),
-                   router=c.n_experts * d)
+        out.update(
+            experts=c.n_experts * one,
+            active_experts=c.top_k * one,
+            shared_experts=c.n_shared_experts * ffn_params(d, c.shared_width),
+            router=c.n_experts * d,
+        )
     else:
         out["dense_ffn"] = ffn_params(d, c.d_ff, c.ffn)
     return out
@@ -191,7 +213,9 @@ def count_params(config: ModelConfig) -> ParamCount:
     if not isinstance(config, ModelConfig):
         raise ValueError(f"count_params needs a ModelConfig (see dmcourse.load_preset), got {type(config).__name__}")
     c, d = config, config.d_model
-    sums = dict.fromkeys(("attention", "norms", "dense_ffn", "experts", "shared_experts", "router", "active_experts"), 0)
+    sums = dict.fromkeys(
+        ("attention", "norms", "dense_ffn", "experts", "shared_experts", "router", "active_experts"), 0
+    )
     for moe in (False, True):
         n = c.n_moe_layers if moe else c.n_dense_layers
         if n:
@@ -306,7 +330,9 @@ def weight_bytes(config_or_params: ModelConfig | int | float, dtype: str = "bf16
         if which not in ("total", "active", "active_without_embedding", "total_with_mtp", "non_embedding"):
             raise ValueError(f"which must name a ParamCount figure such as 'total' or 'active', got {which!r}")
         n = getattr(p, which)
-    elif isinstance(config_or_params, (int, float)) and not isinstance(config_or_params, bool) and config_or_params >= 0:
+    elif (
+        isinstance(config_or_params, (int, float)) and not isinstance(config_or_params, bool) and config_or_params >= 0
+    ):
         n = config_or_params
     else:
         raise ValueError(f"expected a ModelConfig or a non-negative parameter count, got {config_or_params!r}")
@@ -346,88 +372,3 @@ def kv_cache_bytes(
     if config.sliding_window is not None:
         context = min(context, config.sliding_window)
     return batch * context * kv_cache_bytes_per_token(config, dtype, mla_compressed)
-
-
-# --------------------------------------------------------------------------------------------
-# Does it fit?
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Fit:
-    """Memory needed vs a GPU's datasheet memory. All sizes in bytes.
-
-    ``needed_bytes`` = weights + KV cache + ``extra_bytes``; ``available_bytes`` =
-    ``n_gpus * memory_bytes`` (datasheet; usable memory is a little less).
-    """
-
-    gpu: str
-    n_gpus: int
-    memory_bytes: int
-    weight_bytes: float
-    kv_cache_bytes: float
-    extra_bytes: float
-
-    @property
-    def needed_bytes(self) -> float:
-        return self.weight_bytes + self.kv_cache_bytes + self.extra_bytes
-
-    @property
-    def available_bytes(self) -> int:
-        return self.n_gpus * self.memory_bytes
-
-    @property
-    def fits(self) -> bool:
-        return self.needed_bytes <= self.available_bytes
-
-    @property
-    def headroom_bytes(self) -> float:
-        """Datasheet memory left over (negative: short by that much)."""
-        return self.available_bytes - self.needed_bytes
-
-    @property
-    def gpus_needed(self) -> int:
-        """Fewest GPUs of this kind whose datasheet memory adds up to ``needed_bytes``."""
-        return max(1, math.ceil(self.needed_bytes / self.memory_bytes))
-
-    def __str__(self) -> str:
-        verdict = "fits" if self.fits else f"does not fit (needs {self.gpus_needed})"
-        return (f"{to_gb(self.needed_bytes):.1f} GB on {self.n_gpus} x {self.gpu} "
-                f"({to_gb(self.available_bytes):.0f} GB datasheet): {verdict}")
-
-
-def fits_on_gpu(
-    model: ModelConfig | int | float,
-    gpu: str | GPUSpec,
-    dtype: str = "bf16",
-    n_gpus: int = 1,
-    context: int = 0,
-    batch: int = 1,
-    kv_dtype: str | None = None,
-    extra_bytes: float = 0,
-    mla_form: str = "absorbed",
-) -> Fit:
-    """Whether ``model`` fits in the datasheet memory of ``n_gpus`` x ``gpu``.
-
-    model: a ModelConfig (all ``total`` weights in ``dtype``, plus the KV cache of ``batch``
-    sequences of ``context`` tokens in ``kv_dtype``, default ``dtype``) or a number of bytes of
-    weights. ``extra_bytes``: anything else you want to reserve (activations, workspace). No hidden
-    overhead factor is added: what counts is listed in the returned :class:`Fit`. ``mla_form``:
-    which cache an MLA model keeps (:func:`mla_cache_compressed`).
-    """
-    spec = hardware.gpu(gpu)
-    if not isinstance(n_gpus, int) or isinstance(n_gpus, bool) or n_gpus < 1:
-        raise ValueError(f"n_gpus must be a positive int, got {n_gpus!r}")
-    if isinstance(extra_bytes, bool) or not isinstance(extra_bytes, (int, float)) or extra_bytes < 0:
-        raise ValueError(f"extra_bytes must be a non-negative number, got {extra_bytes!r}")
-    if isinstance(model, ModelConfig):
-        w = weight_bytes(model, dtype)
-        kv = kv_cache_bytes(model, context, batch, kv_dtype or dtype, mla_cache_compressed(mla_form))
-    elif isinstance(model, (int, float)) and not isinstance(model, bool) and model >= 0:
-        if context:
-            raise ValueError("context needs a ModelConfig (the KV cache depends on the architecture)")
-        w, kv = float(model), 0.0
-    else:
-        raise ValueError(f"model must be a ModelConfig or a number of bytes, got {model!r}")
-    return Fit(gpu=spec.name, n_gpus=n_gpus, memory_bytes=spec.memory_bytes, weight_bytes=w,
-               kv_cache_bytes=kv, extra_bytes=float(extra_bytes))

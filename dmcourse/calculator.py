@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from dmcourse import accounting, hardware
+from dmcourse import accounting, fit, hardware
 from dmcourse import economics as ec
 from dmcourse.configs import ModelConfig
 from dmcourse.hardware import GPUSpec
@@ -31,7 +31,7 @@ class Estimate:
     cost: ec.DecodeCost
 
     @property
-    def memory(self) -> accounting.Fit:
+    def memory(self) -> fit.Fit:
         """Weights + KV cache + activations against the datasheet memory of the GPUs costed."""
         return self.cost.memory
 
@@ -54,9 +54,17 @@ class Estimate:
         gb = accounting.to_gb
         price = k.usd_per_gpu_hour
         return [
-            ("model", f"{self.model}: {self.params_total / 1e9:.1f}B parameters, {self.params_active / 1e9:.1f}B active"),
-            ("weights", (f"{gb(m.weight_bytes):,.1f} GB ({self.dtype}"
-                         f"{'; every expert resident' if self.params_active < self.params_total else ''})")),
+            (
+                "model",
+                f"{self.model}: {self.params_total / 1e9:.1f}B parameters, {self.params_active / 1e9:.1f}B active",
+            ),
+            (
+                "weights",
+                (
+                    f"{gb(m.weight_bytes):,.1f} GB ({self.dtype}"
+                    f"{'; every expert resident' if self.params_active < self.params_total else ''})"
+                ),
+            ),
             ("KV cache", f"{gb(m.kv_cache_bytes):,.2f} GB ({self.batch} x {self.context} tokens, {self.kv_dtype})"),
             ("activations (estimate)", f"{m.extra_bytes / 1e6:,.1f} MB"),
             ("total memory", f"{gb(m.needed_bytes):,.1f} GB = {accounting.to_gib(m.needed_bytes):,.1f} GiB"),
@@ -66,8 +74,12 @@ class Estimate:
             ("time per step (= per token of one sequence)", f"{k.step_time_s * 1e3:,.2f} ms"),
             ("throughput", f"{k.tokens_per_s:,.0f} tokens/s"),
             ("GPU-seconds per token", f"{k.gpu_seconds_per_token:.3g}"),
-            ("cost per million tokens",
-             "no price given" if price is None else f"${k.usd_per_million_tokens:,.2f} at an assumed ${price:g}/GPU-hour"),
+            (
+                "cost per million tokens",
+                "no price given"
+                if price is None
+                else f"${k.usd_per_million_tokens:,.2f} at an assumed ${price:g}/GPU-hour",
+            ),
             ("bound", f"{k.bound} (intensity {k.step.intensity:,.1f} FLOP/byte, ridge {k.ridge:,.0f})"),
         ]
 
@@ -91,8 +103,26 @@ def estimate(
     the ``"fits?"`` row says by how much. A pure function: no widgets, no I/O."""
     c = ec.load_model(model)
     spec = hardware.gpu(gpu)
-    cost = ec.decode_cost(c, spec, batch, context=context, dtype=dtype, kv_dtype=kv_dtype, n_gpus=n_gpus,
-                          usd_per_gpu_hour=usd_per_gpu_hour, mla_form=mla_form)
+    cost = ec.decode_cost(
+        c,
+        spec,
+        batch,
+        context=context,
+        dtype=dtype,
+        kv_dtype=kv_dtype,
+        n_gpus=n_gpus,
+        usd_per_gpu_hour=usd_per_gpu_hour,
+        mla_form=mla_form,
+    )
     p = accounting.count_params(c)
-    return Estimate(model=c.name, gpu=spec.name, dtype=dtype, kv_dtype=cost.kv_dtype, batch=cost.batch,
-                    context=cost.context, params_total=p.total, params_active=p.active, cost=cost)
+    return Estimate(
+        model=c.name,
+        gpu=spec.name,
+        dtype=dtype,
+        kv_dtype=cost.kv_dtype,
+        batch=cost.batch,
+        context=cost.context,
+        params_total=p.total,
+        params_active=p.active,
+        cost=cost,
+    )

@@ -98,8 +98,9 @@ each GPU with one 400 Gb/s port."""
 
 def comm_time_s(n_bytes: float, bytes_per_s: float, latency_s: float = 0.0) -> float:
     """Modelled time of a transfer: ``latency_s + n_bytes / bytes_per_s`` -> seconds."""
-    return (nonnegative_float("latency_s", latency_s)
-            + nonnegative_float("n_bytes", n_bytes) / positive_float("bytes_per_s", bytes_per_s))
+    return nonnegative_float("latency_s", latency_s) + nonnegative_float("n_bytes", n_bytes) / positive_float(
+        "bytes_per_s", bytes_per_s
+    )
 
 
 def fit_link(n_bytes: list[float], seconds: list[float]) -> tuple[float, float]:

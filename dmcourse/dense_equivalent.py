@@ -25,7 +25,6 @@ def _int(name: str, value: object, low: int) -> int:
     return value
 
 
-
 def geometric_mean_rule(total: float, active: float) -> float:
     """``sqrt(total * active)`` (parameters): the "geometric-mean rule" for the dense model an MoE
     performs like. Folklore; see :data:`RULES` for what is and is not traceable."""
@@ -73,41 +72,45 @@ class Rule:
     fn: Callable[[float, float, int, int], float]
 
 
-RULES: dict[str, Rule] = {r.name: r for r in (
-    Rule(
-        name="geometric mean",
-        formula="sqrt(total x active)",
-        claims="the size of the dense model an MoE matches in *quality*",
-        provenance="folklore of 2024 forums and posts, attributed to a talk by Mistral AI at Stanford "
-                   "(CS25, on Mixtral)",
-        traceable="no paper, report or slide with the formula could be found; the attribution to the talk "
-                  "is second-hand. Not a cost rule: it says nothing about batch, memory or hardware",
-        fn=lambda total, active, n_experts, top_k: geometric_mean_rule(total, active),
-    ),
-    Rule(
-        name="quoted Epoch AI formula",
-        formula="total / (experts^0.44 / active_experts^0.63)",
-        claims="the dense model with the same inference economics (\"fast short-context decoding\")",
-        provenance="the course's source blog post, which attributes it to Epoch AI without a link",
-        traceable="no Epoch AI publication with this formula or these exponents could be found; the "
-                  "same expression circulates elsewhere with the division turned into a multiplication. "
-                  "It ignores which parameters are experts (attention, shared experts) and the batch",
-        fn=lambda total, active, n_experts, top_k: quoted_epoch_rule(total, n_experts, top_k),
-    ),
-    Rule(
-        name="half the total",
-        formula="total / 2 (stated for 8-way sparse models)",
-        claims="\"inference economics roughly equivalent to a dense model half its total size\"",
-        provenance="the course's source blog post (its TL;DR), no source given",
-        traceable="no source; no batch size or hardware stated",
-        fn=lambda total, active, n_experts, top_k: half_total_rule(total),
-    ),
-)}
+RULES: dict[str, Rule] = {
+    r.name: r
+    for r in (
+        Rule(
+            name="geometric mean",
+            formula="sqrt(total x active)",
+            claims="the size of the dense model an MoE matches in *quality*",
+            provenance="folklore of 2024 forums and posts, attributed to a talk by Mistral AI at Stanford "
+            "(CS25, on Mixtral)",
+            traceable="no paper, report or slide with the formula could be found; the attribution to the talk "
+            "is second-hand. Not a cost rule: it says nothing about batch, memory or hardware",
+            fn=lambda total, active, n_experts, top_k: geometric_mean_rule(total, active),
+        ),
+        Rule(
+            name="quoted Epoch AI formula",
+            formula="total / (experts^0.44 / active_experts^0.63)",
+            claims='the dense model with the same inference economics ("fast short-context decoding")',
+            provenance="the course's source blog post, which attributes it to Epoch AI without a link",
+            traceable="no Epoch AI publication with this formula or these exponents could be found; the "
+            "same expression circulates elsewhere with the division turned into a multiplication. "
+            "It ignores which parameters are experts (attention, shared experts) and the batch",
+            fn=lambda total, active, n_experts, top_k: quoted_epoch_rule(total, n_experts, top_k),
+        ),
+        Rule(
+            name="half the total",
+            formula="total / 2 (stated for 8-way sparse models)",
+            claims='"inference economics roughly equivalent to a dense model half its total size"',
+            provenance="the course's source blog post (its TL;DR), no source given",
+            traceable="no source; no batch size or hardware stated",
+            fn=lambda total, active, n_experts, top_k: half_total_rule(total),
+        ),
+    )
+}
 """The rules of thumb the chapter tests, by name."""
 
 
-def roofline_dense_equivalent(model: ModelConfig | str, batch: int, gpu: str | GPUSpec = "H100", *,
-                              dtype: str = "bf16") -> float:
+def roofline_dense_equivalent(
+    model: ModelConfig | str, batch: int, gpu: str | GPUSpec = "H100", *, dtype: str = "bf16"
+) -> float:
     """The size (parameters) of the dense model whose decode step at the same ``batch`` takes the
     same roofline time on ``gpu`` as ``model``'s (weights only, context 0).
 
@@ -124,8 +127,9 @@ def roofline_dense_equivalent(model: ModelConfig | str, batch: int, gpu: str | G
     return t / max(2 * batch / peak, accounting.bytes_per_param(dtype) / bandwidth)
 
 
-def dense_equivalent_batches(model: ModelConfig | str, params: float, gpu: str | GPUSpec = "H100", *,
-                             dtype: str = "bf16", max_batch: int = 2**20) -> tuple[int | None, int | None]:
+def dense_equivalent_batches(
+    model: ModelConfig | str, params: float, gpu: str | GPUSpec = "H100", *, dtype: str = "bf16", max_batch: int = 2**20
+) -> tuple[int | None, int | None]:
     """The batches at which :func:`roofline_dense_equivalent` of ``model`` equals a rule's ``params``.
 
     The roofline equivalent rises with the batch while the dense twin is memory-bound (more experts

@@ -4,7 +4,7 @@ token costs (time, GPU-seconds, dollars), for dense and MoE models on a GPU of t
 Built on the lower modules, whose formulas are used, never repeated:
 
 * :mod:`dmcourse.accounting`: parameters, weight bytes by dtype, KV-cache bytes (GQA; DeepSeek's
-  compressed MLA latent), attention FLOPs, does-it-fit (:class:`~dmcourse.accounting.Fit`);
+  compressed MLA latent), attention FLOPs, does-it-fit (:class:`~dmcourse.fit.Fit`);
 * :mod:`dmcourse.roofline`: the decode step of a dense model or an MoE (bytes read, FLOPs, experts
   touched ``E * (1 - (1 - k/E) ** B)``, composed for a config by
   :func:`~dmcourse.roofline.decode_kwargs`), the critical batch, the datasheet roof of a GPU;
@@ -51,8 +51,9 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
-from dmcourse import accounting, hardware
+from dmcourse import accounting, fit, hardware
 from dmcourse import roofline as rl
+from dmcourse.checks import check_int, nonnegative_float
 from dmcourse.configs import ModelConfig, load_preset
 from dmcourse.hardware import GPUSpec
 
@@ -63,6 +64,7 @@ TWINS = ("equal_total", "equal_active")
 # Input checks
 # --------------------------------------------------------------------------------------------
 
+
 def load_model(model: ModelConfig | str) -> ModelConfig:
     """``model`` itself, or the preset of that name (:func:`dmcourse.configs.load_preset`)."""
     if isinstance(model, ModelConfig):
@@ -70,18 +72,6 @@ def load_model(model: ModelConfig | str) -> ModelConfig:
     if isinstance(model, str):
         return load_preset(model)
     raise ValueError(f"model must be a ModelConfig or a preset name, got {model!r}")
-
-
-def _int(name: str, value: object, low: int) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < low:
-        raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
-    return value
-
-
-def _price(value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-        raise ValueError(f"usd_per_gpu_hour must be a finite number >= 0 (an assumed price), got {value!r}")
-    return float(value)
 
 
 def _kv_dtype(dtype: str, kv_dtype: str | None) -> str:
@@ -111,6 +101,7 @@ def compute_precision(gpu: str | GPUSpec, dtype: str) -> str:
 # Memory
 # --------------------------------------------------------------------------------------------
 
+
 def ffn_width_per_token(config: ModelConfig) -> int:
     """Hidden width one token's FFN uses in its widest layer: ``d_ff`` in a dense layer,
     ``top_k * d_ff_expert + n_shared_experts * d_ff_shared`` in an MoE layer."""
@@ -123,8 +114,13 @@ def ffn_width_per_token(config: ModelConfig) -> int:
     return max(widths)
 
 
-def activation_bytes(config: ModelConfig | str, tokens: int, dtype: str = "bf16",
-                     logits_tokens: int | None = None, logits_dtype: str = "fp32") -> float:
+def activation_bytes(
+    config: ModelConfig | str,
+    tokens: int,
+    dtype: str = "bf16",
+    logits_tokens: int | None = None,
+    logits_dtype: str = "fp32",
+) -> float:
     """Estimated peak of live activations when ``tokens`` tokens go through the model at once (bytes).
 
     Inference keeps no activations for a backward pass, so only one layer's are alive at a time:
@@ -137,8 +133,8 @@ def activation_bytes(config: ModelConfig | str, tokens: int, dtype: str = "bf16"
     batch size; at prefill, the prompt tokens processed together.
     """
     c = load_model(config)
-    tokens = _int("tokens", tokens, 1)
-    logits_tokens = tokens if logits_tokens is None else _int("logits_tokens", logits_tokens, 0)
+    tokens = check_int("tokens", tokens, 1)
+    logits_tokens = tokens if logits_tokens is None else check_int("logits_tokens", logits_tokens, 0)
     b = accounting.bytes_per_param(dtype)
     new_kv = accounting.kv_cache_bytes_per_token(c, dtype) / c.n_layers  # one layer's new keys and values
     attention = (c.n_heads * c.qk_head_dim + c.n_heads * c.v_head_size) * b + new_kv
@@ -158,35 +154,62 @@ def serving_memory(
     activation_tokens: int | None = None,
     n_gpus: int = 1,
     mla_form: str = "absorbed",
-) -> accounting.Fit:
+) -> fit.Fit:
     """What serving ``model`` needs on ``gpu``: all weights in ``dtype`` (every expert is resident),
     the KV cache of ``batch`` sequences of ``context`` tokens (for MLA, the cache of ``mla_form``),
     and :func:`activation_bytes` of ``activation_tokens`` tokens (default ``batch``: a decode step)
     as ``extra_bytes``.
 
-    Returns :class:`dmcourse.accounting.Fit`: ``.needed_bytes``, ``.fits`` on ``n_gpus`` GPUs,
+    Returns :class:`dmcourse.fit.Fit`: ``.needed_bytes``, ``.fits`` on ``n_gpus`` GPUs,
     ``.gpus_needed`` (the fewest GPUs whose *datasheet* memory holds it all; a program can allocate
     somewhat less, and deployments round up to a parallel layout).
     """
     c = load_model(model)
-    batch = _int("batch", batch, 1)
-    context = _int("context", context, 0)
-    tokens = batch if activation_tokens is None else _int("activation_tokens", activation_tokens, 1)
-    act = activation_bytes(c, tokens, dtype if accounting.bytes_per_param(dtype) >= 2 else "bf16",
-                           logits_tokens=min(tokens, batch))
-    return accounting.fits_on_gpu(c, gpu, dtype, n_gpus=n_gpus, context=context, batch=batch,
-                                  kv_dtype=_kv_dtype(dtype, kv_dtype), extra_bytes=act, mla_form=mla_form)
+    batch = check_int("batch", batch, 1)
+    context = check_int("context", context, 0)
+    tokens = batch if activation_tokens is None else check_int("activation_tokens", activation_tokens, 1)
+    act = activation_bytes(
+        c, tokens, dtype if accounting.bytes_per_param(dtype) >= 2 else "bf16", logits_tokens=min(tokens, batch)
+    )
+    return fit.fits_on_gpu(
+        c,
+        gpu,
+        dtype,
+        n_gpus=n_gpus,
+        context=context,
+        batch=batch,
+        kv_dtype=_kv_dtype(dtype, kv_dtype),
+        extra_bytes=act,
+        mla_form=mla_form,
+    )
 
 
-def gpus_needed(model: ModelConfig | str, gpu: str | GPUSpec, dtype: str = "bf16", *, batch: int = 1,
-                context: int = 0, kv_dtype: str | None = None, mla_form: str = "absorbed") -> int:
+def gpus_needed(
+    model: ModelConfig | str,
+    gpu: str | GPUSpec,
+    dtype: str = "bf16",
+    *,
+    batch: int = 1,
+    context: int = 0,
+    kv_dtype: str | None = None,
+    mla_form: str = "absorbed",
+) -> int:
     """Fewest GPUs of kind ``gpu`` whose datasheet memory holds :func:`serving_memory`."""
-    return serving_memory(model, gpu, dtype, batch=batch, context=context, kv_dtype=kv_dtype,
-                          mla_form=mla_form).gpus_needed
+    return serving_memory(
+        model, gpu, dtype, batch=batch, context=context, kv_dtype=kv_dtype, mla_form=mla_form
+    ).gpus_needed
 
 
-def max_batch(model: ModelConfig | str, gpu: str | GPUSpec, dtype: str = "bf16", *, n_gpus: int = 1,
-              context: int = 0, kv_dtype: str | None = None, mla_form: str = "absorbed") -> int:
+def max_batch(
+    model: ModelConfig | str,
+    gpu: str | GPUSpec,
+    dtype: str = "bf16",
+    *,
+    n_gpus: int = 1,
+    context: int = 0,
+    kv_dtype: str | None = None,
+    mla_form: str = "absorbed",
+) -> int:
     """Largest batch (decode sequences of ``context`` tokens) whose :func:`serving_memory` fits the
     datasheet memory of ``n_gpus`` x ``gpu``; 0 when not even one sequence fits.
 
@@ -197,11 +220,11 @@ def max_batch(model: ModelConfig | str, gpu: str | GPUSpec, dtype: str = "bf16",
     c = load_model(model)
 
     def needed(b: int) -> float:
-        return serving_memory(c, gpu, dtype, batch=b, context=context, kv_dtype=kv_dtype, n_gpus=n_gpus,
-                              mla_form=mla_form).needed_bytes
+        return serving_memory(
+            c, gpu, dtype, batch=b, context=context, kv_dtype=kv_dtype, n_gpus=n_gpus, mla_form=mla_form
+        ).needed_bytes
 
-    one = serving_memory(c, gpu, dtype, batch=1, context=context, kv_dtype=kv_dtype, n_gpus=n_gpus,
-                         mla_form=mla_form)
+    one = serving_memory(c, gpu, dtype, batch=1, context=context, kv_dtype=kv_dtype, n_gpus=n_gpus, mla_form=mla_form)
     if not one.fits:
         return 0
     per_sequence = needed(2) - one.needed_bytes
@@ -216,6 +239,7 @@ def max_batch(model: ModelConfig | str, gpu: str | GPUSpec, dtype: str = "bf16",
 # --------------------------------------------------------------------------------------------
 # Time and cost of a decode step
 # --------------------------------------------------------------------------------------------
+
 
 def twin_counts(config: ModelConfig | str, twin: str | None = None) -> dict[str, int]:
     """The :func:`dmcourse.roofline.decode_step` parameter counts of ``config``
@@ -255,7 +279,7 @@ class DecodeCost:
     step: rl.DecodeStep
     peak_flops: float
     bandwidth: float
-    memory: accounting.Fit
+    memory: fit.Fit
     usd_per_gpu_hour: float | None = None
     mla_form: str = "absorbed"
 
@@ -306,9 +330,11 @@ class DecodeCost:
         where = f"{self.n_gpus} x {self.gpu} ({gb(m.available_bytes):,.0f} GB datasheet)"
         if m.fits:
             return f"fits: {gb(m.needed_bytes):,.1f} GB on {where}"
-        return (f"DOES NOT FIT: {gb(m.needed_bytes):,.1f} GB needed on {where}, short by "
-                f"{gb(-m.headroom_bytes):,.1f} GB; needs at least {m.gpus_needed} x {self.gpu} "
-                f"(the cost shown assumes ideal GPUs with capacity ignored)")
+        return (
+            f"DOES NOT FIT: {gb(m.needed_bytes):,.1f} GB needed on {where}, short by "
+            f"{gb(-m.headroom_bytes):,.1f} GB; needs at least {m.gpus_needed} x {self.gpu} "
+            f"(the cost shown assumes ideal GPUs with capacity ignored)"
+        )
 
 
 def roof(gpu: str | GPUSpec, dtype: str) -> tuple[str, float, float]:
@@ -343,38 +369,61 @@ def decode_cost(
     """
     c = load_model(model)
     spec = hardware.gpu(gpu)
-    batch = _int("batch", batch, 1)
-    context = _int("context", context, 0)
+    batch = check_int("batch", batch, 1)
+    context = check_int("context", context, 0)
     kv = _kv_dtype(dtype, kv_dtype)
     need = serving_memory(c, spec, dtype, batch=batch, context=context, kv_dtype=kv, mla_form=mla_form)
-    n_gpus = need.gpus_needed if n_gpus is None else _int("n_gpus", n_gpus, 1)
+    n_gpus = need.gpus_needed if n_gpus is None else check_int("n_gpus", n_gpus, 1)
     memory = dataclasses.replace(need, n_gpus=n_gpus)
-    price = None if usd_per_gpu_hour is None else _price(usd_per_gpu_hour)
+    price = None if usd_per_gpu_hour is None else nonnegative_float("usd_per_gpu_hour", usd_per_gpu_hour)
     precision, peak, bandwidth = roof(spec, dtype)
-    step = rl.decode_step_for_config(c, batch, dtype, context, kv_dtype=kv, mla_form=mla_form,
-                                     counts=twin_counts(c, twin))
+    step = rl.decode_step_for_config(
+        c, batch, dtype, context, kv_dtype=kv, mla_form=mla_form, counts=twin_counts(c, twin)
+    )
     name = c.name if twin is None else f"{c.name} dense twin ({twin.replace('_', ' ')})"
-    return DecodeCost(model=name, gpu=spec.name, n_gpus=n_gpus, batch=batch, context=context, dtype=dtype,
-                      kv_dtype=kv, precision=precision, step=step, peak_flops=peak, bandwidth=bandwidth,
-                      memory=memory, usd_per_gpu_hour=price, mla_form=mla_form)
+    return DecodeCost(
+        model=name,
+        gpu=spec.name,
+        n_gpus=n_gpus,
+        batch=batch,
+        context=context,
+        dtype=dtype,
+        kv_dtype=kv,
+        precision=precision,
+        step=step,
+        peak_flops=peak,
+        bandwidth=bandwidth,
+        memory=memory,
+        usd_per_gpu_hour=price,
+        mla_form=mla_form,
+    )
 
 
-def critical_batch(model: ModelConfig | str, gpu: str | GPUSpec = "H100", *, context: int = 0,
-                   dtype: str = "bf16", kv_dtype: str | None = None, twin: str | None = None,
-                   mla_form: str = "absorbed") -> float:
+def critical_batch(
+    model: ModelConfig | str,
+    gpu: str | GPUSpec = "H100",
+    *,
+    context: int = 0,
+    dtype: str = "bf16",
+    kv_dtype: str | None = None,
+    twin: str | None = None,
+    mla_form: str = "absorbed",
+) -> float:
     """Smallest batch at which a decode step of ``model`` (or its ``twin``) is compute-bound on
     ``gpu`` (:func:`dmcourse.roofline.decode_critical_batch`); ``math.inf`` if none is. Capacity
     is not considered: :func:`max_batch` says whether that batch fits."""
     c = load_model(model)
-    context = _int("context", context, 0)
+    context = check_int("context", context, 0)
     _, peak, bandwidth = roof(gpu, dtype)
-    kwargs = rl.decode_kwargs(c, dtype, context, kv_dtype=_kv_dtype(dtype, kv_dtype), mla_form=mla_form,
-                              counts=twin_counts(c, twin))
+    kwargs = rl.decode_kwargs(
+        c, dtype, context, kv_dtype=_kv_dtype(dtype, kv_dtype), mla_form=mla_form, counts=twin_counts(c, twin)
+    )
     return rl.decode_critical_batch(peak, bandwidth, **kwargs)
 
 
-def regime_batches(model: ModelConfig | str, gpu: str | GPUSpec = "H100", *, dtype: str = "bf16",
-                   touched_fraction: float = 0.9) -> dict[str, float]:
+def regime_batches(
+    model: ModelConfig | str, gpu: str | GPUSpec = "H100", *, dtype: str = "bf16", touched_fraction: float = 0.9
+) -> dict[str, float]:
     """Where an MoE's two advantages over the dense model of equal total size live (context 0:
     weights only), on ``gpu``:
 

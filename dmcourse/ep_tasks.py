@@ -33,7 +33,6 @@ if TYPE_CHECKING:
     from dmcourse.launch import RankContext
 
 
-
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -74,9 +73,18 @@ def _per_rank(tokens: int | list[int], world_size: int) -> list[int]:
     return per_rank
 
 
-def task_check(ctx: RankContext, tokens: int | list[int] = 16, d_model: int = 32, d_ff: int = 64,
-               n_experts: int = 8, k: int = 2, seed: int = 0, dead_experts: Sequence[int] = (),
-               n_shared_experts: int = 0, router: str | None = None) -> dict:
+def task_check(
+    ctx: RankContext,
+    tokens: int | list[int] = 16,
+    d_model: int = 32,
+    d_ff: int = 64,
+    n_experts: int = 8,
+    k: int = 2,
+    seed: int = 0,
+    dead_experts: Sequence[int] = (),
+    n_shared_experts: int = 0,
+    router: str | None = None,
+) -> dict:
     """Outputs and gradients of :class:`ExpertParallelMoE` vs the single-process :class:`MoE`.
 
     ``tokens``: tokens per rank (one int, or one per rank: uneven, 0 allowed). ``dead_experts``:
@@ -116,14 +124,20 @@ def task_check(ctx: RankContext, tokens: int | list[int] = 16, d_model: int = 32
         return float((a - b).abs().max()) if a.numel() and b.numel() else 0.0
 
     assert x_ref.grad is not None, "the reference backward gave x no gradient"
-    out: dict[str, Any] = {"tokens": per_rank[ctx.rank], "k": k, "output": err(y, y_ref[sl]),
-           "x_grad": err(x.grad, x_ref.grad[sl]),
-           "router_grad": err(ep.router.weight.grad, moe.router.weight.grad),
-           "w_gate_grad": err(ep.w_gate.grad, moe.w_gate.grad[ex] if moe.w_gate.grad is not None else None),
-           "w_up_grad": err(ep.w_up.grad, moe.w_up.grad[ex] if moe.w_up.grad is not None else None),
-           "w_down_grad": err(ep.w_down.grad, moe.w_down.grad[ex] if moe.w_down.grad is not None else None),
-           "scale": float(y_ref.detach().abs().max()), "experts": [ex.start, ex.stop],
-           "send_splits": ep.last["send_splits"], "recv_splits": ep.last["recv_splits"]}
+    out: dict[str, Any] = {
+        "tokens": per_rank[ctx.rank],
+        "k": k,
+        "output": err(y, y_ref[sl]),
+        "x_grad": err(x.grad, x_ref.grad[sl]),
+        "router_grad": err(ep.router.weight.grad, moe.router.weight.grad),
+        "w_gate_grad": err(ep.w_gate.grad, moe.w_gate.grad[ex] if moe.w_gate.grad is not None else None),
+        "w_up_grad": err(ep.w_up.grad, moe.w_up.grad[ex] if moe.w_up.grad is not None else None),
+        "w_down_grad": err(ep.w_down.grad, moe.w_down.grad[ex] if moe.w_down.grad is not None else None),
+        "scale": float(y_ref.detach().abs().max()),
+        "experts": [ex.start, ex.stop],
+        "send_splits": ep.last["send_splits"],
+        "recv_splits": ep.last["recv_splits"],
+    }
     if ep.shared is not None and moe.shared is not None:
         out["shared_grad"] = max(err(a.grad, b.grad) for a, b in zip(ep.shared.parameters(), moe.shared.parameters()))
     return out
@@ -133,8 +147,11 @@ def task_check_tp(ctx: RankContext, tokens: int = 16, d_model: int = 32, d_ff: i
     """:class:`TensorParallelSwiGLU` vs the dense :func:`dmcourse.ffn.swiglu`: max |difference| of the
     output, the input gradient and this rank's slices of the weight gradients."""
     torch.manual_seed(seed)
-    w = [torch.randn(d_ff, d_model) * d_model ** -0.5, torch.randn(d_ff, d_model) * d_model ** -0.5,
-         torch.randn(d_model, d_ff) * d_ff ** -0.5]
+    w = [
+        torch.randn(d_ff, d_model) * d_model**-0.5,
+        torch.randn(d_ff, d_model) * d_model**-0.5,
+        torch.randn(d_model, d_ff) * d_ff**-0.5,
+    ]
     w = [t.to(ctx.device).requires_grad_(True) for t in w]
     x_ref = torch.randn(tokens, d_model, device=ctx.device, requires_grad=True)
     g = torch.randn(tokens, d_model, device=ctx.device)
@@ -147,13 +164,17 @@ def task_check_tp(ctx: RankContext, tokens: int = 16, d_model: int = 32, d_ff: i
     sl = slice(ctx.rank * d_ff // ctx.world_size, (ctx.rank + 1) * d_ff // ctx.world_size)
     y, y_ref = y.detach(), y_ref.detach()
     assert x.grad is not None and x_ref.grad is not None, "the backward passes gave x no gradient"
-    return {"output": float((y - y_ref).abs().max()), "x_grad": float((x.grad - x_ref.grad).abs().max()),
-            "w_gate_grad": float((tp.w_gate.grad - w[0].grad[sl]).abs().max()),
-            "w_down_grad": float((tp.w_down.grad - w[2].grad[:, sl]).abs().max())}
+    return {
+        "output": float((y - y_ref).abs().max()),
+        "x_grad": float((x.grad - x_ref.grad).abs().max()),
+        "w_gate_grad": float((tp.w_gate.grad - w[0].grad[sl]).abs().max()),
+        "w_down_grad": float((tp.w_down.grad - w[2].grad[:, sl]).abs().max()),
+    }
 
 
-def task_alltoall(ctx: RankContext, tokens: Sequence[int] = (64, 256, 1024, 4096), d_model: int = 512, k: int = 2,
-                  repeats: int = 7) -> dict:
+def task_alltoall(
+    ctx: RankContext, tokens: Sequence[int] = (64, 256, 1024, 4096), d_model: int = 512, k: int = 2, repeats: int = 7
+) -> dict:
     """Time one all-to-all of ``T * k`` rows of ``d_model`` (uniform splits) for each T in ``tokens``,
     and for comparison one all-reduce of ``(T, d_model)`` (what tensor parallelism sends per layer).
 
@@ -169,13 +190,22 @@ def task_alltoall(ctx: RankContext, tokens: Sequence[int] = (64, 256, 1024, 4096
         split = [rows // ctx.world_size] * ctx.world_size
         x = torch.randn(rows, d_model, device=ctx.device).to(ctx.dtype)
         out = torch.empty_like(x)
-        a2a = _step_times(lambda: dist.all_to_all_single(out, x, split, split), ctx.device, repeats)
+        a2a = _step_times(
+            lambda out=out, x=x, split=split: dist.all_to_all_single(out, x, split, split), ctx.device, repeats
+        )
         y = torch.randn(t, d_model, device=ctx.device).to(ctx.dtype)
-        ar = _step_times(lambda: dist.all_reduce(y), ctx.device, repeats)
-        rows_out.append({"tokens": t, "rows": rows, "offrank_bytes": offrank_bytes(split, ctx.rank, row_bytes),
-                         "alltoall_s": statistics.median(a2a), "alltoall_min_s": min(a2a),
-                         "allreduce_bytes": allreduce_bytes(t * d_model, ctx.world_size, ctx.dtype),
-                         "allreduce_s": statistics.median(ar)})
+        ar = _step_times(lambda y=y: dist.all_reduce(y), ctx.device, repeats)
+        rows_out.append(
+            {
+                "tokens": t,
+                "rows": rows,
+                "offrank_bytes": offrank_bytes(split, ctx.rank, row_bytes),
+                "alltoall_s": statistics.median(a2a),
+                "alltoall_min_s": min(a2a),
+                "allreduce_bytes": allreduce_bytes(t * d_model, ctx.world_size, ctx.dtype),
+                "allreduce_s": statistics.median(ar),
+            }
+        )
     return {"d_model": d_model, "k": k, "dtype": str(ctx.dtype).removeprefix("torch."), "sizes": rows_out}
 
 
@@ -187,9 +217,21 @@ def skew_router_(router: Router, skew: float) -> None:
         router.weight[:, 0] = skew * torch.linspace(1.0, -1.0, router.n_experts, device=router.weight.device)
 
 
-def task_imbalance(ctx: RankContext, tokens: int = 256, d_model: int = 256, d_ff: int = 512, n_experts: int = 8,
-                   k: int = 2, skew: float = 4.0, bias_steps: int = 300, gamma: float = 0.01, aux_steps: int = 100,
-                   aux_lr: float = 5.0, repeats: int = 7, seed: int = 0) -> dict:
+def task_imbalance(
+    ctx: RankContext,
+    tokens: int = 256,
+    d_model: int = 256,
+    d_ff: int = 512,
+    n_experts: int = 8,
+    k: int = 2,
+    skew: float = 4.0,
+    bias_steps: int = 300,
+    gamma: float = 0.01,
+    aux_steps: int = 100,
+    aux_lr: float = 5.0,
+    repeats: int = 7,
+    seed: int = 0,
+) -> dict:
     """Step time of the expert-parallel forward with a skewed router, without and with balancing.
 
     The layer uses the sigmoid router (DeepSeek-V3), whose selection bias the bias balancer needs.
@@ -259,12 +301,27 @@ def task_imbalance(ctx: RankContext, tokens: int = 256, d_model: int = 256, d_ff
                         if i:  # the first round warms up
                             alone.append(time.perf_counter() - t0)
             dist.barrier()
-        return {"received": layer.last["received"], "experts_s": statistics.median(own["experts"][-repeats:]),
-                "experts_alone_s": min(alone), "forward_s": statistics.median(own["forward"][-repeats:]),
-                "step_s": statistics.median(steps), "global_load": load.tolist()}
+        return {
+            "received": layer.last["received"],
+            "experts_s": statistics.median(own["experts"][-repeats:]),
+            "experts_alone_s": min(alone),
+            "forward_s": statistics.median(own["forward"][-repeats:]),
+            "step_s": statistics.median(steps),
+            "global_load": load.tolist(),
+        }
 
-    out: dict[str, Any] = {"tokens": tokens, "d_model": d_model, "d_ff": d_ff, "n_experts": n_experts, "k": k, "skew": skew,
-           "bias_steps": bias_steps, "gamma": gamma, "aux_steps": aux_steps, "aux_lr": aux_lr}
+    out: dict[str, Any] = {
+        "tokens": tokens,
+        "d_model": d_model,
+        "d_ff": d_ff,
+        "n_experts": n_experts,
+        "k": k,
+        "skew": skew,
+        "bias_steps": bias_steps,
+        "gamma": gamma,
+        "aux_steps": aux_steps,
+        "aux_lr": aux_lr,
+    }
     out["uniform"] = measure(base.router)
     skewed = copy.deepcopy(base.router)
     skew_router_(skewed, skew)
@@ -293,8 +350,17 @@ def task_imbalance(ctx: RankContext, tokens: int = 256, d_model: int = 256, d_ff
     return out
 
 
-def task_node_limited(ctx: RankContext, tokens: int = 512, d_model: int = 64, d_ff: int = 64, n_experts: int = 16,
-                      k: int = 4, ranks_per_node: int = 2, max_nodes: int = 1, seed: int = 0) -> dict:
+def task_node_limited(
+    ctx: RankContext,
+    tokens: int = 512,
+    d_model: int = 64,
+    d_ff: int = 64,
+    n_experts: int = 16,
+    k: int = 4,
+    ranks_per_node: int = 2,
+    max_nodes: int = 1,
+    seed: int = 0,
+) -> dict:
     """Rows that cross node boundaries, with and without DeepSeek's node-limited routing.
 
     Ranks are grouped into simulated nodes of ``ranks_per_node`` consecutive ranks. Two layers with
@@ -311,25 +377,34 @@ def task_node_limited(ctx: RankContext, tokens: int = 512, d_model: int = 64, d_
     home = ctx.rank // ranks_per_node
     g = torch.Generator().manual_seed(seed + 1)
     x_all = torch.randn(tokens * ctx.world_size, d_model, generator=g)
-    x = x_all[ctx.rank * tokens:(ctx.rank + 1) * tokens].to(ctx.device)
-    out: dict[str, Any] = {"n_nodes": n_nodes, "ranks_per_node": ranks_per_node, "max_nodes": max_nodes, "k": k,
-           "n_experts": n_experts, "tokens": tokens}
+    x = x_all[ctx.rank * tokens : (ctx.rank + 1) * tokens].to(ctx.device)
+    out: dict[str, Any] = {
+        "n_nodes": n_nodes,
+        "ranks_per_node": ranks_per_node,
+        "max_nodes": max_nodes,
+        "k": k,
+        "n_experts": n_experts,
+        "tokens": tokens,
+    }
     for name, groups in (("unlimited", (1, 1)), ("node_limited", (n_nodes, max_nodes))):
         moe = _moe(seed, d_model, d_ff, n_experts, k, router="sigmoid", n_groups=groups[0], topk_groups=groups[1])
         moe = moe.to(ctx.device)
         ep = ExpertParallelMoE.from_moe(moe)
         with torch.no_grad():
             y = ep(x)
-            y_ref = moe(x_all.to(ctx.device))[ctx.rank * tokens:(ctx.rank + 1) * tokens]
+            y_ref = moe(x_all.to(ctx.device))[ctx.rank * tokens : (ctx.rank + 1) * tokens]
         assert ep.last_routing is not None
         idx = ep.last_routing.indices
         splits = ep.last["send_splits"]
         same_node = range(home * ranks_per_node, (home + 1) * ranks_per_node)
-        out[name] = {"max_error": float((y - y_ref).abs().max()),
-                     "rows": sum(splits), "offrank_rows": sum(splits) - splits[ctx.rank],
-                     "cross_node_rows": sum(s for r, s in enumerate(splits) if r not in same_node),
-                     "cross_node_rows_dedup": cross_node_rows(idx, home, experts_per_node, dedup=True),
-                     "mean_nodes_per_token": float(nodes_per_token(idx, experts_per_node).float().mean())}
+        out[name] = {
+            "max_error": float((y - y_ref).abs().max()),
+            "rows": sum(splits),
+            "offrank_rows": sum(splits) - splits[ctx.rank],
+            "cross_node_rows": sum(s for r, s in enumerate(splits) if r not in same_node),
+            "cross_node_rows_dedup": cross_node_rows(idx, home, experts_per_node, dedup=True),
+            "mean_nodes_per_token": float(nodes_per_token(idx, experts_per_node).float().mean()),
+        }
         assert out[name]["cross_node_rows"] == cross_node_rows(idx, home, experts_per_node, dedup=False)
     return out
 
@@ -363,7 +438,12 @@ def task_noop(ctx: RankContext) -> dict:
 
 
 TASKS: dict[str, Any] = {
-    "noop": task_noop, "check": task_check, "check_tp": task_check_tp, "alltoall": task_alltoall,
-    "imbalance": task_imbalance, "node_limited": task_node_limited, "crash": task_crash,
+    "noop": task_noop,
+    "check": task_check,
+    "check_tp": task_check_tp,
+    "alltoall": task_alltoall,
+    "imbalance": task_imbalance,
+    "node_limited": task_node_limited,
+    "crash": task_crash,
 }
 """Measurements by name, for ``python -m dmcourse.launch NAME ...``."""

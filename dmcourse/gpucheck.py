@@ -93,8 +93,18 @@ def gemm_sweep(device: torch.device, precision: str, peak: float, bandwidth: flo
         t = measure.time_gemm(m, k, n, device=device, precision=precision, repeats=3 if quick else 7).median_s
         flops, nbytes = rl.gemm_flops(m, k, n), rl.gemm_bytes(m, k, n, element)
         floor = rl.roofline_time(flops, nbytes, peak, bandwidth)
-        rows.append({"m": m, "k": k, "n": n, "precision": precision, "time_s": t, "flops_per_s": flops / t,
-                     "roofline_s": floor, "time_over_roofline": t / floor})
+        rows.append(
+            {
+                "m": m,
+                "k": k,
+                "n": n,
+                "precision": precision,
+                "time_s": t,
+                "flops_per_s": flops / t,
+                "roofline_s": floor,
+                "time_over_roofline": t / floor,
+            }
+        )
     return rows
 
 
@@ -121,8 +131,10 @@ def moe_dispatch(root: Path, device: torch.device, quick: bool) -> dict:
     s = result["settings"]
     for row in result["decode"]:
         row["experts_touched_expected"] = rl.expected_experts_touched(s["n_experts"], s["top_k"], row["tokens"])
-    result["command"] = (f"python -m dmcourse.gpucheck (benchmarks/moe_dispatch.py run(quick={quick}), "
-                         f"decode tokens {list(bench.DECODE_TOKENS)})")
+    result["command"] = (
+        f"python -m dmcourse.gpucheck (benchmarks/moe_dispatch.py run(quick={quick}), "
+        f"decode tokens {list(bench.DECODE_TOKENS)})"
+    )
     return result
 
 
@@ -139,15 +151,20 @@ def training_steps(device: torch.device, quick: bool) -> dict:
     config = train.TrainConfig(steps=steps, device=str(device), amp_dtype=amp, log_every=steps)
     cases = {
         "chapter 4: toy MoE (MixtureTask, 8 experts, top-2)": (
-            toy_model, task.batch_fn(8 if quick else 64, 16 if quick else 64), moe_train.moe_loss_fn()),
+            toy_model,
+            task.batch_fn(8 if quick else 64, 16 if quick else 64),
+            moe_train.moe_loss_fn(),
+        ),
         "chapter 7: TinyLM MoE (8 experts, top-2)": (
             lm.TinyLM(lm.LMConfig(n_experts=8, top_k=2, d_model=64 if quick else 256, seq_len=32 if quick else 128)),
             lm.CharData(lm.make_corpus(20_000)).batch_fn("train", 8 if quick else 64, 32 if quick else 128),
-            lambda model, batch: (lm.lm_loss(model(batch.x), batch.y), {})),
+            lambda model, batch: (lm.lm_loss(model(batch.x), batch.y), {}),
+        ),
     }
     for name, (model, batch_fn, loss_fn) in cases.items():
-        train.train(model, batch_fn, loss_fn, train.TrainConfig(steps=1, device=str(device), amp_dtype=amp),
-                    progress=False)  # warm-up: kernels, allocator
+        train.train(
+            model, batch_fn, loss_fn, train.TrainConfig(steps=1, device=str(device), amp_dtype=amp), progress=False
+        )  # warm-up: kernels, allocator
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         t0 = time.perf_counter()
@@ -157,8 +174,12 @@ def training_steps(device: torch.device, quick: bool) -> dict:
         loss = history.last("loss")
         if not math.isfinite(loss):
             raise RuntimeError(f"{name}: loss {loss} is not finite")
-        out[name] = {"seconds_per_step": (time.perf_counter() - t0) / steps, "steps": steps, "last_loss": loss,
-                     "amp_dtype": str(amp).removeprefix("torch.") if amp else None}
+        out[name] = {
+            "seconds_per_step": (time.perf_counter() - t0) / steps,
+            "steps": steps,
+            "last_loss": loss,
+            "amp_dtype": str(amp).removeprefix("torch.") if amp else None,
+        }
     return out
 
 
@@ -171,9 +192,9 @@ def run_notebook(path: Path, root: Path, timeout_s: int) -> dict[str, Any]:
     nb = nbformat.read(path, as_version=4)
     entry: dict[str, Any] = {"path": str(path.relative_to(root))}
     try:
-        NotebookClient(nb, timeout=timeout_s, kernel_name="python3",
-                       resources={"metadata": {"path": str(path.parent)}}).execute(
-            env={**os.environ, "DMCOURSE_PROGRESS": "0"})
+        NotebookClient(
+            nb, timeout=timeout_s, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}
+        ).execute(env={**os.environ, "DMCOURSE_PROGRESS": "0"})
         entry["status"] = "ok"
     except Exception as err:  # noqa: BLE001 -- record and go on with the next notebook
         entry["status"], entry["error"] = "failed", f"{type(err).__name__}: {str(err)[-2000:]}"
@@ -226,22 +247,40 @@ def targets(record: dict[str, Any]) -> dict[str, Any]:
     sheet = spec.get("memory_bandwidth_bytes_per_s") if spec else None
     if sheet and "roofline" in record:
         value = record["roofline"]["figures"]["bandwidth_bytes_per_s"]["copy"] / sheet
-        out["copy_bandwidth_vs_datasheet"] = {"value": value, "threshold": 0.8, "met": value >= 0.8,
-                                              "datasheet": spec.name, "datasheet_bytes_per_s": sheet}
+        out["copy_bandwidth_vs_datasheet"] = {
+            "value": value,
+            "threshold": 0.8,
+            "met": value >= 0.8,
+            "datasheet": spec.name,
+            "datasheet_bytes_per_s": sheet,
+        }
     if "moe_dispatch" in m:
         d = m["moe_dispatch"]["result"]
         p = d["prefill_s"]
         value = p["dense SwiGLU"] / min(t for k, t in p.items() if k.startswith("moe"))
-        out["moe_vs_dense_prefill_throughput"] = {"value": value, "threshold": 0.7, "met": value >= 0.7,
-                                                 "tokens": d["settings"]["tokens"]}
-        worst = max(min(v for k, v in row["times_s"].items() if k.startswith("moe")) / row["floor_s"]
-                    for row in d["decode"])
+        out["moe_vs_dense_prefill_throughput"] = {
+            "value": value,
+            "threshold": 0.7,
+            "met": value >= 0.7,
+            "tokens": d["settings"]["tokens"],
+        }
+        worst = max(
+            min(v for k, v in row["times_s"].items() if k.startswith("moe")) / row["floor_s"] for row in d["decode"]
+        )
         out["decode_vs_experts_touched_floor"] = {"value": worst, "threshold": 1.5, "met": worst <= 1.5}
     return out
 
 
-def check(device: str | None = None, *, quick: bool = False, notebooks: bool | None = None, jobs: int = 4,
-          timeout_s: int = 600, root: Path | None = None, command: str = "python -m dmcourse.gpucheck") -> dict:
+def check(
+    device: str | None = None,
+    *,
+    quick: bool = False,
+    notebooks: bool | None = None,
+    jobs: int = 4,
+    timeout_s: int = 600,
+    root: Path | None = None,
+    command: str = "python -m dmcourse.gpucheck",
+) -> dict:
     """Run the whole check on ``device`` (default: CUDA if present) and return the record (validated).
     ``notebooks``: execute chapters and solutions (default: on CUDA, not with ``quick``)."""
     dev = pick_device(device)
@@ -250,35 +289,58 @@ def check(device: str | None = None, *, quick: bool = False, notebooks: bool | N
     if dev.type != "cuda":
         c.skip("GPU figures", f"no CUDA GPU on this machine (device {dev}): CPU figures, plumbing only")
     q = " --quick" if quick else ""
-    ceilings = c.measure("roofline", f"python -m dmcourse.records --device {dev.type}{q}",
-                         lambda: records.measure_ceilings(dev, quick=quick))
-    roof = records.make_record(ceilings, dev, command=f"python -m dmcourse.records --device {dev.type}{q}",
-                               quick=quick) if ceilings else None
+    ceilings = c.measure(
+        "roofline",
+        f"python -m dmcourse.records --device {dev.type}{q}",
+        lambda: records.measure_ceilings(dev, quick=quick),
+    )
+    roof = (
+        records.make_record(ceilings, dev, command=f"python -m dmcourse.records --device {dev.type}{q}", quick=quick)
+        if ceilings
+        else None
+    )
     if roof:
         c.measurements["roofline"]["result"] = roof["figures"]
-        precision = "bf16" if "bf16" in roof["figures"]["matmul_flops_per_s"] and dev.type == "cuda" else (
-            "fp16" if dev.type == "cuda" else "fp32")
-        peak = roof["figures"]["matmul_flops_per_s"].get(precision) or max(roof["figures"]["matmul_flops_per_s"].values())
+        precision = (
+            "bf16"
+            if "bf16" in roof["figures"]["matmul_flops_per_s"] and dev.type == "cuda"
+            else ("fp16" if dev.type == "cuda" else "fp32")
+        )
+        peak = roof["figures"]["matmul_flops_per_s"].get(precision) or max(
+            roof["figures"]["matmul_flops_per_s"].values()
+        )
         bw = max(roof["figures"]["bandwidth_bytes_per_s"].values())
-        c.measure("gemm_sweep", f"python -m dmcourse.gpucheck: roofline.time_gemm over M, {precision}",
-                  lambda: gemm_sweep(dev, precision, peak, bw, quick))
+        c.measure(
+            "gemm_sweep",
+            f"python -m dmcourse.gpucheck: roofline.time_gemm over M, {precision}",
+            lambda: gemm_sweep(dev, precision, peak, bw, quick),
+        )
     else:
         c.skip("gemm_sweep", "needs the measured ceilings (roofline) for its roofline times")
     if root is None:
         c.skip("moe_dispatch", "benchmarks/moe_dispatch.py is not here (run from a checkout of the repository)")
     else:
-        c.measure("moe_dispatch", "python benchmarks/moe_dispatch.py" + (" --quick" if quick else "") +
-                  f" --device {dev.type}", lambda: moe_dispatch(root, dev, quick))
+        c.measure(
+            "moe_dispatch",
+            "python benchmarks/moe_dispatch.py" + (" --quick" if quick else "") + f" --device {dev.type}",
+            lambda: moe_dispatch(root, dev, quick),
+        )
         if "moe_dispatch" in c.measurements:
             c.measurements["moe_dispatch"]["command"] = c.measurements["moe_dispatch"]["result"]["command"]
-    c.measure("training_steps", "python -m dmcourse.gpucheck: train.train, chapters 4 and 7 models",
-              lambda: training_steps(dev, quick))
+    c.measure(
+        "training_steps",
+        "python -m dmcourse.gpucheck: train.train, chapters 4 and 7 models",
+        lambda: training_steps(dev, quick),
+    )
     n_gpus = torch.cuda.device_count() if dev.type == "cuda" else 0
     if n_gpus >= 2:
         from dmcourse import launch
 
-        c.measure("nccl_expert_parallel", f"python -m dmcourse.launch check --nproc {n_gpus} --backend nccl",
-                  lambda: launch.run("check", nproc=n_gpus, backend="nccl"))
+        c.measure(
+            "nccl_expert_parallel",
+            f"python -m dmcourse.launch check --nproc {n_gpus} --backend nccl",
+            lambda: launch.run("check", nproc=n_gpus, backend="nccl"),
+        )
     else:
         c.skip("nccl_expert_parallel", f"needs 2+ CUDA GPUs, this machine has {n_gpus}")
     if notebooks is None:
@@ -291,11 +353,21 @@ def check(device: str | None = None, *, quick: bool = False, notebooks: bool | N
         with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
             c.notebooks = list(pool.map(lambda p: run_notebook(p, root, timeout_s), notebook_paths(root)))
     info = device_info(dev)
-    record = {"schema": records.RECORD_SCHEMA, "device": roof["device"] if roof else info.name,
-              "device_type": dev.type, "capability": list(info.capability) if info.capability else None,
-              "memory_bytes": info.memory_bytes, "gpus": n_gpus, "date": records.utc_now(),
-              "versions": records.versions(), "command": command, "quick": quick,
-              "measurements": c.measurements, "notebooks": c.notebooks, "skipped": c.skipped}
+    record = {
+        "schema": records.RECORD_SCHEMA,
+        "device": roof["device"] if roof else info.name,
+        "device_type": dev.type,
+        "capability": list(info.capability) if info.capability else None,
+        "memory_bytes": info.memory_bytes,
+        "gpus": n_gpus,
+        "date": records.utc_now(),
+        "versions": records.versions(),
+        "command": command,
+        "quick": quick,
+        "measurements": c.measurements,
+        "notebooks": c.notebooks,
+        "skipped": c.skipped,
+    }
     if roof:
         record["roofline"] = roof
     record["targets"] = targets(record)
@@ -315,19 +387,31 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m dmcourse.gpucheck", description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default=None, help="cuda, cuda:N or cpu (default: cuda if available)")
     parser.add_argument("--quick", action="store_true", help="small sizes, no notebooks: seconds to minutes")
-    parser.add_argument("--notebooks", action=argparse.BooleanOptionalAction, default=None,
-                        help="execute chapters and solutions (default: on a GPU without --quick)")
+    parser.add_argument(
+        "--notebooks",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="execute chapters and solutions (default: on a GPU without --quick)",
+    )
     parser.add_argument("--jobs", type=int, default=4, help="notebooks executed at once (default 4)")
     parser.add_argument("--timeout", type=int, default=600, help="seconds per notebook cell (default 600)")
-    parser.add_argument("--out", type=Path, default=None, help="record file (default: see dmcourse.gpucheck.default_out)")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="record file (default: see dmcourse.gpucheck.default_out)"
+    )
     args = parser.parse_args(argv)
     if args.jobs < 1 or args.timeout < 1:
         parser.error(f"--jobs and --timeout must be >= 1, got {args.jobs} and {args.timeout}")
     command = " ".join(["python -m dmcourse.gpucheck", *(sys.argv[1:] if argv is None else argv)])
     t0 = time.perf_counter()
     try:
-        record = check(args.device, quick=args.quick, notebooks=args.notebooks, jobs=args.jobs,
-                       timeout_s=args.timeout, command=command)
+        record = check(
+            args.device,
+            quick=args.quick,
+            notebooks=args.notebooks,
+            jobs=args.jobs,
+            timeout_s=args.timeout,
+            command=command,
+        )
     except (ValueError, RuntimeError) as err:
         parser.error(str(err))
     out = args.out or default_out(record)
@@ -338,8 +422,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"target {name}: {t['value']:.2f} (threshold {t['threshold']}) {'met' if t['met'] else 'NOT met'}")
     for s in record["skipped"]:
         print(f"skipped {s['what']}: {s['why']}")
-    print(f"wrote {out} ({record['device']}, {record['date']}) in {time.perf_counter() - t0:.0f} s"
-          + (f"; notebooks that failed: {failed}" if failed else ""))
+    print(
+        f"wrote {out} ({record['device']}, {record['date']}) in {time.perf_counter() - t0:.0f} s"
+        + (f"; notebooks that failed: {failed}" if failed else "")
+    )
     return 1 if failed else 0
 
 

@@ -13,10 +13,11 @@ field (bandwidth, peak FLOP/s, ...) is kept and readable as ``spec.field`` or ``
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
-from typing import Any, Mapping
+from typing import Any
 
 REQUIRED_FIELDS = ("name", "memory_bytes", "source")
 
@@ -127,7 +128,9 @@ def parse_links(doc: Mapping[str, Any]) -> dict[str, LinkSpec]:
     out: dict[str, LinkSpec] = {}
     for i, entry in enumerate(entries):
         if not isinstance(entry, Mapping) or set(entry) != {"name", "bytes_per_s", "datasheet", "source"}:
-            raise ValueError(f"links.json entry {i} must have exactly name, bytes_per_s, datasheet, source; got {entry!r}")
+            raise ValueError(
+                f"links.json entry {i} must have exactly name, bytes_per_s, datasheet, source; got {entry!r}"
+            )
         rate = entry["bytes_per_s"]
         if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not rate > 0:
             raise ValueError(f"links.json {entry['name']!r}: bytes_per_s must be a positive number, got {rate!r}")
@@ -135,8 +138,9 @@ def parse_links(doc: Mapping[str, Any]) -> dict[str, LinkSpec]:
             raise ValueError(f"links.json {entry['name']!r}: source must be a URL, got {entry['source']!r}")
         if entry["name"] in out:
             raise ValueError(f"links.json: duplicate link name {entry['name']!r}")
-        out[entry["name"]] = LinkSpec(name=entry["name"], bytes_per_s=float(rate), datasheet=entry["datasheet"],
-                                      source=entry["source"])
+        out[entry["name"]] = LinkSpec(
+            name=entry["name"], bytes_per_s=float(rate), datasheet=entry["datasheet"], source=entry["source"]
+        )
     return out
 
 

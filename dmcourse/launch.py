@@ -75,8 +75,10 @@ def pick_backend(world_size: int, backend: str = "auto") -> str:
         usable = torch.cuda.is_available() and torch.cuda.device_count() >= world_size
         return "nccl" if usable and dist.is_nccl_available() else "gloo"
     if backend == "nccl" and not (torch.cuda.is_available() and torch.cuda.device_count() >= world_size):
-        raise ValueError(f"backend 'nccl' needs one CUDA GPU per rank: world_size={world_size}, "
-                         f"GPUs={torch.cuda.device_count() if torch.cuda.is_available() else 0}")
+        raise ValueError(
+            f"backend 'nccl' needs one CUDA GPU per rank: world_size={world_size}, "
+            f"GPUs={torch.cuda.device_count() if torch.cuda.is_available() else 0}"
+        )
     return backend
 
 
@@ -129,8 +131,9 @@ def _run_on_rank(fn: Callable[..., Any], ctx: RankContext, kwargs: dict, out_pat
             dist.destroy_process_group()
 
 
-def _spawned(rank: int, fn, world_size: int, backend: str, port: int, timeout_s: float,
-             threads: int, kwargs: dict, out_path: str) -> None:
+def _spawned(
+    rank: int, fn, world_size: int, backend: str, port: int, timeout_s: float, threads: int, kwargs: dict, out_path: str
+) -> None:
     """Entry point of one spawned rank (module level, so ``spawn`` can pickle it)."""
     if backend == "gloo":
         torch.set_num_threads(threads)
@@ -206,18 +209,22 @@ def spawn(
         importlib.import_module("torch._dynamo")  # the functional collectives import it on first use: once, here
     start = time.monotonic()
     # The parent hosts the rendezvous store on a port the OS picks: parallel launches cannot collide.
-    store = dist.TCPStore("127.0.0.1", 0, world_size, is_master=True, wait_for_workers=False,
-                          timeout=_dt.timedelta(seconds=timeout_s))
+    store = dist.TCPStore(
+        "127.0.0.1", 0, world_size, is_master=True, wait_for_workers=False, timeout=_dt.timedelta(seconds=timeout_s)
+    )
     with tempfile.TemporaryDirectory(prefix="dmcourse-launch-") as tmp:
         out_path = str(Path(tmp) / "results.json")
         args = (fn, world_size, backend, store.port, float(timeout_s), threads_per_rank, kwargs or {}, out_path)
-        ctx = torch.multiprocessing.start_processes(_spawned, args=args, nprocs=world_size, join=False,
-                                                    start_method=start_method)
+        ctx = torch.multiprocessing.start_processes(
+            _spawned, args=args, nprocs=world_size, join=False, start_method=start_method
+        )
         try:
             while not ctx.join(timeout=0.2, grace_period=2.0):
                 if time.monotonic() - start > deadline_s:
-                    raise LaunchError(f"launch of {getattr(fn, '__name__', fn)} on {world_size} ranks ran past "
-                                      f"its deadline of {deadline_s:.0f} s; all ranks killed")
+                    raise LaunchError(
+                        f"launch of {getattr(fn, '__name__', fn)} on {world_size} ranks ran past "
+                        f"its deadline of {deadline_s:.0f} s; all ranks killed"
+                    )
         except (torch.multiprocessing.ProcessRaisedException, torch.multiprocessing.ProcessExitedException) as err:
             raise LaunchError(_describe_failure(ctx, err, world_size, out_path)) from None
         finally:
@@ -292,29 +299,43 @@ def _meta(world_size: int, backend: str) -> dict:
 
     device = "cuda" if backend == "nccl" else "cpu"
     info = device_info(device)
-    return {"world_size": world_size, "backend": backend, "device": info.name, "summary": info.summary(),
-            "dtype": str(info.dtype).removeprefix("torch."), "date": _dt.date.today().isoformat(),
-            "torch": torch.__version__, "cpu_count": os.cpu_count()}
+    return {
+        "world_size": world_size,
+        "backend": backend,
+        "device": info.name,
+        "summary": info.summary(),
+        "dtype": str(info.dtype).removeprefix("torch."),
+        "date": _dt.date.today().isoformat(),
+        "torch": torch.__version__,
+        "cpu_count": os.cpu_count(),
+    }
 
 
 def _collate(names: list[str], per_rank: list[dict], meta: dict, seconds: float) -> dict:
-    return {"meta": {**meta, "wall_s": seconds},
-            "results": {n: [r[n] for r in per_rank] for n in names},
-            "task_seconds": {n: max(r[n + ".seconds"] for r in per_rank) for n in names}}
+    return {
+        "meta": {**meta, "wall_s": seconds},
+        "results": {n: [r[n] for r in per_rank] for n in names},
+        "task_seconds": {n: max(r[n + ".seconds"] for r in per_rank) for n in names},
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m dmcourse.launch", description=__doc__.split("\n\n")[0])
-    parser.add_argument("tasks", nargs="+",
-                        help=f"tasks to run in order, from: {', '.join(sorted(tasks()))}, or 'module:function'")
+    parser.add_argument(
+        "tasks", nargs="+", help=f"tasks to run in order, from: {', '.join(sorted(tasks()))}, or 'module:function'"
+    )
     parser.add_argument("--nproc", type=int, default=2, help="number of ranks (ignored under torchrun)")
     parser.add_argument("--backend", default="auto", choices=BACKENDS)
     parser.add_argument("--params", default="{}", help='JSON: {"task": {"argument": value}}')
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds for init and each collective")
     parser.add_argument("--deadline", type=float, default=300.0, help="seconds for the whole launch")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per CPU rank")
-    parser.add_argument("--start-method", default=None, choices=START_METHODS,
-                        help="how to start the ranks (default: fork on Linux with gloo, else spawn)")
+    parser.add_argument(
+        "--start-method",
+        default=None,
+        choices=START_METHODS,
+        help="how to start the ranks (default: fork on Linux with gloo, else spawn)",
+    )
     parser.add_argument("--out", default=None, help="write the JSON here instead of stdout")
     a = parser.parse_args(argv)
     for task in a.tasks:
@@ -345,9 +366,16 @@ def main(argv: list[str] | None = None) -> int:
     else:
         world_size, backend = a.nproc, pick_backend(a.nproc, a.backend)
         method = a.start_method or ("fork" if sys.platform == "linux" and backend == "gloo" else "spawn")
-        per_rank = spawn(run_tasks, world_size, backend=backend, kwargs={"names": a.tasks, "params": params},
-                         timeout_s=a.timeout, deadline_s=a.deadline, threads_per_rank=a.threads,
-                         start_method=method)
+        per_rank = spawn(
+            run_tasks,
+            world_size,
+            backend=backend,
+            kwargs={"names": a.tasks, "params": params},
+            timeout_s=a.timeout,
+            deadline_s=a.deadline,
+            threads_per_rank=a.threads,
+            start_method=method,
+        )
     text = json.dumps(_collate(a.tasks, per_rank, _meta(world_size, backend), time.perf_counter() - t0))
     if a.out:
         Path(a.out).write_text(text)
@@ -373,16 +401,32 @@ def run(
     it fails or runs past ``deadline_s`` (plus a few seconds of grace).
     """
     names = [tasks] if isinstance(tasks, str) else list(tasks)
-    cmd = [sys.executable, "-m", "dmcourse.launch", *names, "--nproc", str(nproc), "--backend", backend,
-           "--params", json.dumps(params or {}), "--timeout", str(timeout_s), "--deadline", str(deadline_s),
-           "--threads", str(threads)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "dmcourse.launch",
+        *names,
+        "--nproc",
+        str(nproc),
+        "--backend",
+        backend,
+        "--params",
+        json.dumps(params or {}),
+        "--timeout",
+        str(timeout_s),
+        "--deadline",
+        str(deadline_s),
+        "--threads",
+        str(threads),
+    ]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=deadline_s + 30)
     except subprocess.TimeoutExpired as err:
         raise LaunchError(f"{' '.join(cmd[2:4])}... did not finish within {deadline_s + 30:.0f} s") from err
     if proc.returncode != 0:
-        raise LaunchError(f"launch of {names} on {nproc} ranks failed (exit {proc.returncode}):\n"
-                          f"{proc.stderr.strip()[-4000:]}")
+        raise LaunchError(
+            f"launch of {names} on {nproc} ranks failed (exit {proc.returncode}):\n{proc.stderr.strip()[-4000:]}"
+        )
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 

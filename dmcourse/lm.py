@@ -43,15 +43,21 @@ ALPHABET = "\n .,?abcdefghijklmnopqrstuvwxyz0123456789"
 """The characters of the corpus; token id = position in this string."""
 
 _WORDS = {
-    "farm": dict(subj=["the cow", "a goat", "the old horse", "a small pig", "the hen", "my dog"],
-                 verb=["eats", "sees", "chases", "likes", "finds", "follows"],
-                 obj=["the grass", "an apple", "the farmer", "a bucket", "the barn", "some hay"],
-                 end=["in the morning", "near the gate", "all day", "after the rain", "at night"]),
-    "market": dict(item=["bread", "fish", "rice", "salt", "cheese", "honey", "lamps", "rope"],
-                   seller=["anna", "omar", "lena", "tom", "mia", "ravi"]),
-    "sky": dict(thing=["the sun", "the moon", "a cloud", "the wind", "a storm", "the stars"],
-                does=["rises", "falls", "moves", "shines", "fades", "returns"],
-                where=["over the hills", "above the sea", "behind the town", "in the east", "in the west"]),
+    "farm": dict(
+        subj=["the cow", "a goat", "the old horse", "a small pig", "the hen", "my dog"],
+        verb=["eats", "sees", "chases", "likes", "finds", "follows"],
+        obj=["the grass", "an apple", "the farmer", "a bucket", "the barn", "some hay"],
+        end=["in the morning", "near the gate", "all day", "after the rain", "at night"],
+    ),
+    "market": dict(
+        item=["bread", "fish", "rice", "salt", "cheese", "honey", "lamps", "rope"],
+        seller=["anna", "omar", "lena", "tom", "mia", "ravi"],
+    ),
+    "sky": dict(
+        thing=["the sun", "the moon", "a cloud", "the wind", "a storm", "the stars"],
+        does=["rises", "falls", "moves", "shines", "fades", "returns"],
+        where=["over the hills", "above the sea", "behind the town", "in the east", "in the west"],
+    ),
 }
 TOPICS: tuple[str, ...] = ("farm", "market", "sky", "math")
 
@@ -73,8 +79,13 @@ def _sentence(topic: str, rng: random.Random) -> str:
     raise ValueError(f"topic must be one of {TOPICS}, got {topic!r}")
 
 
-def make_corpus(n_chars: int = 200_000, *, topics: Sequence[str] = ("farm", "market", "sky"),
-                weights: Sequence[float] | None = None, seed: int = 0) -> str:
+def make_corpus(
+    n_chars: int = 200_000,
+    *,
+    topics: Sequence[str] = ("farm", "market", "sky"),
+    weights: Sequence[float] | None = None,
+    seed: int = 0,
+) -> str:
     """Generated text of at least ``n_chars`` characters: paragraphs of 3-6 sentences, each paragraph
     on one topic drawn from ``topics`` (probabilities ``weights``, default uniform). Deterministic
     for a given ``seed``; every character is in :data:`ALPHABET`."""
@@ -139,7 +150,7 @@ class CharData:
         if len(ids) <= seq_len + 1:
             raise ValueError(f"the {split} split has {len(ids)} characters, too few for seq_len={seq_len}")
         start = torch.randint(0, len(ids) - seq_len - 1, (batch_size,), generator=generator)
-        windows = torch.stack([ids[s:s + seq_len + 1] for s in start.tolist()])
+        windows = torch.stack([ids[s : s + seq_len + 1] for s in start.tolist()])
         return LMBatch(windows[:, :-1], windows[:, 1:])
 
     def batch_fn(self, split: str, batch_size: int, seq_len: int) -> Callable[[int, torch.Generator], LMBatch]:
@@ -174,7 +185,11 @@ class LMConfig:
                 raise ValueError(f"{f} must be a positive int, got {v!r}")
         if self.d_model % self.n_heads:
             raise ValueError(f"d_model={self.d_model} must be divisible by n_heads={self.n_heads}")
-        if not isinstance(self.n_experts, int) or self.n_experts < 0 or (self.n_experts and self.top_k > self.n_experts):
+        if (
+            not isinstance(self.n_experts, int)
+            or self.n_experts < 0
+            or (self.n_experts and self.top_k > self.n_experts)
+        ):
             raise ValueError(f"need n_experts >= 0 and top_k <= n_experts, got {self.n_experts}, {self.top_k}")
 
     @property
@@ -184,11 +199,24 @@ class LMConfig:
     def model_config(self, name: str = "tiny-lm") -> ModelConfig:
         """The same model as a :class:`dmcourse.configs.ModelConfig`, for :mod:`dmcourse.accounting`."""
         if self.is_moe:
-            return ModelConfig(name=name, vocab_size=self.vocab_size, d_model=self.d_model, n_layers=self.n_layers,
-                               n_heads=self.n_heads, n_experts=self.n_experts, top_k=self.top_k,
-                               d_ff_expert=self.d_ff)
-        return ModelConfig(name=name, vocab_size=self.vocab_size, d_model=self.d_model, n_layers=self.n_layers,
-                           n_heads=self.n_heads, d_ff=self.d_ff)
+            return ModelConfig(
+                name=name,
+                vocab_size=self.vocab_size,
+                d_model=self.d_model,
+                n_layers=self.n_layers,
+                n_heads=self.n_heads,
+                n_experts=self.n_experts,
+                top_k=self.top_k,
+                d_ff_expert=self.d_ff,
+            )
+        return ModelConfig(
+            name=name,
+            vocab_size=self.vocab_size,
+            d_model=self.d_model,
+            n_layers=self.n_layers,
+            n_heads=self.n_heads,
+            d_ff=self.d_ff,
+        )
 
 
 class Attention(nn.Module):
@@ -237,8 +265,9 @@ class TinyLM(nn.Module):
             raise ValueError(f"config must be an LMConfig, got {type(config).__name__}")
         self.config = config
         self.embed = nn.Embedding(config.vocab_size, config.d_model)
-        self.blocks = nn.ModuleList(Block(config.d_model, config.n_heads, make_ffn(config))
-                                    for _ in range(config.n_layers))
+        self.blocks = nn.ModuleList(
+            Block(config.d_model, config.n_heads, make_ffn(config)) for _ in range(config.n_layers)
+        )
         self.norm = nn.RMSNorm(config.d_model)
         self.head = nn.Linear(config.d_model, config.vocab_size, bias=False)
 
@@ -251,13 +280,14 @@ class TinyLM(nn.Module):
         return self.head(self.norm(h))
 
     @torch.no_grad()
-    def generate(self, prompt: str, n_chars: int, generator: torch.Generator | None = None,
-                 temperature: float = 0.8) -> str:
+    def generate(
+        self, prompt: str, n_chars: int, generator: torch.Generator | None = None, temperature: float = 0.8
+    ) -> str:
         """Sample ``n_chars`` characters after ``prompt`` (context cut to ``seq_len``)."""
         device = self.head.weight.device
         ids = encode(prompt).to(device)
         for _ in range(n_chars):
-            logits = self(ids[-self.config.seq_len:][None])[0, -1].float() / temperature
+            logits = self(ids[-self.config.seq_len :][None])[0, -1].float() / temperature
             nxt = torch.multinomial(torch.softmax(logits, -1).cpu(), 1, generator=generator).to(device)
             ids = torch.cat([ids, nxt])
         return decode(ids.tolist())
@@ -308,6 +338,21 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> tup
 
 
 __all__: Sequence[str] = (
-    "ALPHABET", "TOPICS", "Attention", "Block", "CharData", "LMBatch", "LMConfig", "TinyLM", "decode", "encode",
-    "expert_choices", "ffn_layers", "lm_loss", "load_checkpoint", "make_corpus", "make_ffn", "save_checkpoint",
+    "ALPHABET",
+    "TOPICS",
+    "Attention",
+    "Block",
+    "CharData",
+    "LMBatch",
+    "LMConfig",
+    "TinyLM",
+    "decode",
+    "encode",
+    "expert_choices",
+    "ffn_layers",
+    "lm_loss",
+    "load_checkpoint",
+    "make_corpus",
+    "make_ffn",
+    "save_checkpoint",
 )

@@ -57,7 +57,10 @@ class Bucket:
 
 
 BUCKETS: tuple[Bucket, ...] = (
-    Bucket("1", 1, 1, 1), Bucket("2-4", 2, 4, 4), Bucket("5-16", 5, 16, 16), Bucket("17-64", 17, 64, 64),
+    Bucket("1", 1, 1, 1),
+    Bucket("2-4", 2, 4, 4),
+    Bucket("5-16", 5, 16, 16),
+    Bucket("17-64", 17, 64, 64),
     Bucket("prefill", 65, None, 256),
 )
 """Decode buckets (rows per expert: a batch of B tokens gives each expert about B*k/E) and prefill.
@@ -116,9 +119,16 @@ def _can_run(name: str, x: torch.Tensor, w: torch.Tensor) -> bool:
 
 def _eligible(x: torch.Tensor, w: torch.Tensor) -> bool:
     """A call whose kernel is chosen: 2-D CPU float32/bfloat16 operands of one dtype, no gradient."""
-    return (x.device.type == "cpu" and w.device.type == "cpu" and x.dim() == 2 and w.dim() == 2
-            and x.dtype in (torch.float32, torch.bfloat16) and w.dtype == x.dtype and x.shape[0] > 0
-            and not (torch.is_grad_enabled() and (x.requires_grad or w.requires_grad)))
+    return (
+        x.device.type == "cpu"
+        and w.device.type == "cpu"
+        and x.dim() == 2
+        and w.dim() == 2
+        and x.dtype in (torch.float32, torch.bfloat16)
+        and w.dtype == x.dtype
+        and x.shape[0] > 0
+        and not (torch.is_grad_enabled() and (x.requires_grad or w.requires_grad))
+    )
 
 
 def _check_name(name: str) -> str:
@@ -168,16 +178,24 @@ def _cpu() -> tuple[str, str]:
 
     flags = ""
     with contextlib.suppress(OSError):
-        flags = next((line for line in Path("/proc/cpuinfo").read_text().splitlines()
-                      if line.startswith(("flags", "Features"))), "")
+        flags = next(
+            (line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith(("flags", "Features"))),
+            "",
+        )
     return _cpu_name(), hashlib.sha256(flags.encode()).hexdigest()[:12]
 
 
 def machine_key(kernel_names: tuple[str, ...]) -> dict:
     """What a probe's result depends on: CPU model and flags, torch version, threads, candidates."""
     cpu, flags = _cpu()
-    return {"cpu": cpu, "cpu_flags": flags, "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "candidates": list(kernel_names), "probe_version": PROBE_VERSION}
+    return {
+        "cpu": cpu,
+        "cpu_flags": flags,
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "candidates": list(kernel_names),
+        "probe_version": PROBE_VERSION,
+    }
 
 
 def _key(machine: dict) -> str:
@@ -207,9 +225,15 @@ def _save(key: str, entry: dict) -> None:
         os.replace(tmp, path)  # atomic: a concurrent writer loses at most its own entry
 
 
-def probe(dtype: torch.dtype = torch.float32, *, kernels: Mapping[str, Kernel] | None = None,
-          d_model: int = 1024, d_ff: int = 2816, rounds: int = 7,
-          buckets: tuple[Bucket, ...] = BUCKETS) -> dict[str, dict]:
+def probe(
+    dtype: torch.dtype = torch.float32,
+    *,
+    kernels: Mapping[str, Kernel] | None = None,
+    d_model: int = 1024,
+    d_ff: int = 2816,
+    rounds: int = 7,
+    buckets: tuple[Bucket, ...] = BUCKETS,
+) -> dict[str, dict]:
     """Time each kernel on a gate (d_model -> d_ff) and a down (d_ff -> d_model) projection of
     ``bucket.probe_rows`` rows, for each bucket: ``rounds`` calls each, interleaved one by one, each
     call on the next of a set of weight copies larger than twice the last-level cache (so decode
@@ -217,14 +241,16 @@ def probe(dtype: torch.dtype = torch.float32, *, kernels: Mapping[str, Kernel] |
     slower ones measure the neighbours). Returns ``{bucket name: {"ranking": [fastest first],
     "best_s": {kernel: seconds per gate + down}}}``. Nothing is cached here (see :func:`choose`).
     """
-    from dmcourse.roofline import rotation_count
+    from dmcourse.measure import rotation_count
 
     kernels = dict(kernels if kernels is not None else candidates(dtype))
     if not kernels:
         raise ValueError("probe needs at least one kernel")
     sets = rotation_count(2 * d_model * d_ff * torch.tensor([], dtype=dtype).element_size(), "cpu")
-    weights = [(torch.full((d_ff, d_model), 0.01, dtype=dtype), torch.full((d_model, d_ff), 0.01, dtype=dtype))
-               for _ in range(sets)]
+    weights = [
+        (torch.full((d_ff, d_model), 0.01, dtype=dtype), torch.full((d_model, d_ff), 0.01, dtype=dtype))
+        for _ in range(sets)
+    ]
     result: dict[str, dict] = {}
     turn = 0
     with torch.inference_mode():
@@ -328,8 +354,11 @@ def _gated_onednn(x: torch.Tensor, w_gate: torch.Tensor, w_up: torch.Tensor) -> 
 def fuses(x: torch.Tensor, w_gate: torch.Tensor, w_up: torch.Tensor | None = None) -> bool:
     """Whether :func:`gated` computes ``x``'s hidden state inside oneDNN's GEMMs (the chosen kernel
     for the call is oneDNN and its post-ops work for the dtype)."""
-    return (kernel_for(x, w_gate) == "onednn" and onednn_fuses(x.dtype)
-            and (w_up is None or (w_up.dtype == w_gate.dtype and w_up.shape == w_gate.shape)))
+    return (
+        kernel_for(x, w_gate) == "onednn"
+        and onednn_fuses(x.dtype)
+        and (w_up is None or (w_up.dtype == w_gate.dtype and w_up.shape == w_gate.shape))
+    )
 
 
 def gated(x: torch.Tensor, w_gate: torch.Tensor, w_up: torch.Tensor, linear: Kernel = linear) -> torch.Tensor:
@@ -358,8 +387,10 @@ def status() -> str:
         lines.append(f"forced: {name} (set_choice/use or DMCOURSE_MATMUL) for CPU calls without gradient")
     names = tuple(candidates(torch.float32))
     machine = machine_key(names)
-    lines.append(f"machine: {machine['cpu']}, torch {machine['torch']}, {machine['threads']} threads, "
-                 f"candidates {', '.join(names)}; cache {cache_file()}")
+    lines.append(
+        f"machine: {machine['cpu']}, torch {machine['torch']}, {machine['threads']} threads, "
+        f"candidates {', '.join(names)}; cache {cache_file()}"
+    )
     found = {**_load().get(_key(machine), {}).get("choices", {}), **_choices.get(_key(machine), {})}
     if not found:
         lines.append("not probed yet on this machine (the first CPU call without gradient probes)")
@@ -367,6 +398,9 @@ def status() -> str:
         for bucket, entry in buckets.items():
             times = ", ".join(f"{k} {v * 1e3:.2f} ms" for k, v in sorted(entry["best_s"].items(), key=lambda kv: kv[1]))
             lines.append(f"{label} rows {bucket}: {entry['ranking'][0]} ({times})")
-    lines.append(f"C decode kernel: {stream.status()}" if stream.opted_in() else
-                 "C decode kernel: not a candidate (opt in with DMCOURSE_KERNEL=1 or dmcourse.stream.enable())")
+    lines.append(
+        f"C decode kernel: {stream.status()}"
+        if stream.opted_in()
+        else "C decode kernel: not a candidate (opt in with DMCOURSE_KERNEL=1 or dmcourse.stream.enable())"
+    )
     return "\n".join(lines)

@@ -12,6 +12,7 @@ Units: bytes, FLOPs, seconds, bytes/s, FLOP/s.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
 from collections.abc import Callable, Iterator, Sequence
@@ -38,6 +39,7 @@ PRECISIONS: dict[str, torch.dtype] = {
 # --------------------------------------------------------------------------------------------
 # Helpers: devices, caches, rotating buffers
 # --------------------------------------------------------------------------------------------
+
 
 def _device(device: torch.device | str | None) -> torch.device:
     return pick_device(None if device is None else str(device))
@@ -142,6 +144,7 @@ def rotating(fn: Callable[..., object], arg_sets: Sequence[tuple]) -> Callable[[
 # Measurements
 # --------------------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class Measurement:
     """One measured ceiling.
@@ -208,7 +211,8 @@ def measure_bandwidth(
     sets = rotation_count(per_set, device)
     if kind == "copy":
         arg_sets: list[tuple[torch.Tensor, ...]] = [
-            (torch.empty(numel, device=device), torch.ones(numel, device=device)) for _ in range(sets)]
+            (torch.empty(numel, device=device), torch.ones(numel, device=device)) for _ in range(sets)
+        ]
         timing = time_rotating(lambda dst, src: dst.copy_(src), arg_sets, device=device, warmup=warmup, repeats=repeats)
         work = 2 * nbytes
     else:
@@ -222,7 +226,11 @@ def measure_bandwidth(
         work = nbytes
     del arg_sets
     return Measurement(
-        what=f"{kind} bandwidth", value=work / timing.median_s, unit="B/s", work=float(work), timing=timing,
+        what=f"{kind} bandwidth",
+        value=work / timing.median_s,
+        unit="B/s",
+        work=float(work),
+        timing=timing,
         settings={"kind": kind, "buffer_bytes": nbytes, "rotating_sets": sets, "counted_bytes_per_call": work},
     )
 
@@ -264,9 +272,11 @@ def matmul_precision(precision: str) -> Iterator[torch.dtype]:
 def _gemm_operands(m: int, k: int, n: int, dtype: torch.dtype, device: torch.device, sets: int) -> list[tuple]:
     gen = torch.Generator(device=device).manual_seed(0)
     return [
-        (torch.randn(m, k, device=device, dtype=dtype, generator=gen),
-         torch.randn(k, n, device=device, dtype=dtype, generator=gen),
-         torch.empty(m, n, device=device, dtype=dtype))
+        (
+            torch.randn(m, k, device=device, dtype=dtype, generator=gen),
+            torch.randn(k, n, device=device, dtype=dtype, generator=gen),
+            torch.empty(m, n, device=device, dtype=dtype),
+        )
         for _ in range(sets)
     ]
 
@@ -295,7 +305,9 @@ def time_gemm(
         check_int(name, value)
     device = _device(device)
     if precision not in available_precisions(device):
-        raise ValueError(f"precision {precision!r} is not available on {device}: expected one of {available_precisions(device)}")
+        raise ValueError(
+            f"precision {precision!r} is not available on {device}: expected one of {available_precisions(device)}"
+        )
     with matmul_precision(precision) as dtype:
         size = torch.tensor([], dtype=dtype).element_size()
         sets = rotation_count(size * (m * k + k * n + m * n), device)
@@ -325,7 +337,9 @@ def measure_matmul(
     """
     device = _device(device)
     if precision not in available_precisions(device):
-        raise ValueError(f"precision {precision!r} is not available on {device}: expected one of {available_precisions(device)}")
+        raise ValueError(
+            f"precision {precision!r} is not available on {device}: expected one of {available_precisions(device)}"
+        )
     target_s = positive_float("target_s", target_s)
     if max_size is None:
         max_size = 8192 if device.type == "cuda" else 2048
@@ -335,16 +349,24 @@ def measure_matmul(
         with matmul_precision(precision) as dtype:
             while size * 2 <= max_size:
                 a = torch.randn(size, size, device=device, dtype=dtype)
-                probe = time_fn(lambda: a @ a, device=device, warmup=1, repeats=2)
+                probe = time_fn(functools.partial(torch.matmul, a, a), device=device, warmup=1, repeats=2)
                 if probe.min_s >= target_s:
                     break
                 size *= 2
     size = check_int("size", size, 16)
-    timing = time_gemm(size, size, size, device=device, precision=precision, warmup=warmup, repeats=repeats,
-                       matmul=matmul)
+    timing = time_gemm(
+        size, size, size, device=device, precision=precision, warmup=warmup, repeats=repeats, matmul=matmul
+    )
     flops = 2.0 * size**3
     return Measurement(
-        what=f"matmul {precision}", value=flops / timing.median_s, unit="FLOP/s", work=flops, timing=timing,
-        settings={"precision": precision, "size": size,
-                  "kernel": "torch.matmul" if matmul is None else f"{matmul.__module__}.{matmul.__qualname__}"},
+        what=f"matmul {precision}",
+        value=flops / timing.median_s,
+        unit="FLOP/s",
+        work=flops,
+        timing=timing,
+        settings={
+            "precision": precision,
+            "size": size,
+            "kernel": "torch.matmul" if matmul is None else f"{matmul.__module__}.{matmul.__qualname__}",
+        },
     )

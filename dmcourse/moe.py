@@ -1,5 +1,7 @@
 """The Mixture-of-Experts layer: a router picks ``k`` of ``E`` SwiGLU experts per token.
 
+Chapter 3 ("The Mixture-of-Experts layer") introduces it.
+
 Weight layout (shared by every MoE module of the course): router ``weight (E, d_model)`` (in
 :class:`dmcourse.routing.Router`), stacked experts ``w_gate (E, d_ff, d_model)``, ``w_up (E, d_ff,
 d_model)``, ``w_down (E, d_model, d_ff)`` (``nn.Linear``'s out x in). Expert ``e`` computes
@@ -32,6 +34,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -44,16 +47,22 @@ from dmcourse.routing import ROUTERS, Router, Routing, default_router
 DISPATCHES: tuple[str, ...] = ("sorted", "loop", "grouped")
 
 
-def expert_swiglu(x: torch.Tensor, w_gate: torch.Tensor, w_up: torch.Tensor, w_down: torch.Tensor,
-                  linear: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = linear) -> torch.Tensor:
+def expert_swiglu(
+    x: torch.Tensor,
+    w_gate: torch.Tensor,
+    w_up: torch.Tensor,
+    w_down: torch.Tensor,
+    linear: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = linear,
+) -> torch.Tensor:
     """One expert: :func:`dmcourse.ffn.swiglu` (``down(silu(gate(x)) * up(x))``) with the matmuls
     done by ``linear``. x (M, d_model), w_gate/w_up (d_ff, d_model), w_down (d_model, d_ff).
     The hidden state ``silu(gate(x)) * up(x)`` is :func:`dmcourse.matmul.gated`."""
     return linear(gated(x, w_gate, w_up, linear), w_down)
 
 
-def _check_inputs(x: torch.Tensor, routing: Routing, w_gate: torch.Tensor, w_up: torch.Tensor,
-                  w_down: torch.Tensor) -> tuple[int, int, int]:
+def _check_inputs(
+    x: torch.Tensor, routing: Routing, w_gate: torch.Tensor, w_up: torch.Tensor, w_down: torch.Tensor
+) -> tuple[int, int, int]:
     if w_gate.dim() != 3:
         raise ValueError(f"w_gate must be (n_experts, d_ff, d_model), got {tuple(w_gate.shape)}")
     n_experts, d_ff, d_model = w_gate.shape
@@ -75,8 +84,15 @@ def _check_inputs(x: torch.Tensor, routing: Routing, w_gate: torch.Tensor, w_up:
     return x.shape[0], routing.top_k, n_experts
 
 
-def dispatch_loop(x: torch.Tensor, routing: Routing, w_gate: torch.Tensor, w_up: torch.Tensor,
-                  w_down: torch.Tensor, *, linear: Callable[..., torch.Tensor] = linear) -> torch.Tensor:
+def dispatch_loop(
+    x: torch.Tensor,
+    routing: Routing,
+    w_gate: torch.Tensor,
+    w_up: torch.Tensor,
+    w_down: torch.Tensor,
+    *,
+    linear: Callable[..., torch.Tensor] = linear,
+) -> torch.Tensor:
     """Loop over experts: x (T, d_model) -> (T, d_model). Experts without tokens are skipped.
     ``linear`` does the matmuls (default :func:`dmcourse.matmul.linear`)."""
     _, _, n_experts = _check_inputs(x, routing, w_gate, w_up, w_down)
@@ -127,8 +143,15 @@ def combine(rows: torch.Tensor, order: torch.Tensor, routing: Routing) -> torch.
     return mix(rows.index_select(0, inverse), routing)
 
 
-def dispatch_sorted(x: torch.Tensor, routing: Routing, w_gate: torch.Tensor, w_up: torch.Tensor,
-                    w_down: torch.Tensor, *, linear: Callable[..., torch.Tensor] = linear) -> torch.Tensor:
+def dispatch_sorted(
+    x: torch.Tensor,
+    routing: Routing,
+    w_gate: torch.Tensor,
+    w_up: torch.Tensor,
+    w_down: torch.Tensor,
+    *,
+    linear: Callable[..., torch.Tensor] = linear,
+) -> torch.Tensor:
     """Sort (token, expert) pairs by expert, run each expert on its contiguous block, combine.
 
     x (T, d_model) -> (T, d_model). Only experts that received tokens are touched. ``linear`` does
@@ -143,8 +166,10 @@ def dispatch_sorted(x: torch.Tensor, routing: Routing, w_gate: torch.Tensor, w_u
     start = 0
     for e, count in enumerate(counts.tolist()):  # one host sync: the group sizes
         if count:
-            y = expert_swiglu(xs[start:start + count], w_gate[e], w_up[e], w_down[e], linear)
-            unsorted.index_copy_(0, order[start:start + count], y.to(unsorted.dtype))  # rows to their (token, slot) places
+            y = expert_swiglu(xs[start : start + count], w_gate[e], w_up[e], w_down[e], linear)
+            unsorted.index_copy_(
+                0, order[start : start + count], y.to(unsorted.dtype)
+            )  # rows to their (token, slot) places
             start += count
     return mix(unsorted, routing).to(x.dtype)
 
@@ -180,8 +205,9 @@ def grouped_mm_supported(device: torch.device | str, dtype: torch.dtype) -> bool
     return _probe_grouped_mm(str(device), dtype)
 
 
-def dispatch_grouped(x: torch.Tensor, routing: Routing, w_gate: torch.Tensor, w_up: torch.Tensor,
-                     w_down: torch.Tensor) -> torch.Tensor:
+def dispatch_grouped(
+    x: torch.Tensor, routing: Routing, w_gate: torch.Tensor, w_up: torch.Tensor, w_down: torch.Tensor
+) -> torch.Tensor:
     """Sorted layout + one grouped GEMM per projection over all experts; x (T, d_model) -> (T, d_model).
 
     Falls back to :func:`dispatch_sorted` where :func:`grouped_mm_supported` says no.
@@ -197,6 +223,7 @@ def dispatch_grouped(x: torch.Tensor, routing: Routing, w_gate: torch.Tensor, w_
     if autocast:
         w_gate, w_up, w_down = (w.to(dtype) for w in (w_gate, w_up, w_down))
     gmm = _grouped_mm_fn()
+    assert gmm is not None, "grouped_mm_supported() said yes, so torch has a grouped GEMM"
     order, token, counts = sort_by_expert(routing)
     offs = counts.cumsum(0).to(torch.int32)  # end row of each expert's group, stays on the device
     xs = x.index_select(0, token).to(dtype)
@@ -272,11 +299,13 @@ class MoE(nn.Module):
         self.d_model, self.d_ff, self.n_experts, self.top_k = d_model, d_ff, n_experts, top_k
         self.n_shared_experts, self.shared_d_ff = n_shared_experts, shared_d_ff
         self.dispatch = dispatch
-        kw = {"dtype": dtype, "device": device}
-        router_kw = {"n_groups": n_groups, "topk_groups": topk_groups, "scale": routed_scale} \
-            if router == "sigmoid" else {}
-        self.router = Router(d_model, n_experts, top_k, router, allow_constant_gate=allow_constant_gate,
-                             **router_kw, **kw)
+        kw: dict[str, Any] = {"dtype": dtype, "device": device}
+        router_kw: dict[str, Any] = (
+            {"n_groups": n_groups, "topk_groups": topk_groups, "scale": routed_scale} if router == "sigmoid" else {}
+        )
+        self.router = Router(
+            d_model, n_experts, top_k, router, allow_constant_gate=allow_constant_gate, **router_kw, **kw
+        )
         self.w_gate = nn.Parameter(torch.empty(n_experts, d_ff, d_model, **kw))
         self.w_up = nn.Parameter(torch.empty(n_experts, d_ff, d_model, **kw))
         self.w_down = nn.Parameter(torch.empty(n_experts, d_model, d_ff, **kw))
@@ -323,10 +352,15 @@ class MoE(nn.Module):
         return other + self.top_k * per_expert
 
     def extra_repr(self) -> str:
-        shared = f", n_shared_experts={self.n_shared_experts}, shared_d_ff={self.shared_d_ff}" \
-            if self.n_shared_experts else ""
-        return (f"d_model={self.d_model}, d_ff={self.d_ff}, n_experts={self.n_experts}, top_k={self.top_k}"
-                f"{shared}, dispatch={self.dispatch!r}")
+        shared = (
+            f", n_shared_experts={self.n_shared_experts}, shared_d_ff={self.shared_d_ff}"
+            if self.n_shared_experts
+            else ""
+        )
+        return (
+            f"d_model={self.d_model}, d_ff={self.d_ff}, n_experts={self.n_experts}, top_k={self.top_k}"
+            f"{shared}, dispatch={self.dispatch!r}"
+        )
 
 
 def from_mixtral_block(block: nn.Module, dispatch: str = "sorted") -> MoE:
@@ -345,7 +379,9 @@ def from_mixtral_block(block: nn.Module, dispatch: str = "sorted") -> MoE:
     experts = getattr(block, "experts", None)
     router_weight = getattr(gate, "weight", None)
     if not isinstance(router_weight, torch.Tensor) or experts is None:
-        raise ValueError(f"expected a Mixtral sparse-MoE block with .gate.weight and .experts, got {type(block).__name__}")
+        raise ValueError(
+            f"expected a Mixtral sparse-MoE block with .gate.weight and .experts, got {type(block).__name__}"
+        )
     with torch.no_grad():
         if hasattr(experts, "gate_up_proj"):
             gate_up, down = experts.gate_up_proj.detach(), experts.down_proj.detach()
@@ -353,21 +389,35 @@ def from_mixtral_block(block: nn.Module, dispatch: str = "sorted") -> MoE:
                 gate_up, down = gate_up.transpose(1, 2), down.transpose(1, 2)
             w_gate, w_up = gate_up.chunk(2, dim=1)
         elif isinstance(experts, nn.ModuleList) and all(hasattr(m, "w1") for m in experts):
-            w_gate = torch.stack([m.w1.weight for m in experts])
-            w_up = torch.stack([m.w3.weight for m in experts])
-            down = torch.stack([m.w2.weight for m in experts])
+            mods: list[Any] = list(experts)  # Mixtral's MixtralBlockSparseTop2MLP modules (w1, w3, w2)
+            w_gate = torch.stack([m.w1.weight for m in mods])
+            w_up = torch.stack([m.w3.weight for m in mods])
+            down = torch.stack([m.w2.weight for m in mods])
         else:
             raise ValueError(f"unrecognised Mixtral experts layout: {type(experts).__name__}")
         n_experts, d_ff, d_model = w_gate.shape
         top_k = getattr(block, "top_k", None) or getattr(gate, "top_k", None)
+        if top_k is None:
+            raise ValueError(
+                f"the Mixtral block names no top_k (block {type(block).__name__}, gate {type(gate).__name__})"
+            )
         if router_weight.shape != (n_experts, d_model) or tuple(down.shape) != (n_experts, d_model, d_ff):
             raise ValueError(
                 f"inconsistent Mixtral block: router {tuple(router_weight.shape)}, experts gate "
                 f"{tuple(w_gate.shape)}, down {tuple(down.shape)}"
             )
         # a faithful copy: Mixtral's rule even at top_k=1, where its weight is the constant 1
-        moe = MoE(d_model, d_ff, n_experts, int(top_k), dispatch=dispatch, router="softmax",
-                  allow_constant_gate=True, dtype=router_weight.dtype, device=router_weight.device)
+        moe = MoE(
+            d_model,
+            d_ff,
+            n_experts,
+            int(top_k),
+            dispatch=dispatch,
+            router="softmax",
+            allow_constant_gate=True,
+            dtype=router_weight.dtype,
+            device=router_weight.device,
+        )
         moe.router.weight.copy_(router_weight)
         moe.w_gate.copy_(w_gate)
         moe.w_up.copy_(w_up)

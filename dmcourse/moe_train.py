@@ -18,7 +18,6 @@ from torch import nn
 
 from dmcourse.balance import (
     AUX_CONVENTIONS,
-    CapacityLimitedRouter,
     bias_update,
     expert_counts,
     load_balancing_loss,
@@ -26,6 +25,7 @@ from dmcourse.balance import (
     router_z_loss,
     sequence_wise_balance_loss,
 )
+from dmcourse.capacity import CapacityLimitedRouter
 from dmcourse.checks import nonnegative_float, one_of, positive_float
 from dmcourse.moe import MoE
 from dmcourse.train import Hook, LossFn, StepContext, task_mse
@@ -76,8 +76,9 @@ def _routings(model: nn.Module):
     return layers, routings
 
 
-def moe_loss_fn(balancing: Balancing = Balancing(),
-                task_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = task_mse) -> LossFn:
+def moe_loss_fn(
+    balancing: Balancing = Balancing(), task_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = task_mse
+) -> LossFn:
     """``loss_fn(model, batch)`` for :func:`dmcourse.train.train`: ``task + aux_alpha * aux + z_coef * z + seq_alpha * seq``.
 
     ``batch`` has ``x`` (B, S, d_in) and ``y``. The metrics always include ``task``, ``aux`` (the
@@ -90,13 +91,14 @@ def moe_loss_fn(balancing: Balancing = Balancing(),
         task = task_loss(pred, batch.y)
         _, routings = _routings(model)
         logits = tuple(r.logits for r in routings)
-        aux = load_balancing_loss(logits, convention=balancing.aux_convention,
-                                  indices=tuple(r.indices for r in routings))
+        aux = load_balancing_loss(
+            logits, convention=balancing.aux_convention, indices=tuple(r.indices for r in routings)
+        )
         z = router_z_loss(logits)
         b, s = batch.x.shape[0], batch.x.shape[1]
-        seq = torch.stack([
-            sequence_wise_balance_loss(r.scores.view(b, s, -1), r.indices.view(b, s, -1)) for r in routings
-        ]).mean()
+        seq = torch.stack(
+            [sequence_wise_balance_loss(r.scores.view(b, s, -1), r.indices.view(b, s, -1)) for r in routings]
+        ).mean()
         loss = task + balancing.aux_alpha * aux + balancing.z_coef * z + balancing.seq_alpha * seq
         return loss, {"task": task.detach(), "aux": aux.detach(), "z": z.detach(), "seq": seq.detach()}
 
@@ -162,9 +164,11 @@ def routing_stats_hook(per_expert: bool = True) -> Hook:
 
 
 @contextlib.contextmanager
-def capacity_limited(model: nn.Module, capacity_factor: float, order: str = "position") -> Iterator[list[CapacityLimitedRouter]]:
+def capacity_limited(
+    model: nn.Module, capacity_factor: float, order: str = "position"
+) -> Iterator[list[CapacityLimitedRouter]]:
     """Inside the ``with`` block every MoE layer of ``model`` drops the assignments beyond
-    ``ceil(capacity_factor * T * k / E)`` per expert (:class:`dmcourse.balance.CapacityLimitedRouter`,
+    ``ceil(capacity_factor * T * k / E)`` per expert (:class:`dmcourse.capacity.CapacityLimitedRouter`,
     priority ``order``); the original routers come back afterwards. Yields the wrappers
     (``last_keep``, ``last_drop_rate`` after each forward)."""
     layers = moe_layers(model)
@@ -182,5 +186,10 @@ def capacity_limited(model: nn.Module, capacity_factor: float, order: str = "pos
 
 
 __all__: Sequence[str] = (
-    "Balancing", "bias_update_hook", "capacity_limited", "moe_layers", "moe_loss_fn", "routing_stats_hook",
+    "Balancing",
+    "bias_update_hook",
+    "capacity_limited",
+    "moe_layers",
+    "moe_loss_fn",
+    "routing_stats_hook",
 )

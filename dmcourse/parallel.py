@@ -54,8 +54,10 @@ def experts_per_rank(n_experts: int, world_size: int) -> int:
     check_int("n_experts", n_experts)
     check_int("world_size", world_size)
     if n_experts % world_size:
-        raise ValueError(f"n_experts={n_experts} must be a multiple of world_size={world_size} "
-                         "(every rank holds the same number of experts)")
+        raise ValueError(
+            f"n_experts={n_experts} must be a multiple of world_size={world_size} "
+            "(every rank holds the same number of experts)"
+        )
     return n_experts // world_size
 
 
@@ -87,9 +89,16 @@ class ExpertParallelMoE(nn.Module):
     ``experts``, ``combine``; the device is synchronised around each phase, so only for measuring).
     """
 
-    def __init__(self, router: Router, w_gate: torch.Tensor, w_up: torch.Tensor, w_down: torch.Tensor,
-                 shared: nn.Module | None = None, group: dist.ProcessGroup | None = None,
-                 dispatch: str = "sorted") -> None:
+    def __init__(
+        self,
+        router: Router,
+        w_gate: torch.Tensor,
+        w_up: torch.Tensor,
+        w_down: torch.Tensor,
+        shared: nn.Module | None = None,
+        group: dist.ProcessGroup | None = None,
+        dispatch: str = "sorted",
+    ) -> None:
         super().__init__()
         self.group = group
         self.world_size = dist.get_world_size(group)
@@ -98,8 +107,9 @@ class ExpertParallelMoE(nn.Module):
         self.e_local = experts_per_rank(self.n_experts, self.world_size)
         for name, w in (("w_gate", w_gate), ("w_up", w_up), ("w_down", w_down)):
             if w.dim() != 3 or w.shape[0] != self.e_local:
-                raise ValueError(f"{name} must hold this rank's {self.e_local} experts (E_local, ., .), "
-                                 f"got {tuple(w.shape)}")
+                raise ValueError(
+                    f"{name} must hold this rank's {self.e_local} experts (E_local, ., .), got {tuple(w.shape)}"
+                )
         one_of("dispatch", dispatch, tuple(DISPATCH_FUNCTIONS))
         self.router = router
         self.w_gate = nn.Parameter(w_gate.detach().clone())
@@ -118,8 +128,7 @@ class ExpertParallelMoE(nn.Module):
         first = dist.get_rank(group) * e_local
         sl = slice(first, first + e_local)
         shared = copy.deepcopy(moe.shared) if moe.shared is not None else None
-        return cls(copy.deepcopy(moe.router), moe.w_gate[sl], moe.w_up[sl], moe.w_down[sl], shared, group,
-                   moe.dispatch)
+        return cls(copy.deepcopy(moe.router), moe.w_gate[sl], moe.w_up[sl], moe.w_down[sl], shared, group, moe.dispatch)
 
     @property
     def first_expert(self) -> int:
@@ -177,8 +186,12 @@ class ExpertParallelMoE(nn.Module):
         if self.shared is not None:
             y = y + self.shared(x)
         self._tick("combine", t, x.device)
-        self.last.update(send_splits=splits, recv_splits=recv_splits, received=int(sum(recv_splits)),
-                         recv_counts=recv_counts.tolist())
+        self.last.update(
+            send_splits=splits,
+            recv_splits=recv_splits,
+            received=int(sum(recv_splits)),
+            recv_counts=recv_counts.tolist(),
+        )
         return y
 
     def run_local_experts(self, received: torch.Tensor, recv_counts: torch.Tensor) -> torch.Tensor:
@@ -195,9 +208,12 @@ class ExpertParallelMoE(nn.Module):
             raise ValueError(f"recv_counts add up to {n} rows, received has {received.shape[0]}")
         if n == 0:  # nothing for this rank's experts: an empty result that stays in the autograd graph
             return received * 0
-        local_routing = Routing(indices=local.unsqueeze(1), weights=torch.ones(n, 1, device=received.device),
-                                logits=torch.zeros(n, self.e_local, device=received.device),
-                                scores=torch.zeros(n, self.e_local, device=received.device))
+        local_routing = Routing(
+            indices=local.unsqueeze(1),
+            weights=torch.ones(n, 1, device=received.device),
+            logits=torch.zeros(n, self.e_local, device=received.device),
+            scores=torch.zeros(n, self.e_local, device=received.device),
+        )
         return DISPATCH_FUNCTIONS[self.dispatch](received, local_routing, self.w_gate, self.w_up, self.w_down)
 
     def allreduce_replicated_grads(self) -> None:
@@ -249,8 +265,9 @@ class TensorParallelSwiGLU(nn.Module):
     output with its slice, and an all-reduce sums the partials -> (T, d_model), the same on every rank.
     """
 
-    def __init__(self, w_gate: torch.Tensor, w_up: torch.Tensor, w_down: torch.Tensor,
-                 group: dist.ProcessGroup | None = None) -> None:
+    def __init__(
+        self, w_gate: torch.Tensor, w_up: torch.Tensor, w_down: torch.Tensor, group: dist.ProcessGroup | None = None
+    ) -> None:
         super().__init__()
         self.group = group
         p, r = dist.get_world_size(group), dist.get_rank(group)

@@ -8,7 +8,6 @@ from __future__ import annotations
 import datetime as _dt
 from typing import Any
 
-import matplotlib as mpl
 import matplotlib.pyplot as plt
 from cycler import cycler
 
@@ -57,6 +56,12 @@ def stamp(ax: plt.Axes, device: str, date: _dt.date | None = None, loc: str = "l
     x, y, ha, va = _CORNERS[loc]
     date = date or _dt.date.today()
     ax.text(
-        x, y, f"measured on {device}, {date.isoformat()}", transform=ax.transAxes,
-        ha=ha, va=va, fontsize=7, color=COLORS["datasheet"],
+        x,
+        y,
+        f"measured on {device}, {date.isoformat()}",
+        transform=ax.transAxes,
+        ha=ha,
+        va=va,
+        fontsize=7,
+        color=COLORS["datasheet"],
     )

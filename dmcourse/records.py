@@ -45,6 +45,7 @@ NO_GPU_RECORD = "no GPU record shipped"
 # Finding and reading shipped records
 # --------------------------------------------------------------------------------------------
 
+
 def records_dir() -> Any:
     """The package's record folder (an :mod:`importlib.resources` Traversable, also inside a wheel)."""
     return resources.files("dmcourse") / "data" / "records"
@@ -61,8 +62,10 @@ def kind_of(name: str) -> str:
     for kind, prefix in KINDS.items():
         if name.startswith(prefix) and name.endswith(".json"):
             return kind
-    raise ValueError(f"{name!r} is not a record file name: expected <prefix><device>.json with a prefix "
-                     f"among {sorted(KINDS.values())}")
+    raise ValueError(
+        f"{name!r} is not a record file name: expected <prefix><device>.json with a prefix "
+        f"among {sorted(KINDS.values())}"
+    )
 
 
 def validate(kind: str, record: object) -> dict[str, Any]:
@@ -115,37 +118,48 @@ def gpu_summary(section: str) -> str:
         for r in shipped_records():
             bw = r["figures"]["bandwidth_bytes_per_s"]
             peaks = ", ".join(f"{k} {v / 1e12:.1f}" for k, v in r["figures"]["matmul_flops_per_s"].items())
-            lines.append(f"{r['device']} (measured {r['date'][:10]}, torch {r['versions']['torch']}): copy "
-                         f"{bw.get('copy', 0) / 1e12:.2f} TB/s, read {bw.get('read', 0) / 1e12:.2f} TB/s, "
-                         f"matmul TFLOP/s: {peaks}  [{r['command']}]")
+            lines.append(
+                f"{r['device']} (measured {r['date'][:10]}, torch {r['versions']['torch']}): copy "
+                f"{bw.get('copy', 0) / 1e12:.2f} TB/s, read {bw.get('read', 0) / 1e12:.2f} TB/s, "
+                f"matmul TFLOP/s: {peaks}  [{r['command']}]"
+            )
     for r in checks if section != "roofline" else []:
         m = r["measurements"]
         if section == "moe" and "moe_dispatch" in m:
             d = m["moe_dispatch"]["result"]
             p = d["prefill_s"]
             best = min((t, n) for n, t in p.items() if n.startswith("moe"))
-            lines.append(f"{r['device']} (measured {r['date'][:10]}): {d['settings']['tokens']} prefill tokens, "
-                         f"{d['dtype']}: best MoE ({best[1]}) {p['dense SwiGLU'] / best[0]:.2f}x the throughput of "
-                         f"the equal-FLOPs dense SwiGLU  [{m['moe_dispatch']['command']}]")
+            lines.append(
+                f"{r['device']} (measured {r['date'][:10]}): {d['settings']['tokens']} prefill tokens, "
+                f"{d['dtype']}: best MoE ({best[1]}) {p['dense SwiGLU'] / best[0]:.2f}x the throughput of "
+                f"the equal-FLOPs dense SwiGLU  [{m['moe_dispatch']['command']}]"
+            )
             for row in d["decode"]:
                 t = min(v for k, v in row["times_s"].items() if k.startswith("moe"))
-                lines.append(f"  decode {row['tokens']:4d} tokens: {row['experts_touched']} experts touched, "
-                             f"best MoE {t * 1e3:.3f} ms = {t / row['floor_s']:.2f}x the floor")
+                lines.append(
+                    f"  decode {row['tokens']:4d} tokens: {row['experts_touched']} experts touched, "
+                    f"best MoE {t * 1e3:.3f} ms = {t / row['floor_s']:.2f}x the floor"
+                )
         if section == "economics" and "roofline" in m:
             f = r["roofline"]["figures"]
-            lines.append(f"{r['device']} (measured {r['date'][:10]}): copy bandwidth "
-                         f"{f['bandwidth_bytes_per_s'].get('copy', 0) / 1e12:.2f} TB/s, matmul "
-                         + ", ".join(f"{k} {v / 1e12:.1f} TFLOP/s" for k, v in f["matmul_flops_per_s"].items())
-                         + " (the calculator uses datasheet figures)")
+            lines.append(
+                f"{r['device']} (measured {r['date'][:10]}): copy bandwidth "
+                f"{f['bandwidth_bytes_per_s'].get('copy', 0) / 1e12:.2f} TB/s, matmul "
+                + ", ".join(f"{k} {v / 1e12:.1f} TFLOP/s" for k, v in f["matmul_flops_per_s"].items())
+                + " (the calculator uses datasheet figures)"
+            )
     if not lines:
-        return (f"{NO_GPU_RECORD}: no GPU has run `python -m dmcourse.gpucheck` for this course yet, so the "
-                "GPU figures here are datasheet figures, labelled as such.")
+        return (
+            f"{NO_GPU_RECORD}: no GPU has run `python -m dmcourse.gpucheck` for this course yet, so the "
+            "GPU figures here are datasheet figures, labelled as such."
+        )
     return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------------------------
 # Validation per kind
 # --------------------------------------------------------------------------------------------
+
 
 def _require(record: object, what: str, keys: Sequence[str]) -> dict[str, Any]:
     if not isinstance(record, dict):
@@ -181,8 +195,11 @@ def validate_record(record: object) -> dict[str, Any]:
 
 def validate_moe_dispatch(record: object) -> dict[str, Any]:
     """A record of ``benchmarks/moe_dispatch.py --json``: prefill times and decode rows."""
-    record = _require(record, "moe_dispatch", ("device", "device_type", "dtype", "date", "torch", "command",
-                                               "settings", "prefill_s", "ceilings", "decode"))
+    record = _require(
+        record,
+        "moe_dispatch",
+        ("device", "device_type", "dtype", "date", "torch", "command", "settings", "prefill_s", "ceilings", "decode"),
+    )
     for name, t in record["prefill_s"].items():
         _positive(f"moe_dispatch record prefill_s[{name!r}]", t)
     if not isinstance(record["decode"], list) or not record["decode"]:
@@ -198,8 +215,22 @@ def validate_moe_dispatch(record: object) -> dict[str, Any]:
 def validate_gpucheck(record: object) -> dict[str, Any]:
     """A record of ``python -m dmcourse.gpucheck``: device, date, versions, the command, and for each
     measurement ``{"command", "seconds", "result"}``; notebooks run and what was skipped and why."""
-    record = _require(record, "gpucheck", ("schema", "device", "device_type", "date", "versions", "command",
-                                           "quick", "measurements", "notebooks", "skipped"))
+    record = _require(
+        record,
+        "gpucheck",
+        (
+            "schema",
+            "device",
+            "device_type",
+            "date",
+            "versions",
+            "command",
+            "quick",
+            "measurements",
+            "notebooks",
+            "skipped",
+        ),
+    )
     if record["schema"] != RECORD_SCHEMA:
         raise ValueError(f"gpucheck record schema {record['schema']!r} is not {RECORD_SCHEMA}")
     if not isinstance(record["measurements"], dict):
@@ -223,12 +254,16 @@ def validate_gpucheck(record: object) -> dict[str, Any]:
 
 
 VALIDATORS: dict[str, Callable[[object], dict[str, Any]]] = {
-    "roofline": validate_record, "moe_dispatch": validate_moe_dispatch, "gpucheck": validate_gpucheck}
+    "roofline": validate_record,
+    "moe_dispatch": validate_moe_dispatch,
+    "gpucheck": validate_gpucheck,
+}
 
 
 # --------------------------------------------------------------------------------------------
 # The roofline record: measure a device, write / read JSON, the command line
 # --------------------------------------------------------------------------------------------
+
 
 def measure_ceilings(
     device: torch.device | str | None = None,
@@ -255,19 +290,26 @@ def measure_ceilings(
         repeats = 3 if quick else 7
     buffer = 4 * 2**20 if quick else None  # 4 MiB
     found = {
-        kind: measure.measure_bandwidth(device, kind=kind, buffer_bytes=buffer, repeats=repeats, warmup=1 if quick else 2)
+        kind: measure.measure_bandwidth(
+            device, kind=kind, buffer_bytes=buffer, repeats=repeats, warmup=1 if quick else 2
+        )
         for kind in ("copy", "read")
     }
     for p in precisions:
         found[f"matmul {p}"] = measure.measure_matmul(
-            device, precision=p, size=256 if quick else None, repeats=repeats, warmup=1 if quick else 2)
+            device, precision=p, size=256 if quick else None, repeats=repeats, warmup=1 if quick else 2
+        )
     return found
 
 
 def versions() -> dict[str, str | None]:
     """dmcourse, torch, Python and CUDA versions, as every record carries them."""
-    return {"dmcourse": __version__, "torch": torch.__version__, "python": platform.python_version(),
-            "cuda": torch.version.cuda}
+    return {
+        "dmcourse": __version__,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "cuda": torch.version.cuda,
+    }
 
 
 def utc_now() -> str:
@@ -275,8 +317,13 @@ def utc_now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
-def make_record(measurements: dict[str, measure.Measurement], device: torch.device | str | None = None,
-                *, command: str = "", quick: bool = False) -> dict[str, Any]:
+def make_record(
+    measurements: dict[str, measure.Measurement],
+    device: torch.device | str | None = None,
+    *,
+    command: str = "",
+    quick: bool = False,
+) -> dict[str, Any]:
     """A JSON-ready record of ``measurements`` on ``device``: device name and kind, date (UTC),
     versions (dmcourse, torch, python, CUDA), the command that produced it, and the figures
     (``bandwidth_bytes_per_s``: copy/read; ``matmul_flops_per_s``: per precision) with settings."""
@@ -297,8 +344,15 @@ def make_record(measurements: dict[str, measure.Measurement], device: torch.devi
         "command": command,
         "quick": quick,
         "figures": {"bandwidth_bytes_per_s": bandwidth, "matmul_flops_per_s": matmul},
-        "settings": {k: {**m.settings, "repeats": len(m.timing.times_s), "median_s": m.timing.median_s,
-                         "timing": m.timing.method} for k, m in measurements.items()},
+        "settings": {
+            k: {
+                **m.settings,
+                "repeats": len(m.timing.times_s),
+                "median_s": m.timing.median_s,
+                "timing": m.timing.method,
+            }
+            for k, m in measurements.items()
+        },
     }
 
 
@@ -335,12 +389,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
     parser.add_argument("--quick", action="store_true", help="small sizes: seconds, figures understate the device")
-    parser.add_argument("--precisions", nargs="+", default=None,
-                        help=f"matmul precisions among {sorted(measure.PRECISIONS)} (default: all the device has)")
+    parser.add_argument(
+        "--precisions",
+        nargs="+",
+        default=None,
+        help=f"matmul precisions among {sorted(measure.PRECISIONS)} (default: all the device has)",
+    )
     parser.add_argument("--repeats", type=int, default=None, help="timed repeats per figure (median reported)")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
-    parser.add_argument("--out", default=None,
-                        help="output file (default: roofline_<device>_<date>.json in the current directory)")
+    parser.add_argument(
+        "--out", default=None, help="output file (default: roofline_<device>_<date>.json in the current directory)"
+    )
     args = parser.parse_args(argv)
     argv_list = list(sys.argv[1:] if argv is None else argv)
     try:

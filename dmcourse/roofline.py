@@ -20,29 +20,18 @@ Units: bytes, FLOPs, seconds, bytes/s, FLOP/s; intensities in FLOP/byte.
 from __future__ import annotations
 
 import math
-import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
-
-import torch
 
 # the model's bodies below check their arguments under these names
 from dmcourse.checks import check_int as _check_positive_int
 from dmcourse.checks import positive_float as _check_positive
-from dmcourse.measure import (  # what the records and the command line below use
-    PRECISIONS,
-    Measurement,
-    MiB,
-    _device,
-    available_precisions,
-    measure_bandwidth,
-    measure_matmul,
-)
 
 # --------------------------------------------------------------------------------------------
 # The model
 # --------------------------------------------------------------------------------------------
+
 
 def gemm_flops(m: int, k: int, n: int) -> int:
     """FLOPs of ``(m, k) @ (k, n)``: ``2 * m * k * n`` (one multiply and one add per term)."""
@@ -94,7 +83,11 @@ def roofline_time(flops: float, nbytes: float, peak_flops: float, bandwidth: flo
 
 
 def critical_batch_size(
-    peak_flops: float, bandwidth: float, bytes_per_element: float, k: int | None = None, n: int | None = None,
+    peak_flops: float,
+    bandwidth: float,
+    bytes_per_element: float,
+    k: int | None = None,
+    n: int | None = None,
 ) -> float:
     """The token count M from which ``(M, k) @ (k, n)`` becomes compute-bound (intensity >= ridge).
 
@@ -253,7 +246,11 @@ def decode_step(
 
 
 def decode_critical_batch(
-    peak_flops: float, bandwidth: float, *, max_batch: int = 2**24, **model: Any,
+    peak_flops: float,
+    bandwidth: float,
+    *,
+    max_batch: int = 2**24,
+    **model: Any,
 ) -> float:
     """Smallest batch at which :func:`decode_step` (with the keyword arguments ``model``, without
     ``batch``) is compute-bound; ``math.inf`` if none up to ``max_batch`` is. The step's intensity
@@ -276,8 +273,15 @@ def swiglu_cost(tokens: int, d_model: int, d_ff: int, bytes_per_element: float) 
     return Cost(float(flops), 2 * gate + down + 3 * bytes_per_element * tokens * d_ff)
 
 
-def moe_cost(tokens: int, d_model: int, d_ff: int, n_experts: int, top_k: int, bytes_per_element: float,
-             experts_touched: float | None = None) -> Cost:
+def moe_cost(
+    tokens: int,
+    d_model: int,
+    d_ff: int,
+    n_experts: int,
+    top_k: int,
+    bytes_per_element: float,
+    experts_touched: float | None = None,
+) -> Cost:
     """Expected cost of an MoE layer (SwiGLU experts) on ``tokens`` tokens under uniform routing.
 
     Router GEMM ``(T, d_model) @ (d_model, E)``; ``R = T * top_k`` routed rows; the weights of the
@@ -321,8 +325,15 @@ def decode_counts(config: Any) -> dict[str, int]:
     }
 
 
-def decode_kwargs(config: Any, dtype: str = "bf16", context: int = 0, *, kv_dtype: str | None = None,
-                  mla_form: str = "absorbed", counts: dict[str, int] | None = None) -> dict[str, Any]:
+def decode_kwargs(
+    config: Any,
+    dtype: str = "bf16",
+    context: int = 0,
+    *,
+    kv_dtype: str | None = None,
+    mla_form: str = "absorbed",
+    counts: dict[str, int] | None = None,
+) -> dict[str, Any]:
     """The keyword arguments of :func:`decode_step` (all but ``batch``) for a
     :class:`~dmcourse.configs.ModelConfig`, from :mod:`dmcourse.accounting`: the parameter
     ``counts`` (default :func:`decode_counts`; pass others to cost a variant such as a dense twin)
@@ -340,19 +351,29 @@ def decode_kwargs(config: Any, dtype: str = "bf16", context: int = 0, *, kv_dtyp
         **(decode_counts(config) if counts is None else counts),
         "bytes_per_param": accounting.bytes_per_param(dtype),
         "kv_bytes_per_seq": accounting.kv_cache_bytes(config, context, 1, kv, mla_compressed=compressed)
-        if context else 0.0,
+        if context
+        else 0.0,
         "attention_flops_per_seq": float(accounting.attention_flops_per_token(config, context, mla_form))
-        if context else 0.0,
+        if context
+        else 0.0,
     }
 
 
-def decode_step_for_config(config: Any, batch: int, dtype: str = "bf16", context: int = 0, *,
-                           kv_dtype: str | None = None, mla_form: str = "absorbed",
-                           counts: dict[str, int] | None = None) -> DecodeStep:
+def decode_step_for_config(
+    config: Any,
+    batch: int,
+    dtype: str = "bf16",
+    context: int = 0,
+    *,
+    kv_dtype: str | None = None,
+    mla_form: str = "absorbed",
+    counts: dict[str, int] | None = None,
+) -> DecodeStep:
     """:func:`decode_step` for a :class:`~dmcourse.configs.ModelConfig` at ``batch`` sequences of
     ``context`` tokens, with the arguments of :func:`decode_kwargs`."""
-    return decode_step(batch=batch, **decode_kwargs(config, dtype, context, kv_dtype=kv_dtype, mla_form=mla_form,
-                                                    counts=counts))
+    return decode_step(
+        batch=batch, **decode_kwargs(config, dtype, context, kv_dtype=kv_dtype, mla_form=mla_form, counts=counts)
+    )
 
 
 def datasheet_roof(gpu: str, precision: str = "bf16") -> tuple[float, float]:
@@ -365,6 +386,7 @@ def datasheet_roof(gpu: str, precision: str = "bf16") -> tuple[float, float]:
     peaks = spec.get("peak_flops") or {}
     bandwidth = spec.get("memory_bandwidth_bytes_per_s")
     if precision not in peaks or not bandwidth:
-        raise ValueError(f"the datasheet table has no {precision!r} peak or bandwidth for {spec.name}; "
-                         f"it has {sorted(peaks)}")
+        raise ValueError(
+            f"the datasheet table has no {precision!r} peak or bandwidth for {spec.name}; it has {sorted(peaks)}"
+        )
     return float(peaks[precision]), float(bandwidth)

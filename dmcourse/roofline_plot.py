@@ -73,14 +73,33 @@ def roofline_figure(
         datasheet = kind == "datasheet"
         label = f"{roof['name']} (datasheet)" if datasheet and "datasheet" not in roof["name"] else roof["name"]
         color = roof.get("color") or (next(shades, plot.COLORS["datasheet"]) if datasheet else plot.COLORS["measured"])
-        draw_roofline(ax, roof["peak"], roof["bandwidth"], label=label, color=color, ls="--" if datasheet else "-",
-                      intensity_range=intensity_range, scale=scale)
+        draw_roofline(
+            ax,
+            roof["peak"],
+            roof["bandwidth"],
+            label=label,
+            color=color,
+            ls="--" if datasheet else "-",
+            intensity_range=intensity_range,
+            scale=scale,
+        )
     for p in points:
-        ax.plot([p["intensity"]], [p["flops"] / scale], p.get("marker", "o"), color=p.get("color", plot.COLORS["accent"]),
-                label=p.get("label"), ms=p.get("ms", 5))
+        ax.plot(
+            [p["intensity"]],
+            [p["flops"] / scale],
+            p.get("marker", "o"),
+            color=p.get("color", plot.COLORS["accent"]),
+            label=p.get("label"),
+            ms=p.get("ms", 5),
+        )
         if p.get("annotate"):
-            ax.annotate(p["annotate"], (p["intensity"], p["flops"] / scale), textcoords="offset points",
-                        xytext=(4, 4), fontsize=7)
+            ax.annotate(
+                p["annotate"],
+                (p["intensity"], p["flops"] / scale),
+                textcoords="offset points",
+                xytext=(4, 4),
+                fontsize=7,
+            )
     if title:
         ax.set_title(title)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
@@ -101,8 +120,9 @@ def explorer(roofs: Mapping[str, tuple[float, float]], *, default: str | None = 
     m = w.IntSlider(value=1, min=0, max=16, description="log2 M")
     k = w.IntSlider(value=12, min=6, max=15, description="log2 K")
     n = w.IntSlider(value=12, min=6, max=15, description="log2 N")
-    dtype = w.Dropdown(options=[("fp32 (4 B)", 4), ("bf16/fp16 (2 B)", 2), ("fp8/int8 (1 B)", 1)], value=2,
-                       description="dtype")
+    dtype = w.Dropdown(
+        options=[("fp32 (4 B)", 4), ("bf16/fp16 (2 B)", 2), ("fp8/int8 (1 B)", 1)], value=2, description="dtype"
+    )
     out = w.Output()
 
     def redraw(*_: object) -> None:
@@ -117,13 +137,16 @@ def explorer(roofs: Mapping[str, tuple[float, float]], *, default: str | None = 
         with out:
             fig, ax = plt.subplots(figsize=(6.4, 3.8))
             draw_roofline(ax, peak, bw, label=device.value, color=plot.COLORS["dense"], scale=scale)
-            ax.plot([intensity], [attain / scale], "o", color=plot.COLORS["moe"],
-                    label=f"({mm} x {kk}) @ ({kk} x {nn})")
+            ax.plot(
+                [intensity], [attain / scale], "o", color=plot.COLORS["moe"], label=f"({mm} x {kk}) @ ({kk} x {nn})"
+            )
             ax.legend(fontsize=8, loc="lower right")
             plt.show()
-            print(f"intensity {intensity:.3g} FLOP/byte (ridge {peak / bw:.3g}): {bound}; "
-                  f"attainable {attain / scale:.3g} {UNITS.get(scale, '')}; predicted time {t * 1e6:.3g} us; "
-                  f"critical M for this K, N: {rl.critical_batch_size(peak, bw, dtype.value, kk, nn):.4g}")
+            print(
+                f"intensity {intensity:.3g} FLOP/byte (ridge {peak / bw:.3g}): {bound}; "
+                f"attainable {attain / scale:.3g} {UNITS.get(scale, '')}; predicted time {t * 1e6:.3g} us; "
+                f"critical M for this K, N: {rl.critical_batch_size(peak, bw, dtype.value, kk, nn):.4g}"
+            )
 
     for widget in (device, m, k, n, dtype):
         widget.observe(redraw, names="value")

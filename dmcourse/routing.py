@@ -127,9 +127,7 @@ def _check_logits_k(logits: torch.Tensor, k: int) -> int:
 def router_logits(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """Router logits ``x @ weight.T``: x (T, d_model), weight (n_experts, d_model) -> (T, n_experts)."""
     if weight.dim() != 2 or x.shape[-1] != weight.shape[1]:
-        raise ValueError(
-            f"router weight must be (n_experts, d_model={x.shape[-1]}), got {tuple(weight.shape)}"
-        )
+        raise ValueError(f"router weight must be (n_experts, d_model={x.shape[-1]}), got {tuple(weight.shape)}")
     return F.linear(x, weight)
 
 
@@ -143,8 +141,12 @@ def topk_softmax(logits: torch.Tensor, k: int) -> Routing:
     _check_logits_k(logits, k)
     logits32 = logits.float()
     top_logits, indices = torch.topk(logits32, k, dim=-1)
-    return Routing(indices=indices, weights=torch.softmax(top_logits, dim=-1), logits=logits,
-                   scores=torch.softmax(logits32, dim=-1))
+    return Routing(
+        indices=indices,
+        weights=torch.softmax(top_logits, dim=-1),
+        logits=logits,
+        scores=torch.softmax(logits32, dim=-1),
+    )
 
 
 def softmax_topk(logits: torch.Tensor, k: int, renormalize: bool = False) -> Routing:
@@ -317,14 +319,23 @@ class Router(nn.Module):
         if self.method == "softmax_topk":
             return softmax_topk(logits, self.top_k, renormalize=False)
         if self.method == "sigmoid":
-            return sigmoid_topk(logits, self.top_k, bias=self.bias, n_groups=self.n_groups,
-                                topk_groups=self.topk_groups, scale=self.scale)
+            return sigmoid_topk(
+                logits,
+                self.top_k,
+                bias=self.bias,
+                n_groups=self.n_groups,
+                topk_groups=self.topk_groups,
+                scale=self.scale,
+            )
         if self.training:
             noise_std = F.softplus(router_logits(x, self.noise_weight).float())
             return noisy_topk(logits, self.top_k, noise_std, generator=generator)
         return topk_softmax(logits, self.top_k)
 
     def extra_repr(self) -> str:
-        extra = f", n_groups={self.n_groups}, topk_groups={self.topk_groups}, scale={self.scale}" \
-            if self.method == "sigmoid" else ""
+        extra = (
+            f", n_groups={self.n_groups}, topk_groups={self.topk_groups}, scale={self.scale}"
+            if self.method == "sigmoid"
+            else ""
+        )
         return f"d_model={self.d_model}, n_experts={self.n_experts}, top_k={self.top_k}, method={self.method!r}{extra}"

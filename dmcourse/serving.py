@@ -57,6 +57,7 @@ def _int(name: str, value: object, low: int) -> int:
 # Speculative decoding and multi-token prediction
 # --------------------------------------------------------------------------------------------
 
+
 def expected_accepted(alpha: float, draft: int) -> float:
     """Expected tokens one verification step yields when each of ``draft`` (g) draft tokens is
     accepted with probability ``alpha``, independently, until the first rejection, plus the one
@@ -103,8 +104,9 @@ def speculative_speedup(alpha: float, draft: int, verify_ratio: float, draft_cos
     return expected_accepted(alpha, draft) / (verify_ratio + draft * draft_cost)
 
 
-def speculative_speedup_for(alpha: float, draft: int, *, batch: int, peak_flops: float, bandwidth: float,
-                            draft_cost: float = 0.0, **model: Any) -> float:
+def speculative_speedup_for(
+    alpha: float, draft: int, *, batch: int, peak_flops: float, bandwidth: float, draft_cost: float = 0.0, **model: Any
+) -> float:
     """:func:`speculative_speedup` with the roofline's :func:`verify_cost_ratio` for ``model``
     (keyword arguments of :func:`dmcourse.roofline.decode_step`) on a device of ``peak_flops``
     FLOP/s and ``bandwidth`` bytes/s."""
@@ -115,6 +117,7 @@ def speculative_speedup_for(alpha: float, draft: int, *, batch: int, peak_flops:
 # --------------------------------------------------------------------------------------------
 # Quantised weights
 # --------------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class QuantFormat:
@@ -143,11 +146,16 @@ class QuantFormat:
 
 #: The formats the chapter compares. Group-wise int8 and int4 with one bf16 scale per 128 weights
 #: (symmetric); "int4 g128 +zero" adds a bf16 zero point per group (asymmetric, as GPTQ/AWQ store).
-FORMATS: dict[str, QuantFormat] = {f.name: f for f in (
-    QuantFormat("fp32", 32), QuantFormat("bf16", 16),
-    QuantFormat("int8 g128", 8, 128), QuantFormat("int4 g128", 4, 128),
-    QuantFormat("int4 g128 +zero", 4, 128, zero_bytes=2.0),
-)}
+FORMATS: dict[str, QuantFormat] = {
+    f.name: f
+    for f in (
+        QuantFormat("fp32", 32),
+        QuantFormat("bf16", 16),
+        QuantFormat("int8 g128", 8, 128),
+        QuantFormat("int4 g128", 4, 128),
+        QuantFormat("int4 g128 +zero", 4, 128, zero_bytes=2.0),
+    )
+}
 
 
 def quant_format(fmt: str | QuantFormat) -> QuantFormat:
@@ -168,16 +176,20 @@ def split_counts(config: ModelConfig) -> tuple[dict[str, int], dict[str, int]]:
     return experts, {"dense_params": c["dense_params"]}
 
 
-def quantised_weight_bytes(config: ModelConfig, experts: str | QuantFormat = "bf16",
-                           other: str | QuantFormat = "bf16") -> float:
+def quantised_weight_bytes(
+    config: ModelConfig, experts: str | QuantFormat = "bf16", other: str | QuantFormat = "bf16"
+) -> float:
     """Bytes of all weights (``accounting.count_params(config).total``) with the routed experts in
     format ``experts`` and every other weight in ``other`` (scales counted)."""
     p = accounting.count_params(config)
-    return p.experts * quant_format(experts).bytes_per_param + (p.total - p.experts) * quant_format(other).bytes_per_param
+    return (
+        p.experts * quant_format(experts).bytes_per_param + (p.total - p.experts) * quant_format(other).bytes_per_param
+    )
 
 
-def mixed_decode_cost(config: ModelConfig, batch: int, experts: str | QuantFormat = "bf16",
-                      other: str | QuantFormat = "bf16") -> rl.Cost:
+def mixed_decode_cost(
+    config: ModelConfig, batch: int, experts: str | QuantFormat = "bf16", other: str | QuantFormat = "bf16"
+) -> rl.Cost:
     """FLOPs and bytes of one decode step of ``batch`` tokens (weights only) with the routed experts
     in ``experts`` and the other weights in ``other``: the sum of two
     :func:`dmcourse.roofline.decode_step` calls (:func:`split_counts`). Weight-only quantisation: the
@@ -208,8 +220,9 @@ def int8_linear(x: torch.Tensor, w_int8: torch.Tensor, scales: torch.Tensor) -> 
     if not hasattr(torch.ops.aten, "_weight_int8pack_mm"):
         raise RuntimeError(f"torch {torch.__version__} has no aten._weight_int8pack_mm")
     if w_int8.dtype != torch.int8 or w_int8.dim() != 2 or x.dim() != 2 or x.shape[1] != w_int8.shape[1]:
-        raise ValueError(f"need x (M, K) and w_int8 (N, K) int8, got {tuple(x.shape)} and "
-                         f"{tuple(w_int8.shape)} {w_int8.dtype}")
+        raise ValueError(
+            f"need x (M, K) and w_int8 (N, K) int8, got {tuple(x.shape)} and {tuple(w_int8.shape)} {w_int8.dtype}"
+        )
     return torch.ops.aten._weight_int8pack_mm(x, w_int8, scales.to(x.dtype))
 
 
@@ -242,9 +255,18 @@ class OffloadStep:
         return max(self.device_s, self.transfer_s) if self.overlap else self.device_s + self.transfer_s
 
 
-def offload_step(config: ModelConfig, batch: int, miss_rate: float, link_bytes_per_s: float, *,
-                 peak_flops: float, bandwidth: float, experts: str | QuantFormat = "bf16",
-                 other: str | QuantFormat = "bf16", overlap: bool = False) -> OffloadStep:
+def offload_step(
+    config: ModelConfig,
+    batch: int,
+    miss_rate: float,
+    link_bytes_per_s: float,
+    *,
+    peak_flops: float,
+    bandwidth: float,
+    experts: str | QuantFormat = "bf16",
+    other: str | QuantFormat = "bf16",
+    overlap: bool = False,
+) -> OffloadStep:
     """A decode step of ``batch`` tokens when a fraction ``miss_rate`` of the expert weights the
     step touches is not resident and comes over a link of ``link_bytes_per_s``
     (:func:`dmcourse.comm.comm_time_s`). Touched expert bytes: the experts part of
@@ -254,8 +276,12 @@ def offload_step(config: ModelConfig, batch: int, miss_rate: float, link_bytes_p
     e_counts, _ = split_counts(config)
     touched = rl.decode_step(batch=batch, bytes_per_param=quant_format(experts).bytes_per_param, **e_counts).nbytes
     fetched = miss_rate * touched
-    return OffloadStep(cost.time_s(peak_flops, bandwidth), fetched,
-                       comm.comm_time_s(fetched, _number("link_bytes_per_s", link_bytes_per_s, 1e-12)), overlap)
+    return OffloadStep(
+        cost.time_s(peak_flops, bandwidth),
+        fetched,
+        comm.comm_time_s(fetched, _number("link_bytes_per_s", link_bytes_per_s, 1e-12)),
+        overlap,
+    )
 
 
 def expert_bytes(config: ModelConfig, fmt: str | QuantFormat = "bf16") -> float:
@@ -266,14 +292,21 @@ def expert_bytes(config: ModelConfig, fmt: str | QuantFormat = "bf16") -> float:
     return accounting.count_params(config).experts / n * quant_format(fmt).bytes_per_param
 
 
-def resident_experts(config: ModelConfig, usable_bytes: float, experts: str | QuantFormat = "bf16",
-                     other: str | QuantFormat = "bf16", reserved_bytes: float = 0.0) -> int:
+def resident_experts(
+    config: ModelConfig,
+    usable_bytes: float,
+    experts: str | QuantFormat = "bf16",
+    other: str | QuantFormat = "bf16",
+    reserved_bytes: float = 0.0,
+) -> int:
     """How many routed experts per MoE layer fit in ``usable_bytes`` of device memory once every
     other weight (in ``other``) and ``reserved_bytes`` (KV cache, activations, workspace) are in:
     between 0 and ``n_experts``; -1 when not even the other weights fit."""
     usable = _number("usable_bytes", usable_bytes)
     p = accounting.count_params(config)
-    free = usable - _number("reserved_bytes", reserved_bytes) - (p.total - p.experts) * quant_format(other).bytes_per_param
+    free = (
+        usable - _number("reserved_bytes", reserved_bytes) - (p.total - p.experts) * quant_format(other).bytes_per_param
+    )
     if free < 0:
         return -1
     return min(config.n_experts, int(free // (config.n_moe_layers * expert_bytes(config, experts))))
@@ -284,7 +317,9 @@ def measure_h2d(nbytes: int, *, pinned: bool, device: torch.device | str = "cuda
     pageable host memory, timed with :func:`dmcourse.time_fn`. CUDA devices only (ValueError else)."""
     device = torch.device(device)
     if device.type != "cuda" or not torch.cuda.is_available():
-        raise ValueError(f"measure_h2d measures a host-to-GPU link: device must be an available CUDA device, got {device}")
+        raise ValueError(
+            f"measure_h2d measures a host-to-GPU link: device must be an available CUDA device, got {device}"
+        )
     nbytes = _int("nbytes", nbytes, 2**20)
     host = torch.ones(nbytes, dtype=torch.uint8, pin_memory=pinned)
     dst = torch.empty(nbytes, dtype=torch.uint8, device=device)
@@ -295,6 +330,7 @@ def measure_h2d(nbytes: int, *, pinned: bool, device: torch.device | str = "cuda
 # --------------------------------------------------------------------------------------------
 # Hot experts
 # --------------------------------------------------------------------------------------------
+
 
 def _counts(counts: object) -> torch.Tensor:
     if not isinstance(counts, torch.Tensor) or counts.dim() != 1 or counts.numel() < 1:
@@ -324,8 +360,10 @@ def experts_touched_skewed(counts: torch.Tensor, top_k: int, tokens: int) -> flo
     tokens = _int("tokens", tokens, 0)
     p = top_k * c / c.sum()
     if float(p.max()) > 1 + 1e-9:
-        raise ValueError(f"counts imply an expert chosen by more than every token (p = {float(p.max()):.3f} > 1) "
-                         f"with top_k={top_k}: counts must be of top-{top_k} assignments")
+        raise ValueError(
+            f"counts imply an expert chosen by more than every token (p = {float(p.max()):.3f} > 1) "
+            f"with top_k={top_k}: counts must be of top-{top_k} assignments"
+        )
     return float((1 - (1 - p.clamp(max=1.0)) ** tokens).sum())
 
 
@@ -333,8 +371,9 @@ def _greedy_max_load(c: torch.Tensor, n_gpus: int, n_redundant: int) -> float:
     replicas = torch.ones_like(c)
     for _ in range(n_redundant):
         replicas[int((c / replicas).argmax())] += 1
-    pieces = sorted((float(c[e] / replicas[e]) for e in range(c.numel()) for _ in range(int(replicas[e]))),
-                    reverse=True)
+    pieces = sorted(
+        (float(c[e] / replicas[e]) for e in range(c.numel()) for _ in range(int(replicas[e]))), reverse=True
+    )
     slots = math.ceil(len(pieces) / n_gpus)
     load, held = [0.0] * n_gpus, [0] * n_gpus
     for w in pieces:

@@ -70,8 +70,13 @@ def _compile(cache: Path) -> Path:
         cache.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=cache) as tmp:
             out = Path(tmp) / target.name
-            proc = subprocess.run([compiler, *flags, "-shared", "-fPIC", str(SOURCE), "-o", str(out)],
-                                  check=False, capture_output=True, text=True, timeout=120)
+            proc = subprocess.run(
+                [compiler, *flags, "-shared", "-fPIC", str(SOURCE), "-o", str(out)],
+                check=False,
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
             if proc.returncode == 0:
                 os.replace(out, target)  # atomic: a concurrent build of the same key is harmless
                 return target
@@ -165,8 +170,9 @@ def status() -> str:
 
 def _call(lib: ctypes.CDLL, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     y = torch.empty(x.shape[0], w.shape[0], dtype=torch.float32)
-    lib.linear_stream(x.data_ptr(), w.data_ptr(), y.data_ptr(), x.shape[0], x.shape[1], w.shape[0],
-                      torch.get_num_threads())
+    lib.linear_stream(
+        x.data_ptr(), w.data_ptr(), y.data_ptr(), x.shape[0], x.shape[1], w.shape[0], torch.get_num_threads()
+    )
     return y
 
 

@@ -71,11 +71,27 @@ class MixtureTask:
         seed: the task's own seed (centres and teachers); batches use the generator given to :meth:`sample`.
     """
 
-    def __init__(self, d_in: int = 16, d_out: int = 8, n_clusters: int = 8, *, teacher_width: int = 16,
-                 spread: float = 0.3, common: float = 5.0, gain: float = 1.5, shared: float = 0.0,
-                 clusters_per_seq: int = 2, seed: int = 0) -> None:
-        for name, value in (("d_in", d_in), ("d_out", d_out), ("n_clusters", n_clusters),
-                            ("teacher_width", teacher_width), ("clusters_per_seq", clusters_per_seq)):
+    def __init__(
+        self,
+        d_in: int = 16,
+        d_out: int = 8,
+        n_clusters: int = 8,
+        *,
+        teacher_width: int = 16,
+        spread: float = 0.3,
+        common: float = 5.0,
+        gain: float = 1.5,
+        shared: float = 0.0,
+        clusters_per_seq: int = 2,
+        seed: int = 0,
+    ) -> None:
+        for name, value in (
+            ("d_in", d_in),
+            ("d_out", d_out),
+            ("n_clusters", n_clusters),
+            ("teacher_width", teacher_width),
+            ("clusters_per_seq", clusters_per_seq),
+        ):
             check_int(name, value)
         if clusters_per_seq > n_clusters:
             raise ValueError(f"clusters_per_seq={clusters_per_seq} exceeds n_clusters={n_clusters}")
@@ -90,8 +106,8 @@ class MixtureTask:
         direction = torch.randn(d_in, generator=g)
         self.centers = torch.randn(n_clusters, d_in, generator=g) + common * direction  # (C, d_in)
         # teacher 0 is the shared one, teacher c + 1 belongs to cluster c
-        self.w_in = torch.randn(n_clusters + 1, teacher_width, d_in, generator=g) * gain / d_in ** 0.5
-        self.w_out = torch.randn(n_clusters + 1, d_out, teacher_width, generator=g) / teacher_width ** 0.5
+        self.w_in = torch.randn(n_clusters + 1, teacher_width, d_in, generator=g) * gain / d_in**0.5
+        self.w_out = torch.randn(n_clusters + 1, d_out, teacher_width, generator=g) / teacher_width**0.5
         self.target_scale = 1.0
         probe = self.sample(64, 64, torch.Generator().manual_seed(seed + 1))
         self.target_scale = float(probe.y.std())  # targets of unit variance
@@ -125,9 +141,11 @@ class MixtureTask:
         return lambda step, generator: self.sample(batch_size, seq_len, generator)
 
     def __repr__(self) -> str:
-        return (f"MixtureTask(d_in={self.d_in}, d_out={self.d_out}, n_clusters={self.n_clusters}, "
-                f"teacher_width={self.teacher_width}, spread={self.spread}, common={self.common}, gain={self.gain}, "
-                f"shared={self.shared}, clusters_per_seq={self.clusters_per_seq}, seed={self.seed})")
+        return (
+            f"MixtureTask(d_in={self.d_in}, d_out={self.d_out}, n_clusters={self.n_clusters}, "
+            f"teacher_width={self.teacher_width}, spread={self.spread}, common={self.common}, gain={self.gain}, "
+            f"shared={self.shared}, clusters_per_seq={self.clusters_per_seq}, seed={self.seed})"
+        )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -140,8 +158,7 @@ class ToyModel(nn.Module):
     ``ffn(layer_index)`` builds each block's FFN, a module (..., d_model) -> (..., d_model).
     """
 
-    def __init__(self, d_in: int, d_out: int, d_model: int, n_layers: int,
-                 ffn: Callable[[int], nn.Module]) -> None:
+    def __init__(self, d_in: int, d_out: int, d_model: int, n_layers: int, ffn: Callable[[int], nn.Module]) -> None:
         super().__init__()
         for name, value in (("d_in", d_in), ("d_out", d_out), ("d_model", d_model), ("n_layers", n_layers)):
             check_int(name, value)
@@ -158,15 +175,24 @@ class ToyModel(nn.Module):
         return self.head(self.norm_out(h))
 
 
-def toy_moe(task: MixtureTask, *, d_model: int = 32, n_layers: int = 2, n_experts: int = 8, top_k: int = 2,
-            d_ff: int = 32, **moe_kwargs: Any) -> ToyModel:
+def toy_moe(
+    task: MixtureTask,
+    *,
+    d_model: int = 32,
+    n_layers: int = 2,
+    n_experts: int = 8,
+    top_k: int = 2,
+    d_ff: int = 32,
+    **moe_kwargs: Any,
+) -> ToyModel:
     """A :class:`ToyModel` whose FFNs are :class:`dmcourse.moe.MoE` layers.
 
     ``moe_kwargs`` go to ``MoE`` (``router="sigmoid"`` for the bias balancer, ``n_shared_experts``,
     ``shared_d_ff``, ``dispatch``, ...).
     """
-    return ToyModel(task.d_in, task.d_out, d_model, n_layers,
-                    lambda i: MoE(d_model, d_ff, n_experts, top_k, **moe_kwargs))
+    return ToyModel(
+        task.d_in, task.d_out, d_model, n_layers, lambda i: MoE(d_model, d_ff, n_experts, top_k, **moe_kwargs)
+    )
 
 
 def toy_dense(task: MixtureTask, *, d_model: int = 32, n_layers: int = 2, d_ff: int = 64) -> ToyModel:

@@ -77,7 +77,9 @@ class TrainConfig:
         if self.grad_clip is not None and not self.grad_clip > 0:
             raise ValueError(f"grad_clip must be positive or None, got {self.grad_clip!r}")
         if self.amp_dtype not in (None, torch.bfloat16, torch.float16, torch.float32):
-            raise ValueError(f"amp_dtype must be None, torch.bfloat16, torch.float16 or torch.float32, got {self.amp_dtype!r}")
+            raise ValueError(
+                f"amp_dtype must be None, torch.bfloat16, torch.float16 or torch.float32, got {self.amp_dtype!r}"
+            )
 
     def lr_at(self, step: int) -> float:
         """Learning rate of step ``step`` (0-based)."""
@@ -206,8 +208,9 @@ def train(
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("the model has no trainable parameters")
-    optimizer = torch.optim.AdamW(params, lr=config.lr, betas=config.betas, eps=config.eps,
-                                  weight_decay=config.weight_decay)
+    optimizer = torch.optim.AdamW(
+        params, lr=config.lr, betas=config.betas, eps=config.eps, weight_decay=config.weight_decay
+    )
     use_amp = device.type == "cuda" and config.amp_dtype in (torch.bfloat16, torch.float16)
     scaler = torch.amp.GradScaler("cuda") if use_amp and config.amp_dtype == torch.float16 else None
     generator = torch.Generator().manual_seed(config.seed)
@@ -240,17 +243,30 @@ def train(
         else:
             optimizer.step()
         log = step % config.log_every == 0 or step == config.steps - 1
-        ctx = StepContext(step=step, model=model, batch=batch, loss=loss.detach(), metrics=dict(metrics),
-                          optimizer=optimizer, config=config, log=log)
+        ctx = StepContext(
+            step=step,
+            model=model,
+            batch=batch,
+            loss=loss.detach(),
+            metrics=dict(metrics),
+            optimizer=optimizer,
+            config=config,
+            log=log,
+        )
         record: dict[str, Any] = {}
         for hook in hooks:
             out = hook(ctx)
             if log and out:
                 record.update(out)
         if log:
-            record = {"step": step, "loss": float(loss.detach()), "lr": lr,
-                      **({"grad_norm": float(grad_norm)} if grad_norm is not None else {}),
-                      **{k: _scalar(v) for k, v in metrics.items()}, **record}
+            record = {
+                "step": step,
+                "loss": float(loss.detach()),
+                "lr": lr,
+                **({"grad_norm": float(grad_norm)} if grad_norm is not None else {}),
+                **{k: _scalar(v) for k, v in metrics.items()},
+                **record,
+            }
             history.append(record)
             bar.set_postfix(loss=f"{record['loss']:.4f}", refresh=False)
     bar.close()
@@ -258,8 +274,15 @@ def train(
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, batch_fn: BatchFn, loss_fn: LossFn, *, n_batches: int = 4, seed: int = 12345,
-             hooks: Iterable[Hook] = ()) -> dict[str, float]:
+def evaluate(
+    model: nn.Module,
+    batch_fn: BatchFn,
+    loss_fn: LossFn,
+    *,
+    n_batches: int = 4,
+    seed: int = 12345,
+    hooks: Iterable[Hook] = (),
+) -> dict[str, float]:
     """Mean loss, metrics and hook outputs over ``n_batches`` held-out batches (model in eval mode,
     no gradients; a generator seeded with ``seed``, so every model sees the same batches)."""
     check_int("n_batches", n_batches)
@@ -274,8 +297,16 @@ def evaluate(model: nn.Module, batch_fn: BatchFn, loss_fn: LossFn, *, n_batches:
             batch = to_device(batch_fn(i, generator), device)
             loss, metrics = loss_fn(model, batch)
             values = {"loss": float(loss), **{k: _scalar(v) for k, v in metrics.items()}}
-            ctx = StepContext(step=i, model=model, batch=batch, loss=loss, metrics=dict(metrics),
-                              optimizer=None, config=None, log=True)  # type: ignore[arg-type]
+            ctx = StepContext(
+                step=i,
+                model=model,
+                batch=batch,
+                loss=loss,
+                metrics=dict(metrics),
+                optimizer=None,  # type: ignore[arg-type]  # evaluation: no optimiser, no config
+                config=None,  # type: ignore[arg-type]
+                log=True,
+            )
             for hook in hooks:
                 values.update(hook(ctx) or {})
             for k, v in values.items():
@@ -307,6 +338,17 @@ def run_config(config: TrainConfig, **changes: Any) -> TrainConfig:
 
 
 __all__: Sequence[str] = (
-    "BatchFn", "History", "Hook", "LossFn", "StepContext", "TrainConfig", "evaluate", "progress_default", "run_config",
-    "task_loss_fn", "task_mse", "to_device", "train",
+    "BatchFn",
+    "History",
+    "Hook",
+    "LossFn",
+    "StepContext",
+    "TrainConfig",
+    "evaluate",
+    "progress_default",
+    "run_config",
+    "task_loss_fn",
+    "task_mse",
+    "to_device",
+    "train",
 )

@@ -42,8 +42,16 @@ def _check_fraction(name: str, value: object, upper_inclusive: bool = True) -> f
 
 
 @torch.no_grad()
-def upcycle_ffn(ffn: SwiGLU, n_experts: int, top_k: int, *, noise: float = 0.0, reinit_fraction: float = 0.0,
-                generator: torch.Generator | None = None, router: str | None = None) -> MoE:
+def upcycle_ffn(
+    ffn: SwiGLU,
+    n_experts: int,
+    top_k: int,
+    *,
+    noise: float = 0.0,
+    reinit_fraction: float = 0.0,
+    generator: torch.Generator | None = None,
+    router: str | None = None,
+) -> MoE:
     """An :class:`~dmcourse.moe.MoE` whose ``n_experts`` experts start as copies of ``ffn``.
 
     The router is new (``nn.Linear``-style init), with the rule ``router`` (default: the MoE default,
@@ -82,8 +90,9 @@ def upcycle_ffn(ffn: SwiGLU, n_experts: int, top_k: int, *, noise: float = 0.0, 
 
 
 @torch.no_grad()
-def upcycle_lm(model: TinyLM, n_experts: int, top_k: int, *, noise: float = 0.0, reinit_fraction: float = 0.0,
-               seed: int = 0) -> TinyLM:
+def upcycle_lm(
+    model: TinyLM, n_experts: int, top_k: int, *, noise: float = 0.0, reinit_fraction: float = 0.0, seed: int = 0
+) -> TinyLM:
     """A MoE :class:`~dmcourse.lm.TinyLM` from a dense one: every FFN upcycled (:func:`upcycle_ffn`),
     everything else copied. The experts have the dense ``d_ff``; ``model`` is left unchanged."""
     if not isinstance(model, TinyLM) or model.config.is_moe:
@@ -98,8 +107,9 @@ def upcycle_lm(model: TinyLM, n_experts: int, top_k: int, *, noise: float = 0.0,
         raise ValueError(f"state mismatch while upcycling: missing {missing}, unexpected {unexpected}")
     for src, dst in zip(model.blocks, moe_model.blocks):
         assert isinstance(src.ffn, SwiGLU), f"a dense TinyLM block holds a SwiGLU, got {type(src.ffn).__name__}"
-        dst.ffn = upcycle_ffn(src.ffn, n_experts, top_k, noise=noise, reinit_fraction=reinit_fraction,
-                              generator=generator)
+        dst.ffn = upcycle_ffn(
+            src.ffn, n_experts, top_k, noise=noise, reinit_fraction=reinit_fraction, generator=generator
+        )
     return moe_model
 
 
@@ -156,5 +166,11 @@ def routing_agreement(before: Sequence[torch.Tensor], after: Sequence[torch.Tens
     return same / total
 
 
-__all__: Sequence[str] = ("freeze_routers", "moe_modules", "routing_agreement", "upcycle_ffn", "upcycle_lm",
-                          "with_top_k")
+__all__: Sequence[str] = (
+    "freeze_routers",
+    "moe_modules",
+    "routing_agreement",
+    "upcycle_ffn",
+    "upcycle_lm",
+    "with_top_k",
+)

@@ -31,25 +31,61 @@ DEFAULT_ASSUMED_USD_PER_GPU_HOUR: float = 2.0
 
 CUSTOM = "custom"
 DTYPES = ("fp32", "bf16", "fp16", "fp8", "int8", "int4")
-CUSTOM_DEFAULTS: dict[str, int] = dict(d_model=4096, n_layers=32, n_heads=32, n_kv_heads=8, d_ff=14336,
-                                       vocab_size=32000, n_experts=8, top_k=2, d_ff_expert=14336)
+CUSTOM_DEFAULTS: dict[str, int] = dict(
+    d_model=4096,
+    n_layers=32,
+    n_heads=32,
+    n_kv_heads=8,
+    d_ff=14336,
+    vocab_size=32000,
+    n_experts=8,
+    top_k=2,
+    d_ff_expert=14336,
+)
 """Fields of a custom model (Mixtral-8x7B's shape; ``n_experts=0`` makes it dense)."""
 
 BATCHES: tuple[int, ...] = tuple(2**i for i in range(15))
 
 
-def custom_config(d_model: int, n_layers: int, n_heads: int, n_kv_heads: int, d_ff: int, vocab_size: int,
-                  n_experts: int = 0, top_k: int = 0, d_ff_expert: int = 0, name: str = CUSTOM) -> ModelConfig:
+def custom_config(
+    d_model: int,
+    n_layers: int,
+    n_heads: int,
+    n_kv_heads: int,
+    d_ff: int,
+    vocab_size: int,
+    n_experts: int = 0,
+    top_k: int = 0,
+    d_ff_expert: int = 0,
+    name: str = CUSTOM,
+) -> ModelConfig:
     """A :class:`~dmcourse.configs.ModelConfig` from the calculator's custom fields: GQA attention,
     SwiGLU FFNs; ``n_experts = 0``: dense (``top_k`` and ``d_ff_expert`` ignored); else every layer
     is an MoE layer with ``n_experts`` experts of width ``d_ff_expert``, ``top_k`` per token.
     Invalid values raise ``ValueError`` (from ModelConfig), naming the field."""
     if not n_experts:
         # dense: top_k and d_ff_expert are ignored, the MoE fields keep ModelConfig's defaults
-        return ModelConfig(name=name, vocab_size=vocab_size, d_model=d_model, n_layers=n_layers, n_heads=n_heads,
-                           n_kv_heads=n_kv_heads, d_ff=d_ff)
-    return ModelConfig(name=name, vocab_size=vocab_size, d_model=d_model, n_layers=n_layers, n_heads=n_heads,
-                       n_kv_heads=n_kv_heads, d_ff=d_ff, n_experts=n_experts, top_k=top_k, d_ff_expert=d_ff_expert)
+        return ModelConfig(
+            name=name,
+            vocab_size=vocab_size,
+            d_model=d_model,
+            n_layers=n_layers,
+            n_heads=n_heads,
+            n_kv_heads=n_kv_heads,
+            d_ff=d_ff,
+        )
+    return ModelConfig(
+        name=name,
+        vocab_size=vocab_size,
+        d_model=d_model,
+        n_layers=n_layers,
+        n_heads=n_heads,
+        n_kv_heads=n_kv_heads,
+        d_ff=d_ff,
+        n_experts=n_experts,
+        top_k=top_k,
+        d_ff_expert=d_ff_expert,
+    )
 
 
 def model_for(choice: str, custom: Mapping[str, int] | None = None) -> ModelConfig:
@@ -66,23 +102,37 @@ def model_for(choice: str, custom: Mapping[str, int] | None = None) -> ModelConf
     return PRESETS[choice]
 
 
-def estimate_for(choice: str, gpu: str, dtype: str, batch: int, context: int, usd_per_gpu_hour: float,
-                 custom: Mapping[str, int] | None = None) -> calc.Estimate:
+def estimate_for(
+    choice: str,
+    gpu: str,
+    dtype: str,
+    batch: int,
+    context: int,
+    usd_per_gpu_hour: float,
+    custom: Mapping[str, int] | None = None,
+) -> calc.Estimate:
     """The calculator's computation: :func:`dmcourse.calculator.estimate` for its inputs."""
-    return calc.estimate(model_for(choice, custom), gpu, dtype=dtype, batch=batch, context=context,
-                         usd_per_gpu_hour=usd_per_gpu_hour)
+    return calc.estimate(
+        model_for(choice, custom), gpu, dtype=dtype, batch=batch, context=context, usd_per_gpu_hour=usd_per_gpu_hour
+    )
 
 
 def estimate_html(est: calc.Estimate) -> str:
     """An HTML table of :meth:`Estimate.rows`, with a line saying what is datasheet and what assumed."""
     body = "".join(f"<tr><td>{html.escape(k)}</td><td><b>{html.escape(v)}</b></td></tr>" for k, v in est.rows())
-    note = ("Roofline lower bound with datasheet bandwidth and peak; ideal scaling over the GPUs "
-            "(no communication); the price per GPU-hour is an assumption.")
+    note = (
+        "Roofline lower bound with datasheet bandwidth and peak; ideal scaling over the GPUs "
+        "(no communication); the price per GPU-hour is an assumption."
+    )
     return f"<table>{body}</table><p style='font-size:smaller'>{html.escape(note)}</p>"
 
 
-def plot_estimate(est: calc.Estimate, config: ModelConfig | None = None, batches: Sequence[int] = BATCHES,
-                  axes: Sequence[plt.Axes] | None = None) -> plt.Figure:
+def plot_estimate(
+    est: calc.Estimate,
+    config: ModelConfig | None = None,
+    batches: Sequence[int] = BATCHES,
+    axes: Sequence[plt.Axes] | None = None,
+) -> plt.Figure:
     """Two panels for one :class:`~dmcourse.calculator.Estimate`: the memory it needs (weights, KV
     cache, activations) against the datasheet memory of the GPUs costed; and GPU-seconds (and, with
     a price, dollars) per million tokens as the batch varies, the estimate's batch marked,
@@ -102,27 +152,48 @@ def plot_estimate(est: calc.Estimate, config: ModelConfig | None = None, batches
         fig = parent
     ax_mem, ax_cost = axes
     m, gb = est.memory, accounting.to_gb
-    parts = [("weights", m.weight_bytes, plot.COLORS["dense"]), ("KV cache", m.kv_cache_bytes, plot.COLORS["moe"]),
-             ("activations", m.extra_bytes, plot.COLORS["accent"])]
+    parts = [
+        ("weights", m.weight_bytes, plot.COLORS["dense"]),
+        ("KV cache", m.kv_cache_bytes, plot.COLORS["moe"]),
+        ("activations", m.extra_bytes, plot.COLORS["accent"]),
+    ]
     bottom = 0.0
     for label, value, color in parts:
-        ax_mem.bar([0], [gb(value)], bottom=bottom, color=color, label=f"{label} {gb(value):,.{1 if gb(value) >= 1 else 3}f} GB", width=0.6)
+        ax_mem.bar(
+            [0],
+            [gb(value)],
+            bottom=bottom,
+            color=color,
+            label=f"{label} {gb(value):,.{1 if gb(value) >= 1 else 3}f} GB",
+            width=0.6,
+        )
         bottom += gb(value)
     capacity = gb(est.n_gpus * m.memory_bytes)
-    ax_mem.axhline(capacity, color=plot.COLORS["datasheet"], ls="--",
-                   label=f"{est.n_gpus} x {est.gpu}: {capacity:,.0f} GB (datasheet)")
-    ax_mem.set(xticks=[], xlim=(-0.5, 2.5), ylim=(0, 1.25 * max(bottom, capacity)), ylabel="GB (1e9 bytes)",
-               title=f"{est.model}, {est.dtype}: memory")
+    ax_mem.axhline(
+        capacity,
+        color=plot.COLORS["datasheet"],
+        ls="--",
+        label=f"{est.n_gpus} x {est.gpu}: {capacity:,.0f} GB (datasheet)",
+    )
+    ax_mem.set(
+        xticks=[],
+        xlim=(-0.5, 2.5),
+        ylim=(0, 1.25 * max(bottom, capacity)),
+        ylabel="GB (1e9 bytes)",
+        title=f"{est.model}, {est.dtype}: memory",
+    )
     ax_mem.legend(loc="center right", fontsize=8)
 
     price = est.cost.usd_per_gpu_hour
     color = plot.COLORS["moe"] if config.is_moe else plot.COLORS["dense"]
     points = []
     for b in batches:
-        r = economics.decode_cost(config, est.gpu, b, context=est.context, dtype=est.dtype, kv_dtype=est.kv_dtype,
-                                  n_gpus=est.n_gpus)
-        fits = economics.serving_memory(config, est.gpu, est.dtype, batch=b, context=est.context,
-                                        kv_dtype=est.kv_dtype, n_gpus=est.n_gpus).fits
+        r = economics.decode_cost(
+            config, est.gpu, b, context=est.context, dtype=est.dtype, kv_dtype=est.kv_dtype, n_gpus=est.n_gpus
+        )
+        fits = economics.serving_memory(
+            config, est.gpu, est.dtype, batch=b, context=est.context, kv_dtype=est.kv_dtype, n_gpus=est.n_gpus
+        ).fits
         points.append((b, r.gpu_seconds_per_token * 1e6, r.bound, fits))
     for bound, style in (("memory", "-"), ("compute", "--")):
         pts = [(b, y) for b, y, bd, _ in points if bd == bound]
@@ -130,23 +201,33 @@ def plot_estimate(est: calc.Estimate, config: ModelConfig | None = None, batches
             ax_cost.loglog(*zip(*pts), style, color=color, label=f"{bound}-bound")
     over = [(b, y) for b, y, _, fits in points if not fits]
     if over:
-        ax_cost.loglog(*zip(*over), "x", color=plot.COLORS["datasheet"], ms=5,
-                       label=f"does not fit {est.n_gpus} GPU(s): more GPUs, same cost if scaling were ideal")
+        ax_cost.loglog(
+            *zip(*over),
+            "x",
+            color=plot.COLORS["datasheet"],
+            ms=5,
+            label=f"does not fit {est.n_gpus} GPU(s): more GPUs, same cost if scaling were ideal",
+        )
     ax_cost.loglog([est.batch], [est.cost.gpu_seconds_per_token * 1e6], "o", color="k", label=f"batch {est.batch}")
-    ax_cost.set(xlabel="batch (sequences decoded together)", ylabel="GPU-seconds per million tokens",
-                title=f"{est.n_gpus} x {est.gpu} (datasheet roof), context {est.context}")
+    ax_cost.set(
+        xlabel="batch (sequences decoded together)",
+        ylabel="GPU-seconds per million tokens",
+        title=f"{est.n_gpus} x {est.gpu} (datasheet roof), context {est.context}",
+    )
     if price:
         usd_per_gpu_s = price / 3600
-        sec = ax_cost.secondary_yaxis("right", functions=(lambda s: np.asarray(s) * usd_per_gpu_s,
-                                                          lambda d: np.asarray(d) / usd_per_gpu_s))
+        sec = ax_cost.secondary_yaxis(
+            "right", functions=(lambda s: np.asarray(s) * usd_per_gpu_s, lambda d: np.asarray(d) / usd_per_gpu_s)
+        )
         sec.set_ylabel(f"\\$ per million tokens (assumed \\${price:g}/GPU-hour)", fontsize=8)
     ax_cost.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2)
     fig.tight_layout()
     return fig
 
 
-def calculator(usd_per_gpu_hour: float = DEFAULT_ASSUMED_USD_PER_GPU_HOUR, model: str = "Mixtral-8x7B",
-               gpu: str = "H100") -> Any:
+def calculator(
+    usd_per_gpu_hour: float = DEFAULT_ASSUMED_USD_PER_GPU_HOUR, model: str = "Mixtral-8x7B", gpu: str = "H100"
+) -> Any:
     """The interactive calculator for a live notebook: model (a preset or custom fields), GPU,
     dtype, batch, context, assumed $/GPU-hour -> memory, GPUs needed, time and cost per token, bound
     (:func:`estimate_for`, :func:`estimate_html`, :func:`plot_estimate`). Returns the widget."""
@@ -157,11 +238,24 @@ def calculator(usd_per_gpu_hour: float = DEFAULT_ASSUMED_USD_PER_GPU_HOUR, model
     dtype = w.Dropdown(options=DTYPES, value="bf16", description="weights")
     batch = w.SelectionSlider(options=list(BATCHES), value=1, description="batch")
     context = w.SelectionSlider(options=[0] + [2**i for i in range(8, 18)], value=4096, description="context")
-    price = w.BoundedFloatText(value=usd_per_gpu_hour, min=0.0, max=1000.0, step=0.1,
-                               description="assumed $/GPU-h", style={"description_width": "initial"})
-    custom = {k: w.BoundedIntText(value=v, min=0 if k in ("n_experts", "top_k", "d_ff_expert") else 1,
-                                  max=10**7, description=k, layout=w.Layout(width="190px"))
-              for k, v in CUSTOM_DEFAULTS.items()}
+    price = w.BoundedFloatText(
+        value=usd_per_gpu_hour,
+        min=0.0,
+        max=1000.0,
+        step=0.1,
+        description="assumed $/GPU-h",
+        style={"description_width": "initial"},
+    )
+    custom = {
+        k: w.BoundedIntText(
+            value=v,
+            min=0 if k in ("n_experts", "top_k", "d_ff_expert") else 1,
+            max=10**7,
+            description=k,
+            layout=w.Layout(width="190px"),
+        )
+        for k, v in CUSTOM_DEFAULTS.items()
+    }
     custom_box = w.GridBox(list(custom.values()), layout=w.Layout(grid_template_columns="repeat(3, 200px)"))
     table, figure = w.HTML(), w.Output()
 

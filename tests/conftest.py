@@ -48,7 +48,9 @@ def built_book() -> Path:
     if not (BUILD_HTML / "index.html").exists():
         subprocess.run(
             [str(Path(sys.executable).parent / "jupyter-book"), "build", str(ROOT), "-W", "-n", "--keep-going"],
-            check=True, cwd=ROOT, env={**os.environ, "DMCOURSE_PROGRESS": "0"},  # as `make book`
+            check=True,
+            cwd=ROOT,
+            env={**os.environ, "DMCOURSE_PROGRESS": "0"},  # as `make book`
         )
     return BUILD_HTML
 
@@ -120,8 +122,10 @@ def chapter_marker(chapter: str) -> str:
 
 def pytest_configure(config: pytest.Config) -> None:
     for row in course_map():
-        config.addinivalue_line("markers", f"{chapter_marker(str(row['chapter']))}: tests of chapter "
-                                f"{row['chapter']} (README's map of the course)")
+        config.addinivalue_line(
+            "markers",
+            f"{chapter_marker(str(row['chapter']))}: tests of chapter {row['chapter']} (README's map of the course)",
+        )
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -132,5 +136,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             notebooks = [Path(str(n)).stem for n in row["notebook"]]
             words = [*notebooks, *row["exercises"]]
             if file in [f"{t}.py" if not t.endswith(".py") else t for t in row["tests"]] or any(
-                    w and w in item.nodeid for w in words):
+                w and w in item.nodeid for w in words
+            ):
                 item.add_marker(chapter_marker(str(row["chapter"])))

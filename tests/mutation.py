@@ -79,8 +79,9 @@ def student_id(index: int, name: str) -> str:
     return f"m{index:02d}_" + re.sub(r"[^A-Za-z0-9]+", "_", name).strip("_")[:40]
 
 
-def run(root: Path, assignment: str, mutants: list[dict], jobs: int = 2, timeout: int = 120,
-        workdir: Path | None = None) -> tuple[list[Result], float]:
+def run(
+    root: Path, assignment: str, mutants: list[dict], jobs: int = 2, timeout: int = 120, workdir: Path | None = None
+) -> tuple[list[Result], float]:
     """Grade every mutant of ``assignment`` in a copy of the course; return (results, control score)."""
     tmp = Path(tempfile.mkdtemp(prefix="dmcourse-mutants-")) if workdir is None else Path(workdir)
     try:
@@ -148,7 +149,9 @@ def _score(nb: nbformat.NotebookNode) -> tuple[float, float]:
     return got, total
 
 
-def run_in_one_kernel(root: Path, assignment: str, mutants: list[dict], timeout: int = 120) -> tuple[list[Result], float]:
+def run_in_one_kernel(
+    root: Path, assignment: str, mutants: list[dict], timeout: int = 120
+) -> tuple[list[Result], float]:
     """Score every mutant by executing it in one reused kernel (see the module doc)."""
     from nbclient import NotebookClient
     from nbclient.exceptions import DeadKernelError
@@ -163,10 +166,15 @@ def run_in_one_kernel(root: Path, assignment: str, mutants: list[dict], timeout:
         shutil.copytree(Path(root) / "solutions" / assignment, work)  # the files a notebook may read
         pending = list(notebooks)
         while pending:
-            client = NotebookClient(nbformat.v4.new_notebook(), timeout=timeout, allow_errors=True,
-                                    interrupt_on_timeout=True, kernel_name="python3",
-                                    error_on_timeout={"ename": "CellTimeoutError", "evalue": "", "traceback": []},
-                                    resources={"metadata": {"path": str(work)}})
+            client = NotebookClient(
+                nbformat.v4.new_notebook(),
+                timeout=timeout,
+                allow_errors=True,
+                interrupt_on_timeout=True,
+                kernel_name="python3",
+                error_on_timeout={"ename": "CellTimeoutError", "evalue": "", "traceback": []},
+                resources={"metadata": {"path": str(work)}},
+            )
             with setenv(NBGRADER_EXECUTION="autograde"), client.setup_kernel():
                 while pending:
                     name, nb = pending[0]
@@ -191,7 +199,9 @@ def run_in_one_kernel(root: Path, assignment: str, mutants: list[dict], timeout:
     control, max_score, failure = scores["control"]
     if failure or control != max_score:
         raise RuntimeError(f"the unchanged solution of {assignment} scores {control}/{max_score} ({failure})")
-    return [Result(assignment, m["name"], scores[m["name"]][0], max_score, scores[m["name"]][2]) for m in mutants], control
+    return [
+        Result(assignment, m["name"], scores[m["name"]][0], max_score, scores[m["name"]][2]) for m in mutants
+    ], control
 
 
 def format_table(results: list[Result]) -> str:

@@ -47,8 +47,9 @@ def test_points(release: nbformat.NotebookNode) -> list[tuple[str, float, int]]:
     return out
 
 
-def correct(solution: nbformat.NotebookNode, release: nbformat.NotebookNode,
-            answered: list[str] | None = None) -> nbformat.NotebookNode:
+def correct(
+    solution: nbformat.NotebookNode, release: nbformat.NotebookNode, answered: list[str] | None = None
+) -> nbformat.NotebookNode:
     """The release with the solution's code in the answer cells (only those in ``answered`` if given)."""
     sol = {_gid(c): c for c in solution.cells if _gid(c)}
     nb = copy.deepcopy(release)

@@ -14,7 +14,6 @@ from dmcourse.accounting import (
     attention_flops_per_token,
     bytes_per_param,
     count_params,
-    fits_on_gpu,
     forward_flops_per_token,
     kv_cache_bytes,
     kv_cache_bytes_per_token,
@@ -25,6 +24,7 @@ from dmcourse.accounting import (
     weight_bytes,
 )
 from dmcourse.configs import ModelConfig, load_preset
+from dmcourse.fit import fits_on_gpu
 
 TINY = ModelConfig(name="tiny", vocab_size=10, d_model=8, n_layers=2, n_heads=2, n_kv_heads=1, d_ff=16)
 
@@ -44,7 +44,10 @@ def test_dense_70b_in_16_bit_is_about_140_gb() -> None:
     assert 140 < to_gb(weight_bytes(c, "bf16")) < 142
     assert weight_bytes(c, "int4") * 8 == weight_bytes(c, "fp32")
     assert weight_bytes(7e9, "fp8") == 7e9
-    assert weight_bytes(load_preset("Mixtral-8x7B"), "bf16", which="active") == 2 * count_params(load_preset("Mixtral-8x7B")).active
+    assert (
+        weight_bytes(load_preset("Mixtral-8x7B"), "bf16", which="active")
+        == 2 * count_params(load_preset("Mixtral-8x7B")).active
+    )
     with pytest.raises(ValueError, match="which"):
         weight_bytes(c, which="some")
     with pytest.raises(ValueError, match="ModelConfig or a non-negative"):
@@ -106,12 +109,16 @@ def test_mla_flops_and_cache_in_one_form_by_hand() -> None:
     layers, heads, rank, rope, nope, v = 61, 128, 512, 64, 128, 128
     # absorbed (default): score over the cached latent + rope key (576), weighted sum over the latent (512)
     assert attention_flops_per_token(c, 4096) == 2 * layers * heads * ((rank + rope) + rank) * 4096
-    assert kv_cache_bytes(c, 4096, dtype="bf16", mla_compressed=accounting.mla_cache_compressed("absorbed")) \
+    assert (
+        kv_cache_bytes(c, 4096, dtype="bf16", mla_compressed=accounting.mla_cache_compressed("absorbed"))
         == 4096 * layers * (rank + rope) * 2
+    )
     # explicit: per-head keys of 128 + 64, values of 128, over the decompressed per-head cache
     assert attention_flops_per_token(c, 4096, "explicit") == 2 * layers * heads * ((nope + rope) + v) * 4096
-    assert kv_cache_bytes(c, 4096, dtype="bf16", mla_compressed=accounting.mla_cache_compressed("explicit")) \
+    assert (
+        kv_cache_bytes(c, 4096, dtype="bf16", mla_compressed=accounting.mla_cache_compressed("explicit"))
         == 4096 * layers * heads * (nope + rope + v) * 2
+    )
     assert forward_flops_per_token(c, 10, "explicit") < forward_flops_per_token(c, 10)
     # the absorbed up-projections (q_nope 128 -> 512 per head, latent 512 -> v 128 per head) cost per
     # token what the explicit form's kv_b (512 -> 128 x (128 + 128)) costs: 2N is the same in both forms
@@ -124,7 +131,11 @@ def test_mla_flops_and_cache_in_one_form_by_hand() -> None:
     assert accounting.attention_dims(c, "explicit") == (nope + rope, v)
     # GQA models have one form: mla_form changes nothing
     llama = load_preset("Llama-3-8B")
-    assert attention_flops_per_token(llama, 100, "explicit") == attention_flops_per_token(llama, 100) == 2 * 32 * 32 * 256 * 100
+    assert (
+        attention_flops_per_token(llama, 100, "explicit")
+        == attention_flops_per_token(llama, 100)
+        == 2 * 32 * 32 * 256 * 100
+    )
     with pytest.raises(ValueError, match="mla_form"):
         attention_flops_per_token(c, 1, "decompressed")
     with pytest.raises(ValueError, match="mla_form"):
@@ -143,15 +154,23 @@ def test_t4_bandwidth_is_the_datasheet_figure() -> None:
 
 def test_link_table_by_hand() -> None:
     table = hardware.links()
-    assert list(table) == ["NVLink 4 (H100 SXM)", "PCIe 5.0 x16", "InfiniBand NDR (1 port)", "PCIe 3.0 x16 (T4)",
-                           "PCIe 4.0 x16 (A100)"]
+    assert list(table) == [
+        "NVLink 4 (H100 SXM)",
+        "PCIe 5.0 x16",
+        "InfiniBand NDR (1 port)",
+        "PCIe 3.0 x16 (T4)",
+        "PCIe 4.0 x16 (A100)",
+    ]
     # per direction: NVLink 900 GB/s bidirectional / 2, PCIe Gen5 x16 128 GB/s both ways / 2, NDR 400 Gb/s / 8,
     # PCIe Gen3 x16 32 GB/s both ways / 2, PCIe Gen4 x16 64 GB/s both ways / 2
     assert [link.bytes_per_s for link in table.values()] == [900e9 / 2, 128e9 / 2, 400e9 / 8, 32e9 / 2, 64e9 / 2]
     assert all(link.datasheet.startswith("datasheet") and link.source.startswith("https://") for link in table.values())
-    for bad, msg in [({"links": []}, "non-empty"), ({"links": [{"name": "x"}]}, "exactly"),
-                     ({"links": [{"name": "x", "bytes_per_s": 0, "datasheet": "d", "source": "https://x"}]}, "bytes_per_s"),
-                     ({"links": [{"name": "x", "bytes_per_s": 1, "datasheet": "d", "source": "x"}]}, "URL")]:
+    for bad, msg in [
+        ({"links": []}, "non-empty"),
+        ({"links": [{"name": "x"}]}, "exactly"),
+        ({"links": [{"name": "x", "bytes_per_s": 0, "datasheet": "d", "source": "https://x"}]}, "bytes_per_s"),
+        ({"links": [{"name": "x", "bytes_per_s": 1, "datasheet": "d", "source": "x"}]}, "URL"),
+    ]:
         with pytest.raises(ValueError, match=msg):
             hardware.parse_links(bad)
 
@@ -168,7 +187,7 @@ def test_gpu_table() -> None:
     with pytest.raises(ValueError, match="unknown GPU"):
         hardware.gpu("V100")
     with pytest.raises(AttributeError, match="no field"):
-        hardware.gpu("T4").tflops
+        _ = hardware.gpu("T4").tflops
     import copy
     import pickle
 
@@ -180,10 +199,13 @@ def test_gpu_loader_is_generic_and_strict() -> None:
     doc = {"gpus": [{"name": "X1", "memory_bytes": 10, "source": "https://x", "peak_bf16_flops": 1e15}]}
     x = hardware.parse_gpus(doc)["X1"]
     assert x.peak_bf16_flops == 1e15
-    for bad, msg in [({"gpus": []}, "non-empty"), ({"gpus": [{"name": "X"}]}, "lacks"),
-                     ({"gpus": [{"name": "X", "memory_bytes": -1, "source": "https://x"}]}, "memory_bytes"),
-                     ({"gpus": [{"name": "X", "memory_bytes": 1, "source": "x"}] }, "source"),
-                     ({"gpus": [doc["gpus"][0], doc["gpus"][0]]}, "duplicate")]:
+    for bad, msg in [
+        ({"gpus": []}, "non-empty"),
+        ({"gpus": [{"name": "X"}]}, "lacks"),
+        ({"gpus": [{"name": "X", "memory_bytes": -1, "source": "https://x"}]}, "memory_bytes"),
+        ({"gpus": [{"name": "X", "memory_bytes": 1, "source": "x"}]}, "source"),
+        ({"gpus": [doc["gpus"][0], doc["gpus"][0]]}, "duplicate"),
+    ]:
         with pytest.raises(ValueError, match=msg):
             hardware.parse_gpus(bad)
 

@@ -11,9 +11,6 @@ import torch
 from dmcourse.balance import (
     AUX_CONVENTIONS,
     bias_update,
-    capacity_mask,
-    drop_rate,
-    expert_capacity,
     expert_counts,
     load_balancing_loss,
     load_stats,
@@ -21,6 +18,7 @@ from dmcourse.balance import (
     router_z_loss,
     sequence_wise_balance_loss,
 )
+from dmcourse.capacity import capacity_mask, drop_rate, expert_capacity
 from dmcourse.routing import sigmoid_topk
 
 # ------------------------------------------------------------------------------------------------
@@ -52,8 +50,9 @@ def test_hf_convention_equals_transformers_topk_loss(top_k: int, masked: bool) -
         ref = fn(layers, n_experts, top_k, mask)
         torch.testing.assert_close(ours, ref.float(), rtol=1e-5, atol=1e-6, msg=f"differs from {name}")
     # the other conventions are fixed rescalings of it
-    torch.testing.assert_close(load_balancing_loss(layers, top_k, convention="divide_by_k", attention_mask=mask),
-                               ours / top_k)
+    torch.testing.assert_close(
+        load_balancing_loss(layers, top_k, convention="divide_by_k", attention_mask=mask), ours / top_k
+    )
     if top_k == 1:
         torch.testing.assert_close(load_balancing_loss(layers, 1, convention="switch", attention_mask=mask), ours)
 
@@ -61,17 +60,20 @@ def test_hf_convention_equals_transformers_topk_loss(top_k: int, masked: bool) -
 def test_layer_pooling_is_not_the_mean_of_per_layer_losses() -> None:
     # transformers pools f and P over all layers' tokens; that differs from averaging layer losses
     gen = torch.Generator().manual_seed(1)
-    layers = (torch.randn(16, 4, generator=gen) + torch.tensor([3.0, 0, 0, 0]),
-              torch.randn(16, 4, generator=gen) + torch.tensor([0, 0, 0, 3.0]))
+    layers = (
+        torch.randn(16, 4, generator=gen) + torch.tensor([3.0, 0, 0, 0]),
+        torch.randn(16, 4, generator=gen) + torch.tensor([0, 0, 0, 3.0]),
+    )
     pooled = load_balancing_loss(layers, 1, convention="switch")
-    per_layer = torch.stack([load_balancing_loss(l, 1, convention="switch") for l in layers]).mean()
+    per_layer = torch.stack([load_balancing_loss(lg, 1, convention="switch") for lg in layers]).mean()
     assert pooled < per_layer - 0.1  # each layer is skewed, the pool of two opposite skews much less
 
 
 def test_single_tensor_with_batch_dims_equals_flat() -> None:
     logits = torch.randn(2, 5, 6, generator=torch.Generator().manual_seed(2))
-    torch.testing.assert_close(load_balancing_loss(logits, 2, convention="hf"),
-                               load_balancing_loss(logits.reshape(10, 6), 2, convention="hf"))
+    torch.testing.assert_close(
+        load_balancing_loss(logits, 2, convention="hf"), load_balancing_loss(logits.reshape(10, 6), 2, convention="hf")
+    )
 
 
 def test_switch_transformers_functions() -> None:
@@ -88,11 +90,13 @@ def test_switch_transformers_functions() -> None:
     # z-loss: mean over all tokens of logsumexp^2
     torch.testing.assert_close(router_z_loss(logits), router_z_loss_func(logits))
     # one group: the paper's top-1 loss
-    torch.testing.assert_close(load_balancing_loss(logits[0], 1, convention="switch"),
-                               load_balancing_loss_func(probs[:1], top1[:1]))
+    torch.testing.assert_close(
+        load_balancing_loss(logits[0], 1, convention="switch"), load_balancing_loss_func(probs[:1], top1[:1])
+    )
     # several groups: transformers balances within each group (sequence) and averages = sequence-wise form
-    torch.testing.assert_close(sequence_wise_balance_loss(probs, top1[..., None]),
-                               load_balancing_loss_func(probs, top1))
+    torch.testing.assert_close(
+        sequence_wise_balance_loss(probs, top1[..., None]), load_balancing_loss_func(probs, top1)
+    )
     # top-2 indices: transformers' f counts "routed to i" (sums to k), DeepSeek's divides by k
     top2 = probs.topk(2, dim=-1).indices
     torch.testing.assert_close(2 * sequence_wise_balance_loss(probs, top2), load_balancing_loss_func(probs, top2))
@@ -104,8 +108,9 @@ def test_switch_router_capacity_equals_position_order() -> None:
 
     torch.manual_seed(4)
     n_experts, capacity, d = 4, 3, 8
-    config = SwitchTransformersConfig(num_experts=n_experts, expert_capacity=capacity, d_model=d,
-                                      router_jitter_noise=0.0)
+    config = SwitchTransformersConfig(
+        num_experts=n_experts, expert_capacity=capacity, d_model=d, router_jitter_noise=0.0
+    )
     router = SwitchTransformersTop1Router(config).eval()
     with torch.no_grad():
         router.classifier.weight.copy_(torch.randn(n_experts, d) + torch.tensor([[2.0], [0], [0], [0]]))
@@ -297,16 +302,33 @@ def test_bias_balancer_moves_load_towards_the_mean_and_never_touches_the_weights
         (lambda: load_balancing_loss(torch.randn(4, 3), 4, convention="hf"), "top_k"),
         (lambda: load_balancing_loss(torch.randn(4, 3), 0, convention="hf"), "top_k"),
         (lambda: load_balancing_loss(torch.randn(4, 3), convention="hf"), "top_k"),
-        (lambda: load_balancing_loss(torch.randn(4, 3), 1, convention="hf", indices=torch.tensor([[0], [1], [3], [0]])),
-         r"\[0, 2\]"),
-        (lambda: load_balancing_loss(torch.randn(4, 3), 2, convention="hf", indices=torch.zeros(4, 1, dtype=torch.long)),
-         "top_k"),
-        (lambda: load_balancing_loss(torch.randn(4, 3), 1, convention="hf", attention_mask=torch.ones(5)), "attention_mask"),
-        (lambda: load_balancing_loss(torch.randn(4, 3), 1, convention="hf", attention_mask=torch.zeros(4)), "masks every"),
+        (
+            lambda: load_balancing_loss(
+                torch.randn(4, 3), 1, convention="hf", indices=torch.tensor([[0], [1], [3], [0]])
+            ),
+            r"\[0, 2\]",
+        ),
+        (
+            lambda: load_balancing_loss(
+                torch.randn(4, 3), 2, convention="hf", indices=torch.zeros(4, 1, dtype=torch.long)
+            ),
+            "top_k",
+        ),
+        (
+            lambda: load_balancing_loss(torch.randn(4, 3), 1, convention="hf", attention_mask=torch.ones(5)),
+            "attention_mask",
+        ),
+        (
+            lambda: load_balancing_loss(torch.randn(4, 3), 1, convention="hf", attention_mask=torch.zeros(4)),
+            "masks every",
+        ),
         (lambda: load_balancing_loss(torch.randint(0, 3, (4, 3)), 1, convention="hf"), "floating"),
         (lambda: load_balancing_loss((torch.randn(4, 3), torch.randn(4, 5)), 1, convention="hf"), "same number"),
         (lambda: router_z_loss(torch.randn(5)), "floating"),
-        (lambda: sequence_wise_balance_loss(torch.randn(2, 3, 4), torch.zeros(2, 3, 1, dtype=torch.long)), "non-negative"),
+        (
+            lambda: sequence_wise_balance_loss(torch.randn(2, 3, 4), torch.zeros(2, 3, 1, dtype=torch.long)),
+            "non-negative",
+        ),
         (lambda: sequence_wise_balance_loss(torch.rand(2, 3, 4), torch.zeros(2, 4, 1, dtype=torch.long)), "indices"),
         (lambda: expert_capacity(10, 4, 1, 0.0), "capacity_factor"),
         (lambda: expert_capacity(10, 4, 5, 1.0), "top_k"),

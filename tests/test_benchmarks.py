@@ -16,13 +16,30 @@ from dmcourse import stream
 
 def test_moe_dispatch_quick_run_records_every_floor(tmp_path):
     out = tmp_path / "record.json"
-    proc = subprocess.run([sys.executable, "benchmarks/moe_dispatch.py", "--quick", "--rounds", "1", "--repeats", "1",
-                           "--json", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "benchmarks/moe_dispatch.py",
+            "--quick",
+            "--rounds",
+            "1",
+            "--repeats",
+            "1",
+            "--json",
+            str(out),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     rec = json.loads(out.read_text())
     assert [row["tokens"] for row in rec["decode"]] == [1, 4, 16, 64]
     for row in rec["decode"]:
-        assert {"moe sorted", "moe sorted, F.linear", "expert matmuls only", "transformers eager"} <= set(row["times_s"])
+        assert {"moe sorted", "moe sorted, F.linear", "expert matmuls only", "transformers eager"} <= set(
+            row["times_s"]
+        )
         assert {"copy", "torch.sum"} <= set(row["bandwidths_Bps"]) and min(row["bandwidths_Bps"].values()) > 0
         floor_bw = max(row["bandwidths_Bps"].values())
         # the floor is the roofline of this row's bytes and FLOPs at the fastest bandwidth of its rounds
@@ -35,9 +52,22 @@ def test_moe_dispatch_quick_run_records_every_floor(tmp_path):
     assert rec["cpu_model"] and f"CPU model: {rec['cpu_model']}" in proc.stdout
     assert set(rec["matmul_choice"]) == {"1", "2-4", "5-16", "17-64", "prefill"}
     steps = rec["profile"]["steps_s"]
-    assert {"routing", "sort", "gather", "GEMM gate+up", "activation", "GEMM down", "unsort rows", "combine", "layer"} <= set(steps)
+    assert {
+        "routing",
+        "sort",
+        "gather",
+        "GEMM gate+up",
+        "activation",
+        "GEMM down",
+        "unsort rows",
+        "combine",
+        "layer",
+    } <= set(steps)
     assert 0 < rec["profile"]["non_gemm_share"] < 1 and "outside the expert GEMMs" in proc.stdout
-    assert [t["target"] for t in rec["targets"]][:2] == ["prefill / transformers eager", "prefill / dense SwiGLU, same kernel"]
+    assert [t["target"] for t in rec["targets"]][:2] == [
+        "prefill / transformers eager",
+        "prefill / dense SwiGLU, same kernel",
+    ]
     assert len(rec["targets"]) == 6 and "targets (issue 21)" in proc.stdout
     for t in rec["targets"]:
         assert t["met"] == (t["value"] <= t["limit"]) and bool(t["why"]) != t["met"], t
@@ -55,13 +85,24 @@ def test_targets_say_why_a_target_is_missed():
     steps = {"routing": 1.0, "GEMM gate+up": 6.0, "activation": 2.0, "GEMM down": 3.0, "layer": 12.5}
     assert bench.non_gemm_share(steps) == pytest.approx(3 / 12)
     record = {
-        "settings": {"top_k": 2}, "matmul_choice": {"1": "stream", "prefill": "onednn"},
+        "settings": {"top_k": 2},
+        "matmul_choice": {"1": "stream", "prefill": "onednn"},
         "profile": {"non_gemm_share": 0.25},
         "prefill_s": {"moe sorted": 1.2, "transformers eager": 1.0, "dense SwiGLU, same kernel": 1.2},
-        "decode": [{"tokens": 1, "experts_touched": 2, "floor_s": 1.0,
-                    "times_s": {"moe sorted": 2.0, "expert matmuls only": 1.9}},
-                   {"tokens": 1, "experts_touched": 2, "floor_s": 1.0,
-                    "times_s": {"moe sorted": 1.6, "expert matmuls only": 1.1}}],
+        "decode": [
+            {
+                "tokens": 1,
+                "experts_touched": 2,
+                "floor_s": 1.0,
+                "times_s": {"moe sorted": 2.0, "expert matmuls only": 1.9},
+            },
+            {
+                "tokens": 1,
+                "experts_touched": 2,
+                "floor_s": 1.0,
+                "times_s": {"moe sorted": 1.6, "expert matmuls only": 1.1},
+            },
+        ],
     }
     t = {row["target"] + str(i): row for i, row in enumerate(bench.targets(record))}
     assert not t["prefill / transformers eager0"]["met"] and "onednn" in t["prefill / transformers eager0"]["why"]
@@ -73,29 +114,50 @@ def test_targets_say_why_a_target_is_missed():
 
 @pytest.mark.skipif(not stream.available(), reason=f"kernel {stream.status()}")
 def test_stream_rows_prints_a_row_per_count():
-    proc = subprocess.run([sys.executable, "benchmarks/stream_rows.py", "--rows", "1", "3", "--repeats", "1"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "benchmarks/stream_rows.py", "--rows", "1", "3", "--repeats", "1"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = [line.split() for line in proc.stdout.splitlines() if line.split() and line.split()[0].isdigit()]
     assert [r[0] for r in rows] == ["1", "3"] and all(float(v) > 0 for r in rows for v in r[1:]), proc.stdout
 
 
 def test_ex08_speed_ratios_prints_a_row_per_trial():
-    proc = subprocess.run([sys.executable, "benchmarks/ex08_speed_ratios.py", "--trials", "2"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "benchmarks/ex08_speed_ratios.py", "--trials", "2"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
-    rows = [line.strip("|").split("|") for line in proc.stdout.splitlines() if line.startswith("| ") and line[2].isdigit()]
+    rows = [
+        line.strip("|").split("|") for line in proc.stdout.splitlines() if line.startswith("| ") and line[2].isdigit()
+    ]
     assert [r[0].strip() for r in rows] == ["0", "1"], proc.stdout
     assert all(float(v) > 0 for r in rows for v in r[1:]), proc.stdout
-    assert all(float(r[5]) > 1 for r in rows), f"the solution's dispatch is not faster than the per-token loop:\n{proc.stdout}"
+    assert all(float(r[5]) > 1 for r in rows), (
+        f"the solution's dispatch is not faster than the per-token loop:\n{proc.stdout}"
+    )
 
 
 @pytest.mark.slow
 def test_ex06_seed_outcomes_prints_a_row_per_seed():
-    proc = subprocess.run([sys.executable, "benchmarks/ex06_seed_outcomes.py", "--seeds", "0"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "benchmarks/ex06_seed_outcomes.py", "--seeds", "0"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
-    rows = [line.strip("|").split("|") for line in proc.stdout.splitlines() if line.startswith("| ") and line[2].isdigit()]
+    rows = [
+        line.strip("|").split("|") for line in proc.stdout.splitlines() if line.startswith("| ") and line[2].isdigit()
+    ]
     assert len(rows) == 1 and rows[0][0].strip() == "0", proc.stdout
     none_ratio, aux_ratio = float(rows[0][2]), float(rows[0][4])
     assert none_ratio > aux_ratio, f"the aux loss should balance the solution's router:\n{proc.stdout}"

@@ -9,7 +9,6 @@ import textwrap
 from pathlib import Path
 
 import pytest
-
 from conftest import ROOT, toc_files
 
 JUPYTER_BOOK = str(Path(sys.executable).parent / "jupyter-book")
@@ -37,27 +36,32 @@ def test_build_log_is_clean(built_book: Path) -> None:
 
 
 def _mini_book(tmp_path: Path, notebook_source: str, toc_extra: str = "", page: str = "") -> Path:
-    (tmp_path / "_config.yml").write_text(textwrap.dedent("""\
+    (tmp_path / "_config.yml").write_text(
+        textwrap.dedent("""\
         title: mini
         only_build_toc_files: true
         execute:
           execute_notebooks: force
           allow_errors: false
           timeout: 60
-        """))
+        """)
+    )
     (tmp_path / "_toc.yml").write_text("format: jb-book\nroot: intro\nchapters:\n  - file: nb\n" + toc_extra)
     (tmp_path / "intro.md").write_text("# Intro\n\n" + page)
     import nbformat
 
-    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("# NB"), nbformat.v4.new_code_cell(notebook_source)])
+    nb = nbformat.v4.new_notebook(
+        cells=[nbformat.v4.new_markdown_cell("# NB"), nbformat.v4.new_code_cell(notebook_source)]
+    )
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nbformat.write(nb, tmp_path / "nb.ipynb")
     return tmp_path
 
 
 def _build(book: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([JUPYTER_BOOK, "build", str(book), "-W", "-n", "--keep-going"],
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [JUPYTER_BOOK, "build", str(book), "-W", "-n", "--keep-going"], capture_output=True, text=True, timeout=300
+    )
 
 
 @pytest.mark.slow

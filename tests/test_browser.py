@@ -11,16 +11,28 @@ import threading
 from pathlib import Path
 
 import pytest
-
 from conftest import ROOT, toc_files
 
 pytestmark = [pytest.mark.book, pytest.mark.browser]
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 #: What a live ipywidgets output leaves on a static page: its view script and any rendered control.
-DEAD_WIDGET_SELECTORS = ('script[type="application/vnd.jupyter.widget-view+json"]', ".jupyter-widgets",
-                         ".widget-slider", ".widget-dropdown", ".widget-text", ".widget-inline-hbox")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+DEAD_WIDGET_SELECTORS = (
+    'script[type="application/vnd.jupyter.widget-view+json"]',
+    ".jupyter-widgets",
+    ".widget-slider",
+    ".widget-dropdown",
+    ".widget-text",
+    ".widget-inline-hbox",
+)
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 @pytest.fixture(scope="module")
@@ -98,13 +110,20 @@ def widget_book(tmp_path_factory) -> Path:
     (src / "_config.yml").write_text("title: widgets\nexecute:\n  execute_notebooks: force\n")
     (src / "_toc.yml").write_text("format: jb-book\nroot: hidden\nchapters:\n  - file: shown\n")
     for name, tags in (("hidden", ["remove-output"]), ("shown", [])):
-        cell = nbformat.v4.new_code_cell("import ipywidgets as w\nw.VBox([w.IntSlider(description='batch'), w.Dropdown(options=['a', 'b'])])")
+        cell = nbformat.v4.new_code_cell(
+            "import ipywidgets as w\nw.VBox([w.IntSlider(description='batch'), w.Dropdown(options=['a', 'b'])])"
+        )
         cell.metadata["tags"] = tags
         nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell(f"# {name}"), cell])
         nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
         nbformat.write(nb, src / f"{name}.ipynb")
-    subprocess.run([str(Path(sys.executable).parent / "jupyter-book"), "build", str(src)], check=True,
-                   capture_output=True, timeout=900, env={**os.environ, "DMCOURSE_PROGRESS": "0"})
+    subprocess.run(
+        [str(Path(sys.executable).parent / "jupyter-book"), "build", str(src)],
+        check=True,
+        capture_output=True,
+        timeout=900,
+        env={**os.environ, "DMCOURSE_PROGRESS": "0"},
+    )
     return src / "_build" / "html"
 
 

@@ -7,12 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dmcourse.balance import (
-    CapacityLimitedRouter,
-    capacity_mask,
-    sequence_wise_balance_loss,
-    unbiased_topk,
-)
+from dmcourse.balance import sequence_wise_balance_loss, unbiased_topk
+from dmcourse.capacity import CapacityLimitedRouter, capacity_mask
 from dmcourse.moe import MoE
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see conftest.one_thread
@@ -39,8 +35,14 @@ def test_dropped_assignment_removes_only_its_own_term() -> None:
     some, none = keep.any(-1) & ~keep.all(-1), ~keep.any(-1)
     assert bool(some.any()) and bool(none.any()), "the example should drop one, and both, assignments of some tokens"
     for t in range(40):
-        want = sum((plain.weights[t, j] * _expert(moe, int(plain.indices[t, j]), x[t:t + 1])[0]
-                    for j in range(2) if keep[t, j]), torch.zeros(8))
+        want = sum(
+            (
+                plain.weights[t, j] * _expert(moe, int(plain.indices[t, j]), x[t : t + 1])[0]
+                for j in range(2)
+                if keep[t, j]
+            ),
+            torch.zeros(8),
+        )
         torch.testing.assert_close(y[t], want.detach(), rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(y[keep.all(-1)], full[keep.all(-1)], rtol=1e-5, atol=1e-6)
     assert bool((y[some] != 0).any(-1).all()), "one dropped of two: the other expert still contributes"

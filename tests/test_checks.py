@@ -14,12 +14,14 @@ def test_check_int() -> None:
     assert checks.check_int("n", 3) == 3
     assert checks.check_int("n", 0, minimum=0) == 0
     assert checks.check_int("n", 16, minimum=16) == 16
-    for value, minimum, words in [(0, 1, "n must be a positive int, got 0"),
-                                  (-1, 0, "n must be a non-negative int, got -1"),
-                                  (15, 16, "n must be an int >= 16, got 15"),
-                                  (2.0, 1, "n must be a positive int, got 2.0"),
-                                  (True, 1, "n must be a positive int, got True"),
-                                  ("3", 1, "n must be a positive int, got '3'")]:
+    for value, minimum, words in [
+        (0, 1, "n must be a positive int, got 0"),
+        (-1, 0, "n must be a non-negative int, got -1"),
+        (15, 16, "n must be an int >= 16, got 15"),
+        (2.0, 1, "n must be a positive int, got 2.0"),
+        (True, 1, "n must be a positive int, got True"),
+        ("3", 1, "n must be a positive int, got '3'"),
+    ]:
         with pytest.raises(ValueError) as err:
             checks.check_int("n", value, minimum)
         assert str(err.value) == words

@@ -59,6 +59,8 @@ def shard(paths: list[Path], spec: str | None = None) -> list[Path]:
     except ValueError:
         raise ValueError(f"{SHARD_ENV}={spec!r}: expected k/n with 0 <= k < n, or auto/n") from None
     return paths[k::n]
+
+
 WIDGET_CALLS = ("calculator(", "explorer(", "interact(", "ipywidgets")
 
 
@@ -95,32 +97,69 @@ def colab(tmp_path_factory) -> dict:
     """A fresh venv with the wheel installed by a notebook's setup cell; its kernelspec; its paths."""
     base = tmp_path_factory.mktemp("colab")
     src = _tracked_copy(base / "src")
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
-                    "-w", str(base / "dist"), str(src)], check=True, timeout=600, env=_clean_env())
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            str(base / "dist"),
+            str(src),
+        ],
+        check=True,
+        timeout=600,
+        env=_clean_env(),
+    )
     wheel = next((base / "dist").glob("dmcourse-*.whl"))
     venv = base / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=300)
     python = venv / "bin" / "python"
-    site = Path(subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                               capture_output=True, text=True, check=True).stdout.strip())
+    site = Path(
+        subprocess.run(
+            [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    )
     (site / "_colab_preinstalled.pth").write_text(str(_overlay(base / "preinstalled")) + "\n")
     env = _clean_env(DMCOURSE_INSTALL=str(wheel))
     empty = base / "empty"
     empty.mkdir()
     probe = [str(python), "-c", "import importlib.util; print(importlib.util.find_spec('dmcourse'))"]
-    assert subprocess.run(probe, cwd=empty, env=env, capture_output=True, text=True, check=True).stdout.strip() == "None"
+    assert (
+        subprocess.run(probe, cwd=empty, env=env, capture_output=True, text=True, check=True).stdout.strip() == "None"
+    )
     # the setup cell of a notebook, as Colab runs it: installs the wheel ($DMCOURSE_INSTALL)
     setup = nbformat.read(CHAPTERS[0], as_version=4).cells[0].source
-    done = subprocess.run([str(python), "-c", setup], check=False, cwd=empty, env=env, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [str(python), "-c", setup], check=False, cwd=empty, env=env, capture_output=True, text=True, timeout=600
+    )
     assert done.returncode == 0, done.stderr
-    where = subprocess.run([str(python), "-c", "import dmcourse; print(dmcourse.__file__)"], cwd=empty, env=env,
-                           capture_output=True, text=True, check=True).stdout.strip()
+    where = subprocess.run(
+        [str(python), "-c", "import dmcourse; print(dmcourse.__file__)"],
+        cwd=empty,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     assert Path(where).is_relative_to(site), f"dmcourse imported from {where}, not from the wheel in {site}"
     kernels = base / "jupyter" / "kernels" / KERNEL
     kernels.mkdir(parents=True)
-    (kernels / "kernel.json").write_text(json.dumps({
-        "argv": [str(python), "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-        "display_name": "colab-like", "language": "python"}))
+    (kernels / "kernel.json").write_text(
+        json.dumps(
+            {
+                "argv": [str(python), "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+                "display_name": "colab-like",
+                "language": "python",
+            }
+        )
+    )
     return {"python": python, "site": site, "wheel": wheel, "env": env, "jupyter_path": str(base / "jupyter")}
 
 
@@ -189,8 +228,9 @@ def test_the_notebooks_read_nothing_next_to_them() -> None:
     bad = []
     for path in CHAPTERS + EXERCISES + sorted((ROOT / "solutions").glob("*/*.ipynb")):
         for cell in nbformat.read(path, as_version=4).cells:
-            if cell.cell_type == "code" and any(s in cell.source for s in ('Path("data")', "book/data", "../",
-                                                                          "open(\"data", "read_csv(")):
+            if cell.cell_type == "code" and any(
+                s in cell.source for s in ('Path("data")', "book/data", "../", 'open("data', "read_csv(")
+            ):
                 bad.append(f"{path.relative_to(ROOT)}: {cell.source.splitlines()[0]}")
     assert not bad, bad
 
@@ -199,9 +239,13 @@ def test_record_cells_are_self_contained_and_match_the_shipped_records() -> None
     """The record cells the Colab test compares run on their own and print every shipped record."""
     from dmcourse import records
 
-    tagged = {p.stem: [c for c in nbformat.read(p, as_version=4).cells if RECORD_TAG in c.metadata.get("tags", [])]
-              for p in CHAPTERS}
-    assert all(tagged.get(stem) for stem in ("03_moe", "05_roofline", "06_economics")), {k: len(v) for k, v in tagged.items()}
+    tagged = {
+        p.stem: [c for c in nbformat.read(p, as_version=4).cells if RECORD_TAG in c.metadata.get("tags", [])]
+        for p in CHAPTERS
+    }
+    assert all(tagged.get(stem) for stem in ("03_moe", "05_roofline", "06_economics")), {
+        k: len(v) for k, v in tagged.items()
+    }
     moe = record_cell_text(tagged["03_moe"][0].source)
     for rec in records.load("moe_dispatch"):
         assert f"measured {rec['date']}" in moe and rec["command"] in moe
@@ -220,7 +264,9 @@ def test_live_widgets_are_hidden_in_the_static_book() -> None:
             if cell.cell_type == "code" and any(s in cell.source for s in WIDGET_CALLS):
                 found += 1
                 tags = set(cell.metadata.get("tags", []))
-                assert tags & {"remove-output", "remove-cell"}, f"{path.name}: widget cell shown live: {cell.source[:80]}"
+                assert tags & {"remove-output", "remove-cell"}, (
+                    f"{path.name}: widget cell shown live: {cell.source[:80]}"
+                )
     assert found >= 2  # the roofline explorer and the economics calculator
 
 
@@ -237,12 +283,23 @@ def test_setup_cell_honours_dmcourse_install(monkeypatch) -> None:
     body = source.replace(imports, "")
     calls: list[list[str]] = []
     fake_subprocess = types.SimpleNamespace(run=lambda cmd, check: calls.append(cmd))
-    for environ, missing, expected in (({"DMCOURSE_INSTALL": "/tmp/w.whl"}, True, "/tmp/w.whl"),
-                                       ({"DMCOURSE_INSTALL": ""}, True, url), ({}, True, url), ({}, False, None)):
+    for environ, missing, expected in (
+        ({"DMCOURSE_INSTALL": "/tmp/w.whl"}, True, "/tmp/w.whl"),
+        ({"DMCOURSE_INSTALL": ""}, True, url),
+        ({}, True, url),
+        ({}, False, None),
+    ):
         monkeypatch.setattr(importlib.util, "find_spec", lambda name, missing=missing: None if missing else object())
         calls.clear()
-        exec(compile(body, "<setup>", "exec"), {"importlib": importlib, "os": types.SimpleNamespace(environ=environ),  # noqa: S102
-                                                 "subprocess": fake_subprocess, "sys": sys})
+        exec(
+            compile(body, "<setup>", "exec"),
+            {
+                "importlib": importlib,
+                "os": types.SimpleNamespace(environ=environ),  # noqa: S102
+                "subprocess": fake_subprocess,
+                "sys": sys,
+            },
+        )
         if expected is None:
             assert calls == []
         else:

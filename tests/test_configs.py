@@ -19,8 +19,13 @@ transformers = pytest.importorskip("transformers")
 
 def hf_config(c: ModelConfig):
     """The transformers config for our ModelConfig (test-only translation, hub key names)."""
-    common = dict(vocab_size=c.vocab_size, hidden_size=c.d_model, num_hidden_layers=c.n_layers,
-                  num_attention_heads=c.n_heads, tie_word_embeddings=c.tied_embeddings)
+    common = dict(
+        vocab_size=c.vocab_size,
+        hidden_size=c.d_model,
+        num_hidden_layers=c.n_layers,
+        num_attention_heads=c.n_heads,
+        tie_word_embeddings=c.tied_embeddings,
+    )
     t = c.hf_model_type
     if t != "deepseek_v3":
         common.update(num_key_value_heads=c.kv_heads, intermediate_size=c.d_ff or c.d_ff_expert)
@@ -35,19 +40,34 @@ def hf_config(c: ModelConfig):
         assert c.d_ff_expert == c.d_ff, "Mixtral's config has one intermediate_size"
         return transformers.MixtralConfig(num_local_experts=c.n_experts, num_experts_per_tok=c.top_k, **common)
     if t == "qwen3_moe":
-        return transformers.Qwen3MoeConfig(moe_intermediate_size=c.d_ff_expert, decoder_sparse_step=c.moe_layer_freq,
-                                           mlp_only_layers=[], **moe, **common)
+        return transformers.Qwen3MoeConfig(
+            moe_intermediate_size=c.d_ff_expert,
+            decoder_sparse_step=c.moe_layer_freq,
+            mlp_only_layers=[],
+            **moe,
+            **common,
+        )
     if t == "olmoe":
         assert c.d_ff_expert == (c.d_ff or c.d_ff_expert), "OLMoE's config has one intermediate_size"
         return transformers.OlmoeConfig(**moe, **common)
     if t == "deepseek_v3":
         groups = 8 if c.n_experts % 8 == 0 else 1
         return transformers.DeepseekV3Config(
-            n_routed_experts=c.n_experts, num_experts_per_tok=c.top_k, moe_intermediate_size=c.d_ff_expert,
-            intermediate_size=c.d_ff, n_shared_experts=c.n_shared_experts, first_k_dense_replace=c.first_k_dense,
-            q_lora_rank=c.q_lora_rank, kv_lora_rank=c.kv_lora_rank, qk_nope_head_dim=c.qk_nope_head_dim,
-            qk_rope_head_dim=c.qk_rope_head_dim, v_head_dim=c.v_head_dim, num_key_value_heads=c.n_heads,
-            n_group=groups, topk_group=min(groups, 4), **common,
+            n_routed_experts=c.n_experts,
+            num_experts_per_tok=c.top_k,
+            moe_intermediate_size=c.d_ff_expert,
+            intermediate_size=c.d_ff,
+            n_shared_experts=c.n_shared_experts,
+            first_k_dense_replace=c.first_k_dense,
+            q_lora_rank=c.q_lora_rank,
+            kv_lora_rank=c.kv_lora_rank,
+            qk_nope_head_dim=c.qk_nope_head_dim,
+            qk_rope_head_dim=c.qk_rope_head_dim,
+            v_head_dim=c.v_head_dim,
+            num_key_value_heads=c.n_heads,
+            n_group=groups,
+            topk_group=min(groups, 4),
+            **common,
         )
     raise AssertionError(f"no transformers class mapped for {t!r}")
 
@@ -80,7 +100,11 @@ def hf_counts(c: ModelConfig) -> tuple[dict[str, int], float]:
         model = transformers.AutoModelForCausalLM.from_config(cfg)
     by_kind: dict[str, int] = {}
     active = 0.0
-    n_exp = getattr(cfg, "num_local_experts", None) or getattr(cfg, "num_experts", None) or getattr(cfg, "n_routed_experts", 0)
+    n_exp = (
+        getattr(cfg, "num_local_experts", None)
+        or getattr(cfg, "num_experts", None)
+        or getattr(cfg, "n_routed_experts", 0)
+    )
     for name, p in model.named_parameters():
         kind = classify(name)
         by_kind[kind] = by_kind.get(kind, 0) + p.numel()
@@ -129,9 +153,17 @@ def _random_config(rng: random.Random, family: str) -> ModelConfig:
     n_heads = n_kv * rng.choice([1, 2, 3])
     head = rng.choice([8, 16])
     d = n_heads * head
-    base = dict(name=f"random-{family}", hf_model_type=family, vocab_size=rng.randint(50, 300), d_model=d,
-                n_layers=rng.randint(1, 4), n_heads=n_heads, n_kv_heads=n_kv, d_ff=rng.choice([24, 40, 64]),
-                tied_embeddings=rng.random() < 0.3)
+    base = dict(
+        name=f"random-{family}",
+        hf_model_type=family,
+        vocab_size=rng.randint(50, 300),
+        d_model=d,
+        n_layers=rng.randint(1, 4),
+        n_heads=n_heads,
+        n_kv_heads=n_kv,
+        d_ff=rng.choice([24, 40, 64]),
+        tied_embeddings=rng.random() < 0.3,
+    )
     if family in ("mixtral", "qwen3_moe", "olmoe"):
         e = rng.randint(2, 9)
         base.update(n_experts=e, top_k=rng.randint(1, e), d_ff_expert=base["d_ff"])
@@ -141,10 +173,20 @@ def _random_config(rng: random.Random, family: str) -> ModelConfig:
         base.update(qk_norm="full")
     if family == "deepseek_v3":
         e = rng.choice([4, 8, 16])
-        base.update(attention="mla", n_kv_heads=None, q_lora_rank=rng.choice([None, 12]), kv_lora_rank=rng.choice([8, 16]),
-                    qk_nope_head_dim=rng.choice([4, 8]), qk_rope_head_dim=rng.choice([2, 4]), v_head_dim=rng.choice([4, 6]),
-                    n_experts=e, top_k=rng.randint(1, 4), d_ff_expert=rng.choice([8, 12]),
-                    n_shared_experts=rng.randint(1, 2), first_k_dense=rng.randint(0, base["n_layers"]))
+        base.update(
+            attention="mla",
+            n_kv_heads=None,
+            q_lora_rank=rng.choice([None, 12]),
+            kv_lora_rank=rng.choice([8, 16]),
+            qk_nope_head_dim=rng.choice([4, 8]),
+            qk_rope_head_dim=rng.choice([2, 4]),
+            v_head_dim=rng.choice([4, 6]),
+            n_experts=e,
+            top_k=rng.randint(1, 4),
+            d_ff_expert=rng.choice([8, 12]),
+            n_shared_experts=rng.randint(1, 2),
+            first_k_dense=rng.randint(0, base["n_layers"]),
+        )
     return ModelConfig(**base)
 
 
@@ -176,8 +218,19 @@ def test_hand_checkable_dense_config() -> None:
 
 
 def test_hand_checkable_moe_config() -> None:
-    c = ModelConfig(name="tiny-moe", vocab_size=10, d_model=8, n_layers=3, n_heads=2, d_ff=32,
-                    n_experts=4, top_k=2, d_ff_expert=16, n_shared_experts=1, first_k_dense=1)
+    c = ModelConfig(
+        name="tiny-moe",
+        vocab_size=10,
+        d_model=8,
+        n_layers=3,
+        n_heads=2,
+        d_ff=32,
+        n_experts=4,
+        top_k=2,
+        d_ff_expert=16,
+        n_shared_experts=1,
+        first_k_dense=1,
+    )
     assert [c.is_moe_layer(i) for i in range(3)] == [False, True, True]
     p = count_params(c)
     one = 3 * 8 * 16

@@ -42,7 +42,9 @@ def test_roofline_dense_equivalent() -> None:
     assert deq.roofline_dense_equivalent("Mixtral-8x7B", 1) == pytest.approx(MX_NON_EXPERT - V * D + L * 2 * MX_EXPERT)
     mid = deq.roofline_dense_equivalent("Mixtral-8x7B", 64)
     assert mid == pytest.approx(MX_NON_EXPERT - V * D + L * E * (1 - 0.75**64) * MX_EXPERT)
-    assert deq.roofline_dense_equivalent("Mixtral-8x7B", 16384) == pytest.approx(MX_NON_EXPERT - V * D + L * 2 * MX_EXPERT)
+    assert deq.roofline_dense_equivalent("Mixtral-8x7B", 16384) == pytest.approx(
+        MX_NON_EXPERT - V * D + L * 2 * MX_EXPERT
+    )
 
 
 def test_dense_equivalent_batches_by_hand() -> None:
@@ -63,15 +65,18 @@ def test_dense_equivalent_batches_by_hand() -> None:
         deq.dense_equivalent_batches("Mixtral-8x7B", 0)
 
 
-@pytest.mark.parametrize(("call", "match"), [
-    (lambda: deq.geometric_mean_rule(10, 20), "exceeds"),
-    (lambda: deq.geometric_mean_rule(0, 0), "total"),
-    (lambda: deq.quoted_epoch_rule(1e9, 2, 8), "exceeds"),
-    (lambda: deq.quoted_epoch_rule(-1e9, 8, 2), "total"),
-    (lambda: deq.half_total_rule(None), "total"),
-    (lambda: deq.roofline_dense_equivalent("Mixtral-8x7B", 0), "batch"),
-    (lambda: deq.dense_equivalent_batches("Mixtral-8x7B", 1e9, max_batch=1), "max_batch"),
-])
+@pytest.mark.parametrize(
+    ("call", "match"),
+    [
+        (lambda: deq.geometric_mean_rule(10, 20), "exceeds"),
+        (lambda: deq.geometric_mean_rule(0, 0), "total"),
+        (lambda: deq.quoted_epoch_rule(1e9, 2, 8), "exceeds"),
+        (lambda: deq.quoted_epoch_rule(-1e9, 8, 2), "total"),
+        (lambda: deq.half_total_rule(None), "total"),
+        (lambda: deq.roofline_dense_equivalent("Mixtral-8x7B", 0), "batch"),
+        (lambda: deq.dense_equivalent_batches("Mixtral-8x7B", 1e9, max_batch=1), "max_batch"),
+    ],
+)
 def test_invalid_inputs_raise(call, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         call()

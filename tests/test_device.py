@@ -11,11 +11,13 @@ from dmcourse import device_info, in_colab, pick_device, pick_dtype, seed_everyt
 
 @pytest.mark.parametrize(
     ("capability", "expected"),
-    [((7, 5), torch.float16),   # T4: no bf16 tensor cores, whatever is_bf16_supported() says
-     ((7, 0), torch.float16),   # V100
-     ((8, 0), torch.bfloat16),  # A100
-     ((8, 9), torch.bfloat16),  # L4
-     ((9, 0), torch.bfloat16)],  # H100 / H200
+    [
+        ((7, 5), torch.float16),  # T4: no bf16 tensor cores, whatever is_bf16_supported() says
+        ((7, 0), torch.float16),  # V100
+        ((8, 0), torch.bfloat16),  # A100
+        ((8, 9), torch.bfloat16),  # L4
+        ((9, 0), torch.bfloat16),
+    ],  # H100 / H200
 )
 def test_cuda_dtype_follows_compute_capability(capability, expected) -> None:
     assert pick_dtype("cuda", capability) == expected

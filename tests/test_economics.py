@@ -41,6 +41,7 @@ LLAMA8_TOTAL = 32 * (4096 * 4096 * 2 + 2 * 4096 * 1024 + 3 * 4096 * 14336 + 2 * 
 
 # ------------------------------------------------------------------------------------- memory
 
+
 def test_weights_every_expert_resident_and_kv_cache_by_hand() -> None:
     fit = ec.serving_memory("Mixtral-8x7B", "H100", "bf16", batch=4, context=1000)
     assert fit.weight_bytes == 2 * MX_TOTAL, "all 8 experts of every layer are stored, not just the top-2"
@@ -121,10 +122,13 @@ def test_deepseek_absorbed_and_explicit_forms() -> None:
     # 61 layers x 128 heads x (192 + 128) per-head values vs 61 x 576 latent values: 71x the cache
     assert explicit.memory.kv_cache_bytes / absorbed.memory.kv_cache_bytes == pytest.approx(128 * 320 / 576)
     assert explicit.n_gpus > absorbed.n_gpus and explicit.step_time_s > absorbed.step_time_s
-    assert ec.critical_batch("DeepSeek-V3", context=4096) < ec.critical_batch("DeepSeek-V3", context=4096, mla_form="explicit")
+    assert ec.critical_batch("DeepSeek-V3", context=4096) < ec.critical_batch(
+        "DeepSeek-V3", context=4096, mla_form="explicit"
+    )
 
 
 # ---------------------------------------------------------------------------------- decode cost
+
 
 def test_decode_cost_mixtral_batch_1_by_hand() -> None:
     c = ec.decode_cost("Mixtral-8x7B", "H100", 1, n_gpus=1, usd_per_gpu_hour=2.0)
@@ -193,6 +197,7 @@ def test_long_context_keeps_gqa_decode_memory_bound() -> None:
 
 # ------------------------------------------------------------------------------------- calculator
 
+
 def test_estimate_is_consistent_and_labels_the_price() -> None:
     est = calc.estimate("Mixtral-8x7B", "H100", batch=8, context=1024, usd_per_gpu_hour=2.5)
     assert est.n_gpus == est.memory.gpus_needed == 2
@@ -212,32 +217,36 @@ def test_t4_and_fp32_pick_the_right_roof() -> None:
     assert c.peak_flops == 65e12 and c.bandwidth == 320e9  # T4 datasheet: 256-bit GDDR6 x 10 Gb/s / 8
 
 
-@pytest.mark.parametrize(("call", "match"), [
-    (lambda: ec.decode_cost("Llama-3-8B", "H100", 0), "batch"),
-    (lambda: ec.decode_cost("Llama-3-8B", "H100", 2.0), "batch"),
-    (lambda: ec.decode_cost("Llama-3-8B", "H100", 1, context=-1), "context"),
-    (lambda: ec.decode_cost("Llama-3-8B", "H100", 1, n_gpus=0), "n_gpus"),
-    (lambda: ec.decode_cost("Llama-3-8B", "H100", 1, usd_per_gpu_hour=-1), "usd_per_gpu_hour"),
-    (lambda: ec.decode_cost("Llama-3-8B", "H100", 1, usd_per_gpu_hour="2"), "usd_per_gpu_hour"),
-    (lambda: ec.decode_cost("Llama-3-8B", "H100", 1, twin="sparse"), "twin"),
-    (lambda: ec.decode_cost("Llama-3-8B", "V100", 1), "V100"),
-    (lambda: ec.decode_cost("GPT-5", "H100", 1), "GPT-5"),
-    (lambda: ec.decode_cost(42, "H100", 1), "model"),
-    (lambda: ec.serving_memory("Llama-3-8B", "H100", "fp12"), "fp12"),
-    (lambda: ec.serving_memory("Llama-3-8B", "H100", kv_dtype="fp12"), "fp12"),
-    (lambda: ec.serving_memory("Llama-3-8B", "H100", batch=0), "batch"),
-    (lambda: ec.activation_bytes("Llama-3-8B", 0), "tokens"),
-    (lambda: ec.regime_batches("Llama-3-8B"), "dense"),
-    (lambda: ec.regime_batches("Mixtral-8x7B", touched_fraction=1.0), "touched_fraction"),
-    (lambda: ec.decode_cost("DeepSeek-V3", "H100", 1, mla_form="naive"), "mla_form"),
-    (lambda: ec.max_batch("Llama-3-8B", "H100", n_gpus=0), "n_gpus"),
-])
+@pytest.mark.parametrize(
+    ("call", "match"),
+    [
+        (lambda: ec.decode_cost("Llama-3-8B", "H100", 0), "batch"),
+        (lambda: ec.decode_cost("Llama-3-8B", "H100", 2.0), "batch"),
+        (lambda: ec.decode_cost("Llama-3-8B", "H100", 1, context=-1), "context"),
+        (lambda: ec.decode_cost("Llama-3-8B", "H100", 1, n_gpus=0), "n_gpus"),
+        (lambda: ec.decode_cost("Llama-3-8B", "H100", 1, usd_per_gpu_hour=-1), "usd_per_gpu_hour"),
+        (lambda: ec.decode_cost("Llama-3-8B", "H100", 1, usd_per_gpu_hour="2"), "usd_per_gpu_hour"),
+        (lambda: ec.decode_cost("Llama-3-8B", "H100", 1, twin="sparse"), "twin"),
+        (lambda: ec.decode_cost("Llama-3-8B", "V100", 1), "V100"),
+        (lambda: ec.decode_cost("GPT-5", "H100", 1), "GPT-5"),
+        (lambda: ec.decode_cost(42, "H100", 1), "model"),
+        (lambda: ec.serving_memory("Llama-3-8B", "H100", "fp12"), "fp12"),
+        (lambda: ec.serving_memory("Llama-3-8B", "H100", kv_dtype="fp12"), "fp12"),
+        (lambda: ec.serving_memory("Llama-3-8B", "H100", batch=0), "batch"),
+        (lambda: ec.activation_bytes("Llama-3-8B", 0), "tokens"),
+        (lambda: ec.regime_batches("Llama-3-8B"), "dense"),
+        (lambda: ec.regime_batches("Mixtral-8x7B", touched_fraction=1.0), "touched_fraction"),
+        (lambda: ec.decode_cost("DeepSeek-V3", "H100", 1, mla_form="naive"), "mla_form"),
+        (lambda: ec.max_batch("Llama-3-8B", "H100", n_gpus=0), "n_gpus"),
+    ],
+)
 def test_invalid_inputs_raise(call, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         call()
 
 
 # --------------------------------------------------------------------------- widget pure functions
+
 
 def test_custom_config_matches_a_preset_shape() -> None:
     custom = widgets.model_for(widgets.CUSTOM, {})  # the defaults are Mixtral-8x7B's shape
@@ -251,13 +260,16 @@ def test_custom_config_matches_a_preset_shape() -> None:
     assert widgets.model_for("Llama-3-70B") is load_preset("Llama-3-70B")
 
 
-@pytest.mark.parametrize(("call", "match"), [
-    (lambda: widgets.model_for("nope"), "nope"),
-    (lambda: widgets.model_for(widgets.CUSTOM, {"n_heads": 5}), "n_heads"),
-    (lambda: widgets.model_for(widgets.CUSTOM, {"top_k": 9}), "top_k"),
-    (lambda: widgets.model_for(widgets.CUSTOM, {"depth": 9}), "depth"),
-    (lambda: widgets.estimate_for("Llama-3-8B", "H100", "bf16", 0, 0, 2.0), "batch"),
-])
+@pytest.mark.parametrize(
+    ("call", "match"),
+    [
+        (lambda: widgets.model_for("nope"), "nope"),
+        (lambda: widgets.model_for(widgets.CUSTOM, {"n_heads": 5}), "n_heads"),
+        (lambda: widgets.model_for(widgets.CUSTOM, {"top_k": 9}), "top_k"),
+        (lambda: widgets.model_for(widgets.CUSTOM, {"depth": 9}), "depth"),
+        (lambda: widgets.estimate_for("Llama-3-8B", "H100", "bf16", 0, 0, 2.0), "batch"),
+    ],
+)
 def test_widget_inputs_invalid(call, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         call()

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import nbformat
 import pytest
-
 from conftest import ROOT, assignments
+
 from dmcourse.grading import course
 
 HIDDEN = re.compile(r"### BEGIN HIDDEN TESTS\n(.*?)### END HIDDEN TESTS", re.S)
@@ -35,10 +35,14 @@ def test_release_is_generated_from_solutions(course_copy: Path, assignment: str)
     course.generate(course_copy, assignment)
     regenerated = {p.name: _comparable(p) for p in (course_copy / "exercises" / assignment).glob("*.ipynb")}
     assert regenerated == committed, f"exercises/{assignment} is out of sync with solutions/: run `make release`"
-    files = {p.relative_to(course_copy / "exercises").as_posix() for p in (course_copy / "exercises").rglob("*")
-             if p.is_file() and p.parts[-2] == assignment}
-    assert files == {f"{assignment}/{name}" for name in committed}, \
+    files = {
+        p.relative_to(course_copy / "exercises").as_posix()
+        for p in (course_copy / "exercises").rglob("*")
+        if p.is_file() and p.parts[-2] == assignment
+    }
+    assert files == {f"{assignment}/{name}" for name in committed}, (
         f"the release of {assignment} holds more than its notebooks (a .pct.py twin of the solution?): {sorted(files)}"
+    )
 
 
 @pytest.mark.parametrize("assignment", assignments())
@@ -78,18 +82,26 @@ def test_stated_working_time_and_points_match_the_grades(assignment: str) -> Non
     the graded cells' points."""
     nb = nbformat.read(ROOT / "solutions" / assignment / f"{assignment}.ipynb", as_version=4)
     header = " ".join(c.source for c in nb.cells[:3] if c.cell_type == "markdown").replace("\n", " ")
-    graded = [c.metadata["nbgrader"]["points"] for c in nb.cells
-              if c.metadata.get("nbgrader", {}).get("grade") and "points" in c.metadata["nbgrader"]]
+    graded = [
+        c.metadata["nbgrader"]["points"]
+        for c in nb.cells
+        if c.metadata.get("nbgrader", {}).get("grade") and "points" in c.metadata["nbgrader"]
+    ]
     if (stated := POINTS.search(header)) is not None:
         parts, total = [int(p) for p in re.findall(r"\d+", stated.group(1))], int(stated.group(2))
     elif (stated := POINTS_IN_ALL.search(header)) is not None:
-        parts = [int(p) for part in re.findall(r"part \d+ \(([\d + ]+)", stated.group(2)) for p in re.findall(r"\d+", part)]
+        parts = [
+            int(p) for part in re.findall(r"part \d+ \(([\d + ]+)", stated.group(2)) for p in re.findall(r"\d+", part)
+        ]
         total = int(stated.group(1))
     else:
-        raise AssertionError(f"{assignment}'s first cell must state its points: 'Points: a + b + ... = total.' "
-                             "or 'N points in all: part 1 (a points), part 2 (b), ...'")
-    assert sum(parts) == total == sum(graded), \
+        raise AssertionError(
+            f"{assignment}'s first cell must state its points: 'Points: a + b + ... = total.' "
+            "or 'N points in all: part 1 (a points), part 2 (b), ...'"
+        )
+    assert sum(parts) == total == sum(graded), (
         f"{assignment}: the header states {stated.group(0)!r}, the graded cells give {graded} (sum {sum(graded)})"
+    )
     assert WORKING_TIME.search(header), f"{assignment}: state the expected working time in the first cell"
 
 
@@ -100,6 +112,9 @@ def test_the_instructor_appendix_lists_every_assignment_with_its_points() -> Non
     for assignment, points in rows.items():
         graded = 0
         for nb_path in (ROOT / "solutions" / assignment).glob("*.ipynb"):
-            graded += sum(c.metadata.get("nbgrader", {}).get("points", 0)
-                          for c in nbformat.read(nb_path, as_version=4).cells if c.metadata.get("nbgrader", {}).get("grade"))
+            graded += sum(
+                c.metadata.get("nbgrader", {}).get("points", 0)
+                for c in nbformat.read(nb_path, as_version=4).cells
+                if c.metadata.get("nbgrader", {}).get("grade")
+            )
         assert int(points) == graded, f"{assignment}: the appendix says {points} points, its graded cells hold {graded}"

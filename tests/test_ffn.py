@@ -33,7 +33,11 @@ def test_swiglu_module_matches_functional_and_transformers() -> None:
     from transformers import LlamaConfig
     from transformers.models.llama.modeling_llama import LlamaMLP
 
-    ref = LlamaMLP(LlamaConfig(hidden_size=d_model, intermediate_size=d_ff, num_attention_heads=2, num_key_value_heads=2, hidden_act="silu"))
+    ref = LlamaMLP(
+        LlamaConfig(
+            hidden_size=d_model, intermediate_size=d_ff, num_attention_heads=2, num_key_value_heads=2, hidden_act="silu"
+        )
+    )
     with torch.no_grad():
         ref.gate_proj.weight.copy_(ffn.w_gate.weight)
         ref.up_proj.weight.copy_(ffn.w_up.weight)
@@ -47,7 +51,9 @@ def test_mlp(activation: str) -> None:
     m = MLP(8, 32, activation=activation)
     x = torch.randn(7, 8)
     h = x @ m.w_up.weight.T
-    h = {"relu": h.clamp(min=0), "gelu": 0.5 * h * (1 + torch.erf(h / math.sqrt(2))), "silu": h * torch.sigmoid(h)}[activation]
+    h = {"relu": h.clamp(min=0), "gelu": 0.5 * h * (1 + torch.erf(h / math.sqrt(2))), "silu": h * torch.sigmoid(h)}[
+        activation
+    ]
     torch.testing.assert_close(m(x), h @ m.w_down.weight.T)
     torch.testing.assert_close(m(x), mlp(x, m.w_up.weight, m.w_down.weight, activation))
     assert sum(p.numel() for p in m.parameters()) == 2 * 8 * 32

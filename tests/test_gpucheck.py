@@ -24,8 +24,14 @@ T4 = (7, 5)
 def test_quick_check_on_cpu_writes_a_valid_record(tmp_path) -> None:
     out = tmp_path / "check.json"
     before = sorted(e.name for e in records.records_dir().iterdir())
-    done = subprocess.run([sys.executable, "-m", "dmcourse.gpucheck", "--quick", "--device", "cpu", "--out", str(out)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=900, check=False)
+    done = subprocess.run(
+        [sys.executable, "-m", "dmcourse.gpucheck", "--quick", "--device", "cpu", "--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     record = records.read_record(out, kind="gpucheck")
     assert record == json.loads(out.read_text())
@@ -64,7 +70,8 @@ def test_a_failing_measurement_is_a_skip_with_its_reason() -> None:
 
 def test_only_a_full_gpu_record_goes_into_the_package() -> None:
     assert gpucheck.default_out({"device": "NVIDIA H100 80GB HBM3", "device_type": "cuda", "quick": False}) == (
-        records.records_dir() / "gpucheck_nvidia-h100-80gb-hbm3.json")
+        records.records_dir() / "gpucheck_nvidia-h100-80gb-hbm3.json"
+    )
     assert gpucheck.default_out({"device": "NVIDIA H100", "device_type": "cuda", "quick": True}).parent.name == ""
     assert gpucheck.default_out({"device": "AMD EPYC", "device_type": "cpu", "quick": False}).parent.name == ""
     for record in records.load("gpucheck"):  # whatever is shipped is a full GPU run
@@ -77,17 +84,35 @@ def test_datasheet_match_and_targets() -> None:
     assert gpucheck.datasheet_for("Tesla T4").name == "T4"
     assert gpucheck.datasheet_for("NVIDIA L40S") is None
     sheet = gpucheck.datasheet_for("NVIDIA H100 80GB HBM3").get("memory_bandwidth_bytes_per_s")
-    record = {"device": "NVIDIA H100 80GB HBM3", "device_type": "cuda",
-              "roofline": {"figures": {"bandwidth_bytes_per_s": {"copy": 0.5 * sheet}}},
-              "measurements": {"moe_dispatch": {"result": {
-                  "settings": {"tokens": 16384},
-                  "prefill_s": {"moe sorted": 2.0, "moe grouped": 1.25, "dense SwiGLU": 1.0},
-                  "decode": [{"times_s": {"moe sorted": 3.0, "moe loop": 4.0}, "floor_s": 2.0},
-                             {"times_s": {"moe sorted": 1.0}, "floor_s": 1.0}]}}}}
+    record = {
+        "device": "NVIDIA H100 80GB HBM3",
+        "device_type": "cuda",
+        "roofline": {"figures": {"bandwidth_bytes_per_s": {"copy": 0.5 * sheet}}},
+        "measurements": {
+            "moe_dispatch": {
+                "result": {
+                    "settings": {"tokens": 16384},
+                    "prefill_s": {"moe sorted": 2.0, "moe grouped": 1.25, "dense SwiGLU": 1.0},
+                    "decode": [
+                        {"times_s": {"moe sorted": 3.0, "moe loop": 4.0}, "floor_s": 2.0},
+                        {"times_s": {"moe sorted": 1.0}, "floor_s": 1.0},
+                    ],
+                }
+            }
+        },
+    }
     t = gpucheck.targets(record)
-    assert t["copy_bandwidth_vs_datasheet"]["value"] == pytest.approx(0.5) and not t["copy_bandwidth_vs_datasheet"]["met"]
-    assert t["moe_vs_dense_prefill_throughput"]["value"] == pytest.approx(0.8) and t["moe_vs_dense_prefill_throughput"]["met"]
-    assert t["decode_vs_experts_touched_floor"]["value"] == pytest.approx(1.5) and t["decode_vs_experts_touched_floor"]["met"]
+    assert (
+        t["copy_bandwidth_vs_datasheet"]["value"] == pytest.approx(0.5) and not t["copy_bandwidth_vs_datasheet"]["met"]
+    )
+    assert (
+        t["moe_vs_dense_prefill_throughput"]["value"] == pytest.approx(0.8)
+        and t["moe_vs_dense_prefill_throughput"]["met"]
+    )
+    assert (
+        t["decode_vs_experts_touched_floor"]["value"] == pytest.approx(1.5)
+        and t["decode_vs_experts_touched_floor"]["met"]
+    )
     assert gpucheck.targets({**record, "device_type": "cpu"}) == {}
 
 
@@ -155,8 +180,13 @@ def test_t4_training_uses_gradscaler_with_fp16_autocast(fake_t4, monkeypatch) ->
     task = toy.MixtureTask(seed=0)
     model = toy.toy_moe(task)
     amp = dev_module.pick_dtype("cuda")
-    history = train.train(model, task.batch_fn(4, 8), moe_train.moe_loss_fn(),
-                          train.TrainConfig(steps=2, device="cuda", amp_dtype=amp), progress=False)
+    history = train.train(
+        model,
+        task.batch_fn(4, 8),
+        moe_train.moe_loss_fn(),
+        train.TrainConfig(steps=2, device="cuda", amp_dtype=amp),
+        progress=False,
+    )
     assert scalers == ["cuda"] and autocasts and all(a == ("cuda", torch.float16, True) for a in autocasts)
     assert all(torch.isfinite(torch.tensor(v)) for v in history["loss"])
 

@@ -51,7 +51,11 @@ class Info:
         return sum(p for _, p, _ in synth.test_points(self.release))
 
     def index(self, grade_id: str) -> int:
-        return next(i for i, c in enumerate(self.release.cells) if (c.metadata.get("nbgrader") or {}).get("grade_id") == grade_id)
+        return next(
+            i
+            for i, c in enumerate(self.release.cells)
+            if (c.metadata.get("nbgrader") or {}).get("grade_id") == grade_id
+        )
 
     def points_before(self, grade_id: str) -> float:
         """Points of the tests above an answer cell: what is left when it and all later answers are blank."""
@@ -101,7 +105,11 @@ def _edit(nb: nbformat.NotebookNode, grade_id: str, fn: Callable[[str], str]) ->
 
 
 def _tests(nb: nbformat.NotebookNode) -> list:
-    return [c for c in nb.cells if (c.metadata.get("nbgrader") or {}).get("grade") and not c.metadata.nbgrader.get("solution")]
+    return [
+        c
+        for c in nb.cells
+        if (c.metadata.get("nbgrader") or {}).get("grade") and not c.metadata.nbgrader.get("solution")
+    ]
 
 
 def full_cases(info: Info) -> list[Case]:
@@ -112,10 +120,12 @@ def full_cases(info: Info) -> list[Case]:
 
     def add(n: int, kind: str, nb, status: str, score: float | None = None, style: str = "generic", **kw) -> None:
         sid = str(30100 + n)
-        file = {"generic": f"{kind}_{sid}_{a}.ipynb",
-                "canvas": f"{kind}_{sid}_{900000 + n}_{a}.ipynb",
-                "moodle": f"{kind.title()} Student_{sid}_assignsubmission_file_/{a}.ipynb",
-                "folder": f"{kind}_{sid}/{a}.ipynb"}[style]
+        file = {
+            "generic": f"{kind}_{sid}_{a}.ipynb",
+            "canvas": f"{kind}_{sid}_{900000 + n}_{a}.ipynb",
+            "moodle": f"{kind.title()} Student_{sid}_assignsubmission_file_/{a}.ipynb",
+            "folder": f"{kind}_{sid}/{a}.ipynb",
+        }[style]
         cases.append(Case(file, _bytes(nb), status, sid, a, score, **kw))
 
     add(1, "correct", good, "graded", info.max, "canvas")
@@ -126,10 +136,21 @@ def full_cases(info: Info) -> list[Case]:
     last = A[-1]
     loop_inside = _edit(good, last, lambda s: _loop_in_body(s))
     add(10, "loopinside", loop_inside, "graded", info.max - info.points_between(last), note="hit the timeout")
-    add(11, "looptop", _edit(good, last, lambda s: s + "\nwhile True:\n    pass"), "graded", info.max,
-        note="hit the timeout")
-    add(12, "crash", _edit(good, A[min(2, len(A) - 1)], lambda s: "import os\nos._exit(1)\n" + s), "failed",
-        note="kernel died")
+    add(
+        11,
+        "looptop",
+        _edit(good, last, lambda s: s + "\nwhile True:\n    pass"),
+        "graded",
+        info.max,
+        note="hit the timeout",
+    )
+    add(
+        12,
+        "crash",
+        _edit(good, A[min(2, len(A) - 1)], lambda s: "import os\nos._exit(1)\n" + s),
+        "failed",
+        note="kernel died",
+    )
     edited = copy.deepcopy(good)
     for c in _tests(edited):
         c.source = "pass  # tests removed by the student"
@@ -146,20 +167,40 @@ def full_cases(info: Info) -> list[Case]:
     add(17, "strippedpartial", synth.strip_metadata(part), "graded", part_score, note="rebuilt")
     helper = copy.deepcopy(good)
     first = synth.cell(helper, A[0])
-    first.source = "def _twice(x):\n    return x + x\n\n\n" + first.source.replace("return 2 * m * k * n", "return _twice(m * k * n)")
+    first.source = "def _twice(x):\n    return x + x\n\n\n" + first.source.replace(
+        "return 2 * m * k * n", "return _twice(m * k * n)"
+    )
     own = nbformat.v4.new_code_cell("import math  # a cell of the student's own")
     helper.cells.insert(helper.cells.index(first), own)
     add(18, "strippedhelper", synth.strip_metadata(helper), "graded", info.max, note="own kept")
-    jumbled = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(
-        "\n\n".join(synth.answer_text(synth.cell(info.solution, g).source).replace("def ", "def my_") for g in A))])
+    jumbled = nbformat.v4.new_notebook(
+        cells=[
+            nbformat.v4.new_code_cell(
+                "\n\n".join(
+                    synth.answer_text(synth.cell(info.solution, g).source).replace("def ", "def my_") for g in A
+                )
+            )
+        ]
+    )
     add(19, "unrelated", jumbled, "review", 0.0, note="right notebook")
     big = _edit(good, A[0], lambda s: s + '\nprint("x" * 5_000_000)\nfor _i in range(20_000):\n    print(_i)')
     add(20, "bigoutput", big, "graded", info.max, note="truncated")
-    uses = _edit(good, "choose_dtype", lambda s: "import dmcourse\n" + s.replace(
-        "if device_type == \"cpu\":", "return dmcourse.pick_dtype(device_type, capability)\n    if device_type == \"cpu\":"))
+    uses = _edit(
+        good,
+        "choose_dtype",
+        lambda s: (
+            "import dmcourse\n"
+            + s.replace(
+                'if device_type == "cpu":',
+                'return dmcourse.pick_dtype(device_type, capability)\n    if device_type == "cpu":',
+            )
+        ),
+    )
     add(21, "usesdmcourse", uses, "graded", info.max - info.points_between("choose_dtype"), note="calls dmcourse")
     no_answer_cell = copy.deepcopy(good)
-    no_answer_cell.cells = [c for c in no_answer_cell.cells if (c.metadata.get("nbgrader") or {}).get("grade_id") != last]
+    no_answer_cell.cells = [
+        c for c in no_answer_cell.cells if (c.metadata.get("nbgrader") or {}).get("grade_id") != last
+    ]
     add(22, "answerdeleted", no_answer_cell, "review", info.max - info.points_between(last), note="NOT FOUND")
     md = copy.deepcopy(good)
     cell = synth.cell(md, A[0])
@@ -185,12 +226,16 @@ def full_cases(info: Info) -> list[Case]:
     cases.append(Case(f"dup_{sid}_{900190}_{a}-1.ipynb", _bytes(good), "graded", sid, a, info.max))
     sid = "30191"
     cases.append(Case(f"dupbad_{sid}_{900191}_{a}.ipynb", _bytes(good), "graded", sid, a, info.max))
-    cases.append(Case(f"dupbad_{sid}_{900191}_{a}-1.ipynb", b'{"cells": [', "not collected", sid, a,
-                      note="invalid JSON"))
-    cases.append(Case(f"truncated_30192_{a}.ipynb", _bytes(good)[:1500], "not collected", "30192", a, note="invalid JSON"))
+    cases.append(
+        Case(f"dupbad_{sid}_{900191}_{a}-1.ipynb", b'{"cells": [', "not collected", sid, a, note="invalid JSON")
+    )
+    cases.append(
+        Case(f"truncated_30192_{a}.ipynb", _bytes(good)[:1500], "not collected", "30192", a, note="invalid JSON")
+    )
     cases.append(Case(f"empty_30193_{a}.ipynb", b"", "not collected", "30193", a, note="empty file"))
-    cases.append(Case(f"notebookless_30194_{a}.ipynb", b'{"hello": "world"}', "not collected", "30194", a,
-                      note="not a notebook"))
+    cases.append(
+        Case(f"notebookless_30194_{a}.ipynb", b'{"hello": "world"}', "not collected", "30194", a, note="not a notebook")
+    )
     cases.append(Case(f"{a}.ipynb", _bytes(good), "not collected", note="no student id"))
     cases.append(Case("ex99_unknown - zed.ipynb", _bytes(good), "not collected", note="unknown assignment"))
     cases.append(Case(f"script_30195_{a}.py", b"print(1)\n", "not collected", note="not an .ipynb"))
@@ -213,17 +258,41 @@ def core_cases(info: Info, base: int) -> list[Case]:
     a, good = info.name, info.correct()
     part, part_score = info.partial()
     out = [
-        Case(f"colab_{base + 1}_{a}.ipynb", _bytes(synth.strip_metadata(good, colab=True)), "graded", str(base + 1), a, info.max),
+        Case(
+            f"colab_{base + 1}_{a}.ipynb",
+            _bytes(synth.strip_metadata(good, colab=True)),
+            "graded",
+            str(base + 1),
+            a,
+            info.max,
+        ),
         Case(f"{a} - untouched{base + 2}.ipynb", _bytes(info.release), "graded", f"untouched{base + 2}", a, 0.0),
-        Case(f"stripped_{base + 3}_{a}.ipynb", _bytes(synth.strip_metadata(part)), "graded", str(base + 3), a,
-             part_score, note="rebuilt"),
+        Case(
+            f"stripped_{base + 3}_{a}.ipynb",
+            _bytes(synth.strip_metadata(part)),
+            "graded",
+            str(base + 3),
+            a,
+            part_score,
+            note="rebuilt",
+        ),
     ]
     mutants = _mutants(a)
     if mutants:
         nb = synth.apply_mutant(info.solution, mutants[0])
         nb.cells = [c for c in nb.cells if c not in _tests(nb)]
-        out.append(Case(f"mutant_{base + 4}_{a}.ipynb", _bytes(nb), "graded", str(base + 4), a, below=info.max,
-                        note="rebuilt", mutant=mutants[0]))
+        out.append(
+            Case(
+                f"mutant_{base + 4}_{a}.ipynb",
+                _bytes(nb),
+                "graded",
+                str(base + 4),
+                a,
+                below=info.max,
+                note="rebuilt",
+                mutant=mutants[0],
+            )
+        )
     return out
 
 
@@ -262,7 +331,9 @@ def batch(tmp_path_factory) -> Batch:
     start = time.perf_counter()
     rows: list[pipeline.Row] = []
     for a in found:
-        got = pipeline.grade(root, a, download, jobs=2, timeout=FULL_TIMEOUT if a == FULL else None, echo=lambda s: None)
+        got = pipeline.grade(
+            root, a, download, jobs=2, timeout=FULL_TIMEOUT if a == FULL else None, echo=lambda s: None
+        )
         rows += [r for r in got if r.assignment == a or (a == FULL and not r.assignment)]
     seconds = time.perf_counter() - start
     print(f"\ngraded {len(cases)} generated files of {len(found)} assignment(s) in {seconds:.0f} s")
@@ -271,8 +342,13 @@ def batch(tmp_path_factory) -> Batch:
 
 def _row(b: Batch, case: Case) -> pipeline.Row:
     if case.student:
-        found = [r for r in b.rows if r.student == case.student and r.assignment == case.assignment
-                 and (r.status not in ("not collected", "ignored") or r.file == case.file)]
+        found = [
+            r
+            for r in b.rows
+            if r.student == case.student
+            and r.assignment == case.assignment
+            and (r.status not in ("not collected", "ignored") or r.file == case.file)
+        ]
         found = [r for r in found if r.file == case.file] or found
     else:
         found = [r for r in b.rows if r.file == case.file]
@@ -300,8 +376,10 @@ def test_each_submission_gets_the_score_it_deserves(batch: Batch) -> None:
         if case.note:
             ok &= re.search(case.note, notes, re.I) is not None
         if not ok:
-            wrong.append(f"{case.file}: got {row.status} {row.score} [{notes}], expected {case.status} "
-                         f"{case.score if case.below is None else f'< {case.below}'} /{case.note}/")
+            wrong.append(
+                f"{case.file}: got {row.status} {row.score} [{notes}], expected {case.status} "
+                f"{case.score if case.below is None else f'< {case.below}'} /{case.note}/"
+            )
     assert not wrong, "\n".join(wrong)
 
 
@@ -317,7 +395,9 @@ def test_fast_mutation_engine_agrees_with_nbgrader(batch: Batch) -> None:
             continue
         fast, _ = run_in_one_kernel(batch.root, a, [c.mutant for c in cases], timeout=60)
         for case, r in zip(cases, fast):
-            assert r.score == _row(batch, case).score, f"{case.file}: {r.score} in one kernel, {_row(batch, case).score} by nbgrader"
+            assert r.score == _row(batch, case).score, (
+                f"{case.file}: {r.score} in one kernel, {_row(batch, case).score} by nbgrader"
+            )
             checked += 1
     assert checked >= 3
 
@@ -398,12 +478,18 @@ def _hidden_lines(root: Path) -> dict[str, list[str]]:
     for a in sorted(p.name for p in (root / "solutions").iterdir() if p.is_dir()):
         lines = []
         for src in (root / "solutions" / a).glob("*.ipynb"):
-            released = re.sub(r"\s+", " ", "\n".join(c.source for c in nbformat.read(
-                root / "exercises" / a / src.name, as_version=4).cells))
+            released = re.sub(
+                r"\s+",
+                " ",
+                "\n".join(c.source for c in nbformat.read(root / "exercises" / a / src.name, as_version=4).cells),
+            )
             for cell in nbformat.read(src, as_version=4).cells:
                 for block in re.findall(r"BEGIN HIDDEN TESTS[^\n]*\n(.*?)\n[^\n]*END HIDDEN TESTS", cell.source, re.S):
-                    lines += [ln.strip() for ln in block.splitlines()
-                              if len(ln.strip()) >= 12 and re.sub(r"\s+", " ", ln.strip()) not in released]
+                    lines += [
+                        ln.strip()
+                        for ln in block.splitlines()
+                        if len(ln.strip()) >= 12 and re.sub(r"\s+", " ", ln.strip()) not in released
+                    ]
         out[a] = lines
     return out
 
@@ -421,30 +507,36 @@ def _leaks(path: Path, lines: list[str]) -> list[str]:
 # ---------------------------------------------------------------- the pieces, fast
 
 
-@pytest.mark.parametrize("file, student, assignment", [
-    ("alice_12345_ex00_warmup.ipynb", "12345", "ex00_warmup"),
-    ("ex00_warmup - alice.ipynb", "alice", "ex00_warmup"),
-    ("Alice Smith - EX00-Warmup.ipynb", "alice_smith", "ex00_warmup"),
-    ("smithalice_12345_678901_ex00_warmup.ipynb", "12345", "ex00_warmup"),
-    ("smithalice_LATE_12345_678901_ex00_warmup-2.ipynb", "12345", "ex00_warmup"),
-    ("Alice Smith_123456_assignsubmission_file_ex00_warmup.ipynb", "123456", "ex00_warmup"),
-    ("Alice Smith_123456_assignsubmission_file_/ex00_warmup.ipynb", "123456", "ex00_warmup"),
-    ("Warm up_asmith_attempt_2025-01-31-12-00-00_ex00_warmup.ipynb", "asmith", "ex00_warmup"),
-    ("alice/ex00_warmup.ipynb", "alice", "ex00_warmup"),
-    ("Copy of ex00_warmup - bob (1).ipynb", "bob", "ex00_warmup"),
-])
+@pytest.mark.parametrize(
+    "file, student, assignment",
+    [
+        ("alice_12345_ex00_warmup.ipynb", "12345", "ex00_warmup"),
+        ("ex00_warmup - alice.ipynb", "alice", "ex00_warmup"),
+        ("Alice Smith - EX00-Warmup.ipynb", "alice_smith", "ex00_warmup"),
+        ("smithalice_12345_678901_ex00_warmup.ipynb", "12345", "ex00_warmup"),
+        ("smithalice_LATE_12345_678901_ex00_warmup-2.ipynb", "12345", "ex00_warmup"),
+        ("Alice Smith_123456_assignsubmission_file_ex00_warmup.ipynb", "123456", "ex00_warmup"),
+        ("Alice Smith_123456_assignsubmission_file_/ex00_warmup.ipynb", "123456", "ex00_warmup"),
+        ("Warm up_asmith_attempt_2025-01-31-12-00-00_ex00_warmup.ipynb", "asmith", "ex00_warmup"),
+        ("alice/ex00_warmup.ipynb", "alice", "ex00_warmup"),
+        ("Copy of ex00_warmup - bob (1).ipynb", "bob", "ex00_warmup"),
+    ],
+)
 def test_names_of_lms_downloads(file: str, student: str, assignment: str) -> None:
     parsed = names.parse(file, ["ex00_warmup", "ex01_dense"])
     assert (parsed.student, parsed.assignment) == (student, assignment)
 
 
-@pytest.mark.parametrize("file, kind", [
-    ("ex00_warmup.ipynb", "unparsable-name"),
-    ("notes.ipynb", "unknown-assignment"),
-    ("ex07_nothing - alice.ipynb", "unknown-assignment"),
-    ("alice_ex00_warmup_ex01_dense.ipynb", "unparsable-name"),
-    ("ex00_warmup_12345_67890_99999.ipynb", "unparsable-name"),
-])
+@pytest.mark.parametrize(
+    "file, kind",
+    [
+        ("ex00_warmup.ipynb", "unparsable-name"),
+        ("notes.ipynb", "unknown-assignment"),
+        ("ex07_nothing - alice.ipynb", "unknown-assignment"),
+        ("alice_ex00_warmup_ex01_dense.ipynb", "unparsable-name"),
+        ("ex00_warmup_12345_67890_99999.ipynb", "unparsable-name"),
+    ],
+)
 def test_names_that_cannot_be_read_say_why(file: str, kind: str) -> None:
     with pytest.raises(names.UnparsableName) as e:
         names.parse(file, ["ex00_warmup", "ex01_dense"])
@@ -474,9 +566,13 @@ def test_collect_reports_every_file_and_writes_nothing_on_dry_run(course_copy: P
     items = collect.collect(course_copy, dl, dry_run=True)
     assert not (course_copy / "submitted").exists()
     status = {i.source: i.status for i in items}
-    assert status == {f"ann_111_{FULL}.ipynb": "duplicate", f"ann_111_222_{FULL}-1.ipynb": "would-collect",
-                      f"bad_333_{FULL}.ipynb": "invalid-notebook", "zed - ex42_other.ipynb": "unknown-assignment",
-                      "notes.txt": "not-a-notebook"}
+    assert status == {
+        f"ann_111_{FULL}.ipynb": "duplicate",
+        f"ann_111_222_{FULL}-1.ipynb": "would-collect",
+        f"bad_333_{FULL}.ipynb": "invalid-notebook",
+        "zed - ex42_other.ipynb": "unknown-assignment",
+        "notes.txt": "not-a-notebook",
+    }
     collect.collect(course_copy, dl)
     dest = course_copy / "submitted" / "111" / FULL / f"{FULL}.ipynb"
     assert dest.read_bytes() == (dl / f"ann_111_222_{FULL}-1.ipynb").read_bytes()
@@ -495,8 +591,9 @@ def test_recover_rebuilds_a_stripped_notebook_exactly(course_copy: Path) -> None
     assert recover.check(stripped, info.release)
     result = recover.rebuild(stripped, info.release)
     assert result.status == "rebuilt" and not recover.check(result.notebook, info.release)
-    assert [(c.cell_type, c.source, c.metadata) for c in result.notebook.cells] == \
-           [(c.cell_type, c.source, c.metadata) for c in good.cells]
+    assert [(c.cell_type, c.source, c.metadata) for c in result.notebook.cells] == [
+        (c.cell_type, c.source, c.metadata) for c in good.cells
+    ]
 
 
 def test_recover_keeps_the_students_own_cells_and_flags_renamed_answers(course_copy: Path) -> None:
@@ -522,12 +619,22 @@ def test_recover_of_a_pasted_notebook_asks_for_review(course_copy: Path) -> None
     a0, a1, a2, a3 = info.answers
     text = {g: synth.cell(good, g).source for g in info.answers}
     tests = [c.source for c in _tests(good)]
-    pasted = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(s) for s in [
-        "import statistics\n\nimport torch",
-        text[a0] + "\n\n\n" + text[a1], tests[0], tests[1],
-        "print('scratch')",
-        text[a2].replace("def choose_dtype", "def choose_dtype_v2"), tests[2],
-        text[a3], tests[3]]])
+    pasted = nbformat.v4.new_notebook(
+        cells=[
+            nbformat.v4.new_code_cell(s)
+            for s in [
+                "import statistics\n\nimport torch",
+                text[a0] + "\n\n\n" + text[a1],
+                tests[0],
+                tests[1],
+                "print('scratch')",
+                text[a2].replace("def choose_dtype", "def choose_dtype_v2"),
+                tests[2],
+                text[a3],
+                tests[3],
+            ]
+        ]
+    )
     result = recover.rebuild(pasted, info.release)
     notes = "; ".join(result.notes)
     assert result.status == "manual-review", notes
@@ -567,14 +674,23 @@ def test_recover_file_keeps_the_original_out_of_nbgraders_way(course_copy: Path)
 def test_hide_hidden_tests_keeps_messages_and_drops_code() -> None:
     cell = nbformat.v4.new_code_cell(
         "assert f(1) == 1\n### BEGIN HIDDEN TESTS\n_secret_value = 12345\nassert f(_secret_value) == 7, 'f is wrong'\n"
-        "### END HIDDEN TESTS")
+        "### END HIDDEN TESTS"
+    )
     cell.metadata["nbgrader"] = {"grade": True, "grade_id": "t", "points": 1, "solution": False, "locked": True}
-    cell.outputs = [nbformat.v4.new_output("error", ename="AssertionError", evalue="f is wrong", traceback=[
-        "\x1b[31mAssertionError\x1b[39m   Traceback (most recent call last)",
-        "Cell \x1b[32mIn[4]\x1b[39m, line 4\n      2 ### BEGIN HIDDEN TESTS\n      3 _secret_value = 12345\n"
-        "----> 4 assert f(_secret_value) == 7, 'f is wrong'",
-        "Cell In[3], line 2, in f(x)\n      1 def f(x):\n----> 2     return x",
-        "\x1b[31mAssertionError\x1b[39m: f is wrong"])]
+    cell.outputs = [
+        nbformat.v4.new_output(
+            "error",
+            ename="AssertionError",
+            evalue="f is wrong",
+            traceback=[
+                "\x1b[31mAssertionError\x1b[39m   Traceback (most recent call last)",
+                "Cell \x1b[32mIn[4]\x1b[39m, line 4\n      2 ### BEGIN HIDDEN TESTS\n      3 _secret_value = 12345\n"
+                "----> 4 assert f(_secret_value) == 7, 'f is wrong'",
+                "Cell In[3], line 2, in f(x)\n      1 def f(x):\n----> 2     return x",
+                "\x1b[31mAssertionError\x1b[39m: f is wrong",
+            ],
+        )
+    ]
     nb = nbformat.v4.new_notebook(cells=[cell])
     HideHiddenTests().preprocess(nb, {})
     out = json.dumps(nb)
@@ -584,8 +700,10 @@ def test_hide_hidden_tests_keeps_messages_and_drops_code() -> None:
 
 def test_limit_output_size_cuts_long_outputs() -> None:
     cell = nbformat.v4.new_code_cell("print('x' * 10**6)")
-    cell.outputs = [nbformat.v4.new_output("stream", name="stdout", text="x" * 10**6),
-                    nbformat.v4.new_output("display_data", data={"text/html": "<b>" * 10**5, "text/plain": "b"})]
+    cell.outputs = [
+        nbformat.v4.new_output("stream", name="stdout", text="x" * 10**6),
+        nbformat.v4.new_output("display_data", data={"text/html": "<b>" * 10**5, "text/plain": "b"}),
+    ]
     nb = nbformat.v4.new_notebook(cells=[cell])
     LimitOutputSize(max_chars=1000).preprocess(nb, {})
     assert len(json.dumps(nb)) < 3000 and "truncated" in json.dumps(nb)
@@ -620,9 +738,13 @@ def test_each_exercise_tells_colab_students_how_to_check_and_hand_in(assignment:
     """Colab has no nbgrader extension: the notebook itself must say how to check and hand in."""
     (path,) = (ROOT / "exercises" / assignment).glob("*.ipynb")
     text = "\n".join(c.source for c in nbformat.read(path, as_version=4).cells if c.cell_type == "markdown")
-    for what, pattern in [("how to check the work", r"check your work"), ("how to hand in", r"hand in"),
-                          ("Colab's download menu", r"Download \.ipynb"), ("restart and run all", r"restart"),
-                          ("the file name to keep", re.escape(path.name))]:
+    for what, pattern in [
+        ("how to check the work", r"check your work"),
+        ("how to hand in", r"hand in"),
+        ("Colab's download menu", r"Download \.ipynb"),
+        ("restart and run all", r"restart"),
+        ("the file name to keep", re.escape(path.name)),
+    ]:
         assert re.search(pattern, text, re.I), f"exercises/{assignment} does not tell students {what}"
 
 
@@ -631,16 +753,30 @@ def _manual_assignment(root: Path) -> str:
     name = "zz_manual"
 
     def meta(**kw):
-        return {"nbgrader": {"grade": False, "locked": False, "schema_version": 3, "solution": False, "task": False, **kw}}
+        return {
+            "nbgrader": {"grade": False, "locked": False, "schema_version": 3, "solution": False, "task": False, **kw}
+        }
 
-    nb = nbformat.v4.new_notebook(cells=[
-        nbformat.v4.new_code_cell("def double(x):\n    ### BEGIN SOLUTION\n    return 2 * x\n    ### END SOLUTION",
-                                  metadata=meta(grade_id="double", solution=True), id="double"),
-        nbformat.v4.new_code_cell("assert double(2) == 4", id="test_double",
-                                  metadata=meta(grade_id="test_double", grade=True, locked=True, points=1)),
-        nbformat.v4.new_markdown_cell("Doubling is a linear map.", id="why",
-                                      metadata=meta(grade_id="why", grade=True, solution=True, points=2)),
-    ], metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}})
+    nb = nbformat.v4.new_notebook(
+        cells=[
+            nbformat.v4.new_code_cell(
+                "def double(x):\n    ### BEGIN SOLUTION\n    return 2 * x\n    ### END SOLUTION",
+                metadata=meta(grade_id="double", solution=True),
+                id="double",
+            ),
+            nbformat.v4.new_code_cell(
+                "assert double(2) == 4",
+                id="test_double",
+                metadata=meta(grade_id="test_double", grade=True, locked=True, points=1),
+            ),
+            nbformat.v4.new_markdown_cell(
+                "Doubling is a linear map.",
+                id="why",
+                metadata=meta(grade_id="why", grade=True, solution=True, points=2),
+            ),
+        ],
+        metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}},
+    )
     (root / "solutions" / name).mkdir(parents=True)
     nbformat.write(nb, root / "solutions" / name / f"{name}.ipynb")
     course.generate(root, name)
@@ -687,9 +823,14 @@ def test_guide_command_works_without_an_activated_environment(course_copy: Path,
     path = os.pathsep.join(p for p in os.environ.get("PATH", "").split(os.pathsep) if p and p != scripts)
     env = {**os.environ, "PATH": path}
     env.pop("VIRTUAL_ENV", None)
-    r = subprocess.run([sys.executable, "-m", "dmcourse.grading", "grade", FULL, "--from", str(dl),
-                        "--timeout", str(FULL_TIMEOUT)], cwd=course_copy, env=env,
-                       capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [sys.executable, "-m", "dmcourse.grading", "grade", FULL, "--from", str(dl), "--timeout", str(FULL_TIMEOUT)],
+        cwd=course_copy,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     rows = {row["student_id"]: row for row in csv.DictReader((course_copy / "grades.csv").open())}
     assert float(rows["ann"]["score"]) == float(rows["ann"]["max_score"]) > 0, rows["ann"]
@@ -704,13 +845,22 @@ def test_feedback_hides_local_paths_helper_signatures_and_explains_timeouts() ->
 
     cell = nbformat.v4.new_code_cell(
         "assert f(1) == 1\n### BEGIN HIDDEN TESTS\ndef _check_secret(x, expected_secret):\n"
-        "    assert f(x) == expected_secret, 'f is wrong'\n_check_secret(3, 4)\n### END HIDDEN TESTS")
+        "    assert f(x) == expected_secret, 'f is wrong'\n_check_secret(3, 4)\n### END HIDDEN TESTS"
+    )
     cell.metadata["nbgrader"] = {"grade": True, "grade_id": "t", "points": 1, "solution": False, "locked": True}
-    cell.outputs = [nbformat.v4.new_output("error", ename="AssertionError", evalue="f is wrong", traceback=[
-        "Cell In[4], line 5\n----> 5 _check_secret(3, 4)",
-        "Cell In[4], line 4, in \x1b[0;36m_check_secret\x1b[0m(x, expected_secret)\n----> 4     assert f(x) == expected_secret, 'f is wrong'",
-        "File \x1b[0;32m/home/grader/.venv/lib/python3.11/site-packages/dmcourse/grading/guard.py:47\x1b[0m, in g(fn)",
-        "AssertionError: f is wrong"])]
+    cell.outputs = [
+        nbformat.v4.new_output(
+            "error",
+            ename="AssertionError",
+            evalue="f is wrong",
+            traceback=[
+                "Cell In[4], line 5\n----> 5 _check_secret(3, 4)",
+                "Cell In[4], line 4, in \x1b[0;36m_check_secret\x1b[0m(x, expected_secret)\n----> 4     assert f(x) == expected_secret, 'f is wrong'",
+                "File \x1b[0;32m/home/grader/.venv/lib/python3.11/site-packages/dmcourse/grading/guard.py:47\x1b[0m, in g(fn)",
+                "AssertionError: f is wrong",
+            ],
+        )
+    ]
     nb = nbformat.v4.new_notebook(cells=[cell])
     HideHiddenTests().preprocess(nb, {})
     out = json.dumps(nb)
@@ -734,20 +884,33 @@ def _tiny_assignment(root: Path, name: str, manual: bool = False) -> str:
     with ``manual``, one manually graded answer (2 points); registered in the gradebook."""
 
     def meta(**kw):
-        return {"nbgrader": {"grade": False, "locked": False, "schema_version": 3, "solution": False, "task": False, **kw}}
+        return {
+            "nbgrader": {"grade": False, "locked": False, "schema_version": 3, "solution": False, "task": False, **kw}
+        }
 
     cells = [
-        nbformat.v4.new_code_cell("def double(x):\n    ### BEGIN SOLUTION\n    return 2 * x\n    ### END SOLUTION",
-                                  metadata=meta(grade_id="double", solution=True), id="double"),
-        nbformat.v4.new_code_cell("assert double(2) == 4\n### BEGIN HIDDEN TESTS\nassert double(21) == 42\n"
-                                  "### END HIDDEN TESTS", id="test_double",
-                                  metadata=meta(grade_id="test_double", grade=True, locked=True, points=1)),
+        nbformat.v4.new_code_cell(
+            "def double(x):\n    ### BEGIN SOLUTION\n    return 2 * x\n    ### END SOLUTION",
+            metadata=meta(grade_id="double", solution=True),
+            id="double",
+        ),
+        nbformat.v4.new_code_cell(
+            "assert double(2) == 4\n### BEGIN HIDDEN TESTS\nassert double(21) == 42\n### END HIDDEN TESTS",
+            id="test_double",
+            metadata=meta(grade_id="test_double", grade=True, locked=True, points=1),
+        ),
     ]
     if manual:
-        cells.append(nbformat.v4.new_markdown_cell("Doubling is a linear map.", id="why",
-                                                   metadata=meta(grade_id="why", grade=True, solution=True, points=2)))
-    nb = nbformat.v4.new_notebook(cells=cells, metadata={
-        "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}})
+        cells.append(
+            nbformat.v4.new_markdown_cell(
+                "Doubling is a linear map.",
+                id="why",
+                metadata=meta(grade_id="why", grade=True, solution=True, points=2),
+            )
+        )
+    nb = nbformat.v4.new_notebook(
+        cells=cells, metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}}
+    )
     (root / "solutions" / name).mkdir(parents=True)
     nbformat.write(nb, root / "solutions" / name / f"{name}.ipynb")
     course.generate(root, name)
@@ -792,10 +955,16 @@ def test_no_silent_zeros_in_grades_csv(course_copy: Path, tmp_path: Path, capsys
     rows = _grades(course_copy)
     got = {k: (r["status"].split(":")[0], r["score"], r["late"]) for k, r in rows.items()}
     assert got == {
-        (a, "ann"): ("graded", "1", ""), (a, "bob"): ("not collected", "", ""), (a, "123"): ("graded", "0", "LATE"),
-        (a, "dan"): ("failed", "", ""), (a, "77"): ("missing", "", ""),
-        (b, "ann"): ("missing", "", ""), (b, "bob"): ("graded", "1", ""), (b, "123"): ("missing", "", ""),
-        (b, "dan"): ("missing", "", ""), (b, "77"): ("missing", "", ""),
+        (a, "ann"): ("graded", "1", ""),
+        (a, "bob"): ("not collected", "", ""),
+        (a, "123"): ("graded", "0", "LATE"),
+        (a, "dan"): ("failed", "", ""),
+        (a, "77"): ("missing", "", ""),
+        (b, "ann"): ("missing", "", ""),
+        (b, "bob"): ("graded", "1", ""),
+        (b, "123"): ("missing", "", ""),
+        (b, "dan"): ("missing", "", ""),
+        (b, "77"): ("missing", "", ""),
     }, got
     assert "invalid JSON" in rows[(a, "bob")]["status"]
     assert not any(k[0] == FULL for k in rows)  # registered, never collected: no rows at all
@@ -875,13 +1044,19 @@ def test_a_zip_download_is_read_like_its_folder(course_copy: Path, tmp_path: Pat
         z.writestr(f"smithann_LATE_111_222_{FULL}.ipynb", _bytes(info.correct()))
         z.writestr("Bob Lee_31_assignsubmission_onlinetext_onlinetext.html", "<p>hi</p>")
     items = collect.collect(course_copy, tmp_path / "submissions.zip", dry_run=True)
-    assert [(i.status, i.student, i.late) for i in items] == [("online-text", "31", False),
-                                                             ("would-collect", "111", True)]
+    assert [(i.status, i.student, i.late) for i in items] == [
+        ("online-text", "31", False),
+        ("would-collect", "111", True),
+    ]
     assert not (course_copy / "submitted").exists()
     assert cli.main(["collect", str(tmp_path / "submissions.zip"), "--course", str(course_copy)]) == 0
     assert collect.recorded(course_copy / "submitted" / "111" / FULL / f"{FULL}.ipynb")["late"] is True
-    assert cli.main(["grade", FULL, "--from", str(tmp_path / "submissions.zip"), "--dry-run",
-                     "--course", str(course_copy)]) == 0
+    assert (
+        cli.main(
+            ["grade", FULL, "--from", str(tmp_path / "submissions.zip"), "--dry-run", "--course", str(course_copy)]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "would autograde 1 submission" in out
 
@@ -913,13 +1088,18 @@ def test_lms_export_writes_the_files_canvas_and_moodle_import(course_copy: Path,
     assert rows[0] == ["Student", "ID", "SIS User ID", "SIS Login ID", "Section", "Warm-up (4321)", "LATE"]
     assert sorted(rows[1:]) == [["leebo", "222", "", "", "", "0", "LATE"], ["smithann", "111", "", "", "", "1", ""]]
     with zipfile.ZipFile(course_copy / "autograded" / f"lms-{a}-canvas.zip") as z:
-        assert sorted(z.namelist()) == [f"leebo_LATE_222_9002_{a}_feedback.html", f"smithann_111_9001_{a}_feedback.html"]
+        assert sorted(z.namelist()) == [
+            f"leebo_LATE_222_9002_{a}_feedback.html",
+            f"smithann_111_9001_{a}_feedback.html",
+        ]
     assert cli.main(["lms-export", b, "--format", "moodle", "--out-of", "10", *run[:2]]) == 0
     with open(course_copy / "autograded" / f"lms-{b}-moodle.csv", newline="", encoding="utf-8") as f:
         table = list(csv.DictReader(f))
     assert list(table[0]) == [*lms.MOODLE_FIELDS, "LATE"]
-    got = {r["Identifier"]: (r["Full name"], r["Grade"], r["Maximum Grade"], bool(r["Last modified (grade)"]))
-           for r in table}
+    got = {
+        r["Identifier"]: (r["Full name"], r["Grade"], r["Maximum Grade"], bool(r["Last modified (grade)"]))
+        for r in table
+    }
     assert got == {"Participant 501": ("Zoë Ångström", "10", "10", True)}  # 502 handed in online text only
     with zipfile.ZipFile(course_copy / "autograded" / f"lms-{b}-moodle.zip") as z:
         assert z.namelist() == [f"Zoë Ångström_501_assignfeedback_file_/{b}.html"]
@@ -958,18 +1138,26 @@ def test_the_guide_runs_as_written(course_copy: Path, tmp_path: Path) -> None:
     with zipfile.ZipFile(tmp_path / "home" / "Downloads" / "submissions.zip", "w") as z:
         z.writestr(f"smithann_12345_900_{FULL}.ipynb", _bytes(info.correct()))
         z.writestr(f"leebo_LATE_23456_901_{FULL}.ipynb", _bytes(synth.strip_metadata(info.correct())))
-    env = {**os.environ, "HOME": str(tmp_path / "home"),
-           "PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", ""),
-           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    env = {
+        **os.environ,
+        "HOME": str(tmp_path / "home"),
+        "PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", ""),
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    }
     done = []
     for command in _guide_commands():
-        r = subprocess.run(["bash", "-c", command], cwd=course_copy, env=env, capture_output=True, text=True,
-                           timeout=600, check=False)
+        r = subprocess.run(
+            ["bash", "-c", command], cwd=course_copy, env=env, capture_output=True, text=True, timeout=600, check=False
+        )
         done.append(f"{r.returncode} {command}")
-        assert r.returncode == 0 and "Traceback" not in r.stderr, "\n".join(done) + "\n" + r.stdout[-1500:] + r.stderr[-1500:]
+        assert r.returncode == 0 and "Traceback" not in r.stderr, (
+            "\n".join(done) + "\n" + r.stdout[-1500:] + r.stderr[-1500:]
+        )
     rows = _grades(course_copy)
-    assert {k[1]: (r["status"], r["late"]) for k, r in rows.items()} == {"12345": ("graded", ""),
-                                                                         "23456": ("graded", "LATE")}
+    assert {k[1]: (r["status"], r["late"]) for k, r in rows.items()} == {
+        "12345": ("graded", ""),
+        "23456": ("graded", "LATE"),
+    }
     assert all(float(r["score"]) == info.max for r in rows.values())
     assert (course_copy / "autograded" / f"lms-{FULL}-canvas.zip").exists()
     assert (course_copy / "autograded" / f"lms-{FULL}-moodle.csv").exists()
@@ -989,9 +1177,22 @@ def test_nbgrader_zip_collect_reads_lms_names_with_our_plugin(course_copy: Path)
     (archive / f"smithann_LATE_111_900_{FULL}.ipynb").write_bytes(_bytes(info.release))
     (archive / "notes.ipynb").write_bytes(_bytes(info.release))  # no student, no assignment: skipped
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    r = subprocess.run([str(Path(sys.executable).parent / "nbgrader"), "zip_collect", FULL,
-                        "--collector=dmcourse.grading.zipcollect.LmsFileNames"], cwd=course_copy, env=env,
-                       capture_output=True, text=True, timeout=600, check=False)
+    r = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "nbgrader"),
+            "zip_collect",
+            FULL,
+            "--collector=dmcourse.grading.zipcollect.LmsFileNames",
+        ],
+        cwd=course_copy,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
-    got = sorted(p.relative_to(course_copy / "submitted").as_posix() for p in (course_copy / "submitted").rglob("*.ipynb"))
+    got = sorted(
+        p.relative_to(course_copy / "submitted").as_posix() for p in (course_copy / "submitted").rglob("*.ipynb")
+    )
     assert got == [f"111/{FULL}/{FULL}.ipynb", f"501/{FULL}/{FULL}.ipynb"]

@@ -1,15 +1,25 @@
 """Tests for dmcourse.lm: corpus, batches, the tiny LM (dense and MoE), training, checkpoints."""
 
+import pytest
 import torch
 
 from dmcourse.accounting import count_params
 from dmcourse.ffn import SwiGLU
-from dmcourse.lm import ALPHABET, CharData, LMConfig, TinyLM, decode, encode, lm_loss, load_checkpoint, make_corpus, save_checkpoint
+from dmcourse.lm import (
+    ALPHABET,
+    CharData,
+    LMConfig,
+    TinyLM,
+    decode,
+    encode,
+    lm_loss,
+    load_checkpoint,
+    make_corpus,
+    save_checkpoint,
+)
 from dmcourse.moe import MoE
 from dmcourse.moe_train import Balancing, moe_loss_fn
 from dmcourse.train import TrainConfig, evaluate, task_loss_fn, train
-
-import pytest
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see conftest.one_thread
 

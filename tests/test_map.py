@@ -4,7 +4,6 @@ everything it names exists. The chapter markers (`pytest -m ch03`) are read from
 from __future__ import annotations
 
 import pytest
-
 from conftest import ROOT, assignments, chapter_marker, course_map, toc_files
 
 

@@ -22,12 +22,14 @@ def _sleepy(seconds: float):
     def kernel(x, w):
         time.sleep(seconds)
         return F.linear(x, w)
+
     return kernel
 
 
 def test_probe_picks_the_faster_of_two_fake_kernels():
-    result = matmul.probe(kernels={"slow": _sleepy(0.05), "fast": _sleepy(0.0)}, d_model=16, d_ff=32,
-                          rounds=5, buckets=TINY)
+    result = matmul.probe(
+        kernels={"slow": _sleepy(0.05), "fast": _sleepy(0.0)}, d_model=16, d_ff=32, rounds=5, buckets=TINY
+    )
     assert set(result) == {"1", "prefill"}
     for entry in result.values():  # two calls per timing (gate and down): at least 0.1 s for "slow"
         assert entry["ranking"] == ["fast", "slow"], entry
@@ -53,8 +55,13 @@ def machine(monkeypatch, tmp_path):
 
     def fake_probe(dtype, **kwargs):
         calls.append(dtype)
-        return {b.name: {"ranking": ["onednn", "F.linear"] if b.hi is None else ["F.linear", "onednn"],
-                         "best_s": {"onednn": 1.0, "F.linear": 2.0}} for b in matmul.BUCKETS}
+        return {
+            b.name: {
+                "ranking": ["onednn", "F.linear"] if b.hi is None else ["F.linear", "onednn"],
+                "best_s": {"onednn": 1.0, "F.linear": 2.0},
+            }
+            for b in matmul.BUCKETS
+        }
 
     monkeypatch.setattr(matmul, "probe", fake_probe)
     monkeypatch.setattr(matmul, "onednn_works", lambda dtype: True)
@@ -139,8 +146,9 @@ def test_overrides_win_over_the_probe(machine, monkeypatch):
 
 
 def test_a_ranked_kernel_that_cannot_run_the_call_is_skipped(machine, monkeypatch):
-    monkeypatch.setattr(matmul, "choose", lambda dtype: {b.name: {"ranking": ["stream", "F.linear"]}
-                                                          for b in matmul.BUCKETS})
+    monkeypatch.setattr(
+        matmul, "choose", lambda dtype: {b.name: {"ranking": ["stream", "F.linear"]} for b in matmul.BUCKETS}
+    )
     with torch.inference_mode():
         assert matmul.kernel_for(torch.randn(2, 24), torch.randn(8, 24)) == "F.linear"  # 24 % 16 != 0
 
@@ -191,7 +199,11 @@ def test_gradients_always_take_f_linear():
 @pytest.mark.parametrize("rows", [1, 5, 70])
 def test_gated_is_the_swiglu_hidden_state_through_every_kernel(name, rows):
     gen = torch.Generator().manual_seed(rows)
-    x, g, u = torch.randn(rows, 32, generator=gen), torch.randn(24, 32, generator=gen), torch.randn(24, 32, generator=gen)
+    x, g, u = (
+        torch.randn(rows, 32, generator=gen),
+        torch.randn(24, 32, generator=gen),
+        torch.randn(24, 32, generator=gen),
+    )
     want = F.silu(x.double() @ g.double().T) * (x.double() @ u.double().T)
     with torch.inference_mode(), matmul.use(name):
         assert matmul.fuses(x, g, u) == (name == "onednn" and matmul.onednn_fuses(torch.float32))

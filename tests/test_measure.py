@@ -62,22 +62,25 @@ def test_precisions() -> None:
     assert torch.backends.cuda.matmul.allow_tf32 == before
 
 
-@pytest.mark.parametrize(("call", "match"), [
-    (lambda: ms.measure_bandwidth("cpu", kind="write"), "kind"),
-    (lambda: ms.measure_bandwidth("cpu", buffer_bytes=1000), "buffer_bytes"),
-    (lambda: ms.measure_bandwidth("cpu", buffer_bytes=-5), "buffer_bytes"),
-    (lambda: ms.measure_bandwidth("cpu", buffer_bytes=2 * ms.MiB, repeats=0), "repeats"),
-    (lambda: ms.measure_matmul("cpu", precision="fp8"), "precision"),
-    (lambda: ms.measure_matmul("cpu", precision="fp16"), "fp16"),
-    (lambda: ms.measure_matmul("cpu", size=0), "size"),
-    (lambda: ms.measure_matmul("cpu", target_s=-1.0), "target_s"),
-    (lambda: ms.measure_matmul("cpu", target_s=float("nan")), "target_s"),
-    (lambda: ms.time_gemm(0, 4, 4, device="cpu"), "m"),
-    (lambda: ms.time_gemm(4, 4, 2.5, device="cpu"), "n"),
-    (lambda: ms.time_rotating(print, [], device="cpu"), "arg_sets"),
-    (lambda: ms.rotation_count(0), "bytes_per_set"),
-    (lambda: ms.measure_bandwidth("tpu"), "tpu"),
-])
+@pytest.mark.parametrize(
+    ("call", "match"),
+    [
+        (lambda: ms.measure_bandwidth("cpu", kind="write"), "kind"),
+        (lambda: ms.measure_bandwidth("cpu", buffer_bytes=1000), "buffer_bytes"),
+        (lambda: ms.measure_bandwidth("cpu", buffer_bytes=-5), "buffer_bytes"),
+        (lambda: ms.measure_bandwidth("cpu", buffer_bytes=2 * ms.MiB, repeats=0), "repeats"),
+        (lambda: ms.measure_matmul("cpu", precision="fp8"), "precision"),
+        (lambda: ms.measure_matmul("cpu", precision="fp16"), "fp16"),
+        (lambda: ms.measure_matmul("cpu", size=0), "size"),
+        (lambda: ms.measure_matmul("cpu", target_s=-1.0), "target_s"),
+        (lambda: ms.measure_matmul("cpu", target_s=float("nan")), "target_s"),
+        (lambda: ms.time_gemm(0, 4, 4, device="cpu"), "m"),
+        (lambda: ms.time_gemm(4, 4, 2.5, device="cpu"), "n"),
+        (lambda: ms.time_rotating(print, [], device="cpu"), "arg_sets"),
+        (lambda: ms.rotation_count(0), "bytes_per_set"),
+        (lambda: ms.measure_bandwidth("tpu"), "tpu"),
+    ],
+)
 def test_measurements_refuse_nonsense(call, match) -> None:
     with pytest.raises(ValueError, match=match):
         call()

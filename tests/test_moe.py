@@ -104,7 +104,9 @@ def test_moe_module_shapes_last_routing_and_shared_experts() -> None:
     r = moe.last_routing
     assert r is not None and r.indices.shape == (15, 2) and r.logits.shape == (15, 8)
     flat = x.reshape(15, 16)
-    routed = _reference(flat, r.indices, r.weights.detach(), moe.w_gate.detach(), moe.w_up.detach(), moe.w_down.detach())
+    routed = _reference(
+        flat, r.indices, r.weights.detach(), moe.w_gate.detach(), moe.w_up.detach(), moe.w_down.detach()
+    )
     s = moe.shared
     shared = (F.silu(flat @ s.w_gate.weight.T) * (flat @ s.w_up.weight.T)) @ s.w_down.weight.T
     torch.testing.assert_close(y.reshape(15, 16).double(), routed + shared.double(), rtol=1e-5, atol=1e-5)
@@ -170,8 +172,12 @@ def test_grouped_fallback_is_documented_and_correct(monkeypatch) -> None:
     x = torch.randn(7, 8)
     w = _weights(4, 8, 12)
     routing = topk_softmax(torch.randn(7, 4), 2)
-    torch.testing.assert_close(dispatch_grouped(x, routing, *w).double(),
-                               _reference(x, routing.indices, routing.weights, *w), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        dispatch_grouped(x, routing, *w).double(),
+        _reference(x, routing.indices, routing.weights, *w),
+        rtol=1e-5,
+        atol=1e-5,
+    )
     assert isinstance(grouped_mm_supported("cpu", torch.float32), bool)
 
 
@@ -186,9 +192,13 @@ def test_grouped_fallback_is_documented_and_correct(monkeypatch) -> None:
         lambda: MoE(16, 24, 8, 2, n_shared_experts=-1),
         lambda: MoE(16, 24, 8, 2)(torch.randn(3, 15)),
         lambda: setattr(MoE(16, 24, 8, 2), "dispatch", "gather"),
-        lambda: DISPATCH_FUNCTIONS["sorted"](torch.randn(3, 8), topk_softmax(torch.randn(3, 4), 2), *_weights(5, 8, 12)),
+        lambda: DISPATCH_FUNCTIONS["sorted"](
+            torch.randn(3, 8), topk_softmax(torch.randn(3, 4), 2), *_weights(5, 8, 12)
+        ),
         lambda: DISPATCH_FUNCTIONS["loop"](torch.randn(3, 8), topk_softmax(torch.randn(4, 4), 2), *_weights(4, 8, 12)),
-        lambda: DISPATCH_FUNCTIONS["grouped"](torch.randn(3, 9), topk_softmax(torch.randn(3, 4), 2), *_weights(4, 8, 12)),
+        lambda: DISPATCH_FUNCTIONS["grouped"](
+            torch.randn(3, 9), topk_softmax(torch.randn(3, 4), 2), *_weights(4, 8, 12)
+        ),
         lambda: from_mixtral_block(nn.Linear(3, 3)),
     ],
 )
@@ -204,8 +214,7 @@ def _mixtral_block(d: int, f: int, e: int, k: int, seed: int = 0):
     transformers = pytest.importorskip("transformers")
     from transformers.models.mixtral.modeling_mixtral import MixtralSparseMoeBlock
 
-    config = transformers.MixtralConfig(hidden_size=d, intermediate_size=f, num_local_experts=e,
-                                        num_experts_per_tok=k)
+    config = transformers.MixtralConfig(hidden_size=d, intermediate_size=f, num_local_experts=e, num_experts_per_tok=k)
     torch.manual_seed(seed)
     block = MixtralSparseMoeBlock(config).eval()
     with torch.no_grad():
@@ -262,4 +271,6 @@ def test_linear_kernel_matches_f_linear_and_keeps_autograd() -> None:
     torch.testing.assert_close(wp.grad.double(), x.sum(0).expand(40, 24), rtol=1e-5, atol=1e-5)
     g, u, dn = torch.randn(40, 24), torch.randn(40, 24), torch.randn(24, 40)
     with torch.no_grad():
-        torch.testing.assert_close(expert_swiglu(x.float(), g, u, dn), swiglu(x.float(), g, u, dn), rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(
+            expert_swiglu(x.float(), g, u, dn), swiglu(x.float(), g, u, dn), rtol=1e-4, atol=1e-4
+        )

@@ -54,8 +54,11 @@ def test_every_mutant_loses_points(assignment: str, capsys) -> None:
     seconds = time.perf_counter() - start
     with capsys.disabled():
         print(f"\n{mutation.format_table(results)}\n({len(results)} mutants of {assignment} graded in {seconds:.0f} s)")
-    survivors = [r.name + (f" (grading failed: {r.failure})" if r.failure else f" scored {r.score}/{r.max_score}")
-                 for r in results if not r.caught]
+    survivors = [
+        r.name + (f" (grading failed: {r.failure})" if r.failure else f" scored {r.score}/{r.max_score}")
+        for r in results
+        if not r.caught
+    ]
     assert not survivors, f"mutants of {assignment} that keep full marks: {survivors}"
 
 

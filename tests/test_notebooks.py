@@ -7,7 +7,6 @@ from pathlib import Path
 
 import nbformat
 import pytest
-
 from conftest import ROOT, toc_files
 
 sys.path.insert(0, str(ROOT / "tools"))
@@ -46,8 +45,11 @@ def test_check_catches_outputs_and_missing_setup() -> None:
 
 def test_every_book_page_is_in_the_toc() -> None:
     listed = set(toc_files())
-    pages = {str(p.relative_to(ROOT).with_suffix("")) for p in (ROOT / "book").rglob("*")
-             if p.suffix in (".ipynb", ".md") and ".ipynb_checkpoints" not in p.parts}
+    pages = {
+        str(p.relative_to(ROOT).with_suffix(""))
+        for p in (ROOT / "book").rglob("*")
+        if p.suffix in (".ipynb", ".md") and ".ipynb_checkpoints" not in p.parts
+    }
     assert pages - listed == set(), f"pages under book/ missing from _toc.yml: {sorted(pages - listed)}"
     missing = [f for f in listed if not any((ROOT / (f + ext)).exists() for ext in (".ipynb", ".md"))]
     assert not missing, f"_toc.yml names files that do not exist: {missing}"

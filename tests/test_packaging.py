@@ -9,7 +9,6 @@ import zipfile
 from pathlib import Path
 
 import pytest
-
 from conftest import ROOT
 
 
@@ -20,15 +19,31 @@ def test_wheel_carries_every_package_file(tmp_path: Path) -> None:
     for rel in tracked:
         (src / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ROOT / rel, src / rel)
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
-                    "-w", str(tmp_path), str(src)], check=True, timeout=300)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            str(tmp_path),
+            str(src),
+        ],
+        check=True,
+        timeout=300,
+    )
     wheel = next(tmp_path.glob("dmcourse-*.whl"))
     names = set(zipfile.ZipFile(wheel).namelist())
     expected = {p for p in tracked if p.startswith("dmcourse/")}
     missing = sorted(expected - names)
     assert not missing, f"files of the package missing from the wheel (pyproject package-data?): {missing}"
     metadata = next(n for n in names if n.endswith("METADATA"))
-    requires = [ln for ln in zipfile.ZipFile(wheel).read(metadata).decode().splitlines() if ln.startswith("Requires-Dist")]
+    requires = [
+        ln for ln in zipfile.ZipFile(wheel).read(metadata).decode().splitlines() if ln.startswith("Requires-Dist")
+    ]
     assert any("torch>=" in r for r in requires) and not any("==" in r.split(";")[0] for r in requires)
     nbgrader = [r for r in requires if "nbgrader" in r]  # the instructor tools: an extra, not the student install
     assert nbgrader and all('extra == "grading"' in r for r in nbgrader), nbgrader

@@ -143,8 +143,9 @@ def _assert_matches(ranks: list[dict]) -> None:
 @pytest.mark.slow
 @pytest.mark.timeout(180)
 def test_two_ranks_match_single_process_moe() -> None:
-    out = launch.run(["check"], 2, params={"check": {"tokens": 24, "n_shared_experts": 1, "seed": 3}},
-                     timeout_s=30, deadline_s=120)
+    out = launch.run(
+        ["check"], 2, params={"check": {"tokens": 24, "n_shared_experts": 1, "seed": 3}}, timeout_s=30, deadline_s=120
+    )
     assert out["meta"]["world_size"] == 2 and out["meta"]["backend"] == "gloo"
     ranks = out["results"]["check"]
     _assert_matches(ranks)
@@ -159,9 +160,11 @@ def test_two_ranks_match_single_process_moe() -> None:
 @pytest.mark.timeout(180)
 def test_four_ranks_uneven_and_empty_splits() -> None:
     # rank 1 has no tokens; experts 6 and 7 (all of rank 3) are never chosen: rank 3 receives nothing
-    params = {"check": {"tokens": [5, 0, 9, 3], "dead_experts": [6, 7]},
-              "check_tp": {"tokens": 7, "d_ff": 64},
-              "node_limited": {"tokens": 32, "n_experts": 16, "k": 4, "ranks_per_node": 2, "max_nodes": 1}}
+    params = {
+        "check": {"tokens": [5, 0, 9, 3], "dead_experts": [6, 7]},
+        "check_tp": {"tokens": 7, "d_ff": 64},
+        "node_limited": {"tokens": 32, "n_experts": 16, "k": 4, "ranks_per_node": 2, "max_nodes": 1},
+    }
     out = launch.run(["check", "check_tp", "node_limited"], 4, params=params, timeout_s=30, deadline_s=150)
     ranks = out["results"]["check"]
     _assert_matches(ranks)
@@ -179,11 +182,14 @@ def test_four_ranks_uneven_and_empty_splits() -> None:
 
 @pytest.mark.slow
 @pytest.mark.timeout(120)
-@pytest.mark.parametrize(("mode", "expect"), [
-    ("raise", r"rank 1 of 2 failed first:\n.*fails on purpose"),  # its traceback, not its peer's
-    ("exit", r"rank 1 of 2 failed first:\nprocess exited with code 3"),
-    ("hang", r"rank 0 of 2 failed first:\n.*Timed out"),  # rank 1 sleeps: rank 0's all-reduce times out
-])
+@pytest.mark.parametrize(
+    ("mode", "expect"),
+    [
+        ("raise", r"rank 1 of 2 failed first:\n.*fails on purpose"),  # its traceback, not its peer's
+        ("exit", r"rank 1 of 2 failed first:\nprocess exited with code 3"),
+        ("hang", r"rank 0 of 2 failed first:\n.*Timed out"),  # rank 1 sleeps: rank 0's all-reduce times out
+    ],
+)
 def test_a_failing_rank_stops_the_launch(mode: str, expect: str) -> None:
     t0 = time.monotonic()
     with pytest.raises(launch.LaunchError, match=re.compile(expect, re.S)):

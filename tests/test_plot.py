@@ -13,8 +13,9 @@ import pytest  # noqa: E402
 from dmcourse import plot  # noqa: E402
 
 
-@pytest.mark.parametrize("loc,xy,ha,va", [("lower right", (0.99, 0.01), "right", "bottom"),
-                                          ("upper left", (0.01, 0.99), "left", "top")])
+@pytest.mark.parametrize(
+    "loc,xy,ha,va", [("lower right", (0.99, 0.01), "right", "bottom"), ("upper left", (0.01, 0.99), "left", "top")]
+)
 def test_stamp_names_device_and_date_in_the_corner_asked_for(loc, xy, ha, va) -> None:
     fig, ax = plt.subplots()
     plot.stamp(ax, "Some GPU", dt.date(2026, 1, 2), loc=loc)

@@ -28,7 +28,9 @@ def _check_record_file(out, *, expect_command: str) -> None:
 
 def test_cli_main_writes_a_valid_record(tmp_path, capsys) -> None:
     out = tmp_path / "rec.json"
-    assert records.main(["--device", "cpu", "--quick", "--precisions", "fp32", "--repeats", "2", "--out", str(out)]) == 0
+    assert (
+        records.main(["--device", "cpu", "--quick", "--precisions", "fp32", "--repeats", "2", "--out", str(out)]) == 0
+    )
     assert "wrote" in capsys.readouterr().out
     _check_record_file(out, expect_command="python -m dmcourse.records")
 
@@ -36,9 +38,28 @@ def test_cli_main_writes_a_valid_record(tmp_path, capsys) -> None:
 @pytest.mark.slow
 def test_cli_as_a_module(tmp_path) -> None:
     out = tmp_path / "rec.json"
-    done = subprocess.run([sys.executable, "-m", "dmcourse.records", "--device", "cpu", "--quick", "--threads", "1",
-                           "--precisions", "fp32", "--repeats", "2", "--out", str(out)],
-                          check=False, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dmcourse.records",
+            "--device",
+            "cpu",
+            "--quick",
+            "--threads",
+            "1",
+            "--precisions",
+            "fp32",
+            "--repeats",
+            "2",
+            "--out",
+            str(out),
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr
     _check_record_file(out, expect_command="python -m dmcourse.records")
     assert json.loads(out.read_text())["cpu_threads"] == 1
@@ -52,9 +73,15 @@ def test_cli_refuses_nonsense(tmp_path) -> None:
     assert not (tmp_path / "x.json").exists()
 
 
-GOOD = {"schema": 1, "device": "X", "device_type": "cuda", "date": "2026-01-01", "versions": {},
-        "command": "python -m dmcourse.records", "figures": {"bandwidth_bytes_per_s": {"copy": 1e12},
-                                                            "matmul_flops_per_s": {"bf16": 1e15}}}
+GOOD = {
+    "schema": 1,
+    "device": "X",
+    "device_type": "cuda",
+    "date": "2026-01-01",
+    "versions": {},
+    "command": "python -m dmcourse.records",
+    "figures": {"bandwidth_bytes_per_s": {"copy": 1e12}, "matmul_flops_per_s": {"bf16": 1e15}},
+}
 
 
 def test_roofline_records_are_validated() -> None:
@@ -89,7 +116,9 @@ def test_shipped_records_come_from_the_package_and_are_valid() -> None:
     with pytest.raises(ValueError, match="not a record file name"):
         records.kind_of("notes.txt")
     # no record is kept next to the notebooks any more (a notebook opened alone would not find it)
-    tracked = subprocess.run(["git", "ls-files", "book"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    tracked = subprocess.run(
+        ["git", "ls-files", "book"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.split()
     assert not [p for p in tracked if p.endswith(".json")], tracked
 
 
@@ -103,13 +132,26 @@ def test_gpu_summary_says_when_no_gpu_record_is_shipped(monkeypatch) -> None:
 
 def test_gpu_summary_labels_each_record_with_device_and_date(monkeypatch) -> None:
     moe = json.loads((records.records_dir() / "moe_dispatch_cpu.json").read_text())
-    check = {"schema": 1, "device": "Fake GPU (test)", "device_type": "cuda", "date": "2031-02-03T00:00:00+00:00",
-             "versions": {"torch": "x"}, "command": "python -m dmcourse.gpucheck", "quick": False,
-             "roofline": {**GOOD, "device": "Fake GPU (test)", "date": "2031-02-03", "versions": {"torch": "x"}},
-             "measurements": {"moe_dispatch": {"command": "python benchmarks/moe_dispatch.py", "seconds": 1.0,
-                                               "result": {**moe, "device_type": "cuda"}},
-                              "roofline": {"command": "python -m dmcourse.records", "seconds": 1.0, "result": {}}},
-             "notebooks": [], "skipped": []}
+    check = {
+        "schema": 1,
+        "device": "Fake GPU (test)",
+        "device_type": "cuda",
+        "date": "2031-02-03T00:00:00+00:00",
+        "versions": {"torch": "x"},
+        "command": "python -m dmcourse.gpucheck",
+        "quick": False,
+        "roofline": {**GOOD, "device": "Fake GPU (test)", "date": "2031-02-03", "versions": {"torch": "x"}},
+        "measurements": {
+            "moe_dispatch": {
+                "command": "python benchmarks/moe_dispatch.py",
+                "seconds": 1.0,
+                "result": {**moe, "device_type": "cuda"},
+            },
+            "roofline": {"command": "python -m dmcourse.records", "seconds": 1.0, "result": {}},
+        },
+        "notebooks": [],
+        "skipped": [],
+    }
     records.validate_gpucheck(check)
     monkeypatch.setattr(records, "load", lambda kind, device_type=None: [check] if kind == "gpucheck" else [])
     for section in ("roofline", "moe", "economics"):
@@ -120,8 +162,18 @@ def test_gpu_summary_labels_each_record_with_device_and_date(monkeypatch) -> Non
 
 
 def test_gpucheck_records_are_validated() -> None:
-    base = {"schema": 1, "device": "cpu", "device_type": "cpu", "date": "d", "versions": {}, "command": "c",
-            "quick": True, "measurements": {}, "notebooks": [], "skipped": []}
+    base = {
+        "schema": 1,
+        "device": "cpu",
+        "device_type": "cpu",
+        "date": "d",
+        "versions": {},
+        "command": "c",
+        "quick": True,
+        "measurements": {},
+        "notebooks": [],
+        "skipped": [],
+    }
     assert records.validate_gpucheck(base) is base
     with pytest.raises(ValueError, match="command"):
         records.validate_gpucheck({**base, "measurements": {"x": {"command": "", "seconds": 1, "result": 1}}})

@@ -6,7 +6,6 @@ import re
 import subprocess
 
 import yaml
-
 from conftest import ROOT
 
 
@@ -20,6 +19,7 @@ def test_readme_commands_exist_in_makefile() -> None:
 def test_ci_runs_the_readme_test_command() -> None:
     lines = [ln.strip() for ln in (ROOT / ".ci" / "run").read_text().splitlines()]
     assert "make test" in lines
+    assert "export DMCOURSE_REQUIRE_KERNEL=1" in lines, "CI must fail when the C decode kernel does not build"
 
 
 def test_publishing_workflow_builds_with_make_book() -> None:
@@ -32,8 +32,11 @@ def test_publishing_workflow_builds_with_make_book() -> None:
 
 
 def test_constraints_pin_the_tested_stack() -> None:
-    pins = dict(ln.split("==", 1) for ln in (ROOT / "constraints.txt").read_text().splitlines()
-                if "==" in ln and not ln.startswith("#"))
+    pins = dict(
+        ln.split("==", 1)
+        for ln in (ROOT / "constraints.txt").read_text().splitlines()
+        if "==" in ln and not ln.startswith("#")
+    )
     pins = {k.lower(): v for k, v in pins.items()}
     # Every direct requirement is pinned exactly, and the pin satisfies the requirement's bounds
     # (checked with packaging's specifiers, so a version bump in either file cannot slip past).
@@ -47,13 +50,16 @@ def test_constraints_pin_the_tested_stack() -> None:
             req = Requirement(line)
             key = req.name.lower()
             assert key in pins, f"constraints.txt does not pin {req.name} ({name}); run `make constraints`"
-            assert req.specifier.contains(pins[key], prereleases=True), \
+            assert req.specifier.contains(pins[key], prereleases=True), (
                 f"constraints.txt pins {req.name}=={pins[key]}, outside {name}'s {req.specifier}"
+            )
     # The installed environment is the pinned one (what `make env` promises).
     from importlib.metadata import version
 
     for key in ("torch", "nbgrader", "jupyter-book"):
-        assert version(key).split("+")[0] == pins[key], f"{key} {version(key)} is installed, constraints pin {pins[key]}"
+        assert version(key).split("+")[0] == pins[key], (
+            f"{key} {version(key)} is installed, constraints pin {pins[key]}"
+        )
 
 
 def test_requirements_do_not_pin_what_colab_ships() -> None:
@@ -70,5 +76,6 @@ def test_config_has_what_the_book_needs() -> None:
     assert cfg["html"]["use_repository_button"] is True and cfg["repository"]["branch"] == "main"
     # "2026" or "2026-2027": a year range that has started (a new year does not break it).
     years = [int(y) for y in re.fullmatch(r"(\d{4})(?:-(\d{4}))?", str(cfg["copyright"])).groups() if y]
-    assert years == sorted(years) and years[0] <= int(subprocess.run(
-        ["date", "+%Y"], capture_output=True, text=True).stdout), f"copyright {cfg['copyright']!r} is not a year range"
+    assert years == sorted(years) and years[0] <= int(
+        subprocess.run(["date", "+%Y"], capture_output=True, text=True).stdout
+    ), f"copyright {cfg['copyright']!r} is not a year range"

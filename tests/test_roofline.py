@@ -35,7 +35,9 @@ def test_min_rule_and_ridge() -> None:
     assert rl.is_memory_bound(49.0, peak, bw) and not rl.is_memory_bound(51.0, peak, bw)
     # the time form says the same thing
     flops, nbytes = 3e12, 1e11
-    assert rl.roofline_time(flops, nbytes, peak, bw) == pytest.approx(flops / rl.attainable_flops(flops / nbytes, peak, bw))
+    assert rl.roofline_time(flops, nbytes, peak, bw) == pytest.approx(
+        flops / rl.attainable_flops(flops / nbytes, peak, bw)
+    )
     assert rl.roofline_time(flops, nbytes, peak, bw) == max(flops / peak, nbytes / bw)
 
 
@@ -76,7 +78,9 @@ def test_decode_step_dense_and_moe() -> None:
     one = rl.decode_step(batch=1, dense_params=shared, expert_params=experts, n_experts=e, top_k=k, bytes_per_param=s)
     active = shared + experts * k / e
     assert one.flops == pytest.approx(2 * active) and one.nbytes == pytest.approx(s * active)
-    many = rl.decode_step(batch=4096, dense_params=shared, expert_params=experts, n_experts=e, top_k=k, bytes_per_param=s)
+    many = rl.decode_step(
+        batch=4096, dense_params=shared, expert_params=experts, n_experts=e, top_k=k, bytes_per_param=s
+    )
     assert many.nbytes == pytest.approx(s * (shared + experts)), "a large batch touches every expert"
     kv = rl.decode_step(batch=2, dense_params=p, bytes_per_param=s, kv_bytes_per_seq=1e9, attention_flops_per_seq=1e6)
     assert kv.nbytes == s * p + 2e9 and kv.flops == 4 * p + 2e6 and kv.weight_bytes == s * p
@@ -87,12 +91,15 @@ def test_decode_critical_batch() -> None:
     model = dict(dense_params=10**8, expert_params=8 * 10**9, n_experts=64, top_k=4, bytes_per_param=2)
     b = rl.decode_critical_batch(peak, bw, **model)
     ridge = peak / bw
-    assert rl.decode_step(batch=int(b), **model).intensity >= ridge > rl.decode_step(batch=int(b) - 1, **model).intensity
+    assert (
+        rl.decode_step(batch=int(b), **model).intensity >= ridge > rl.decode_step(batch=int(b) - 1, **model).intensity
+    )
     dense_b = rl.decode_critical_batch(peak, bw, dense_params=10**9, bytes_per_param=2)
     assert dense_b == math.ceil(ridge), "dense bf16: intensity = batch FLOP/byte"
     assert b > dense_b, "an MoE needs a larger batch than a dense model to leave the memory roof"
-    assert rl.decode_critical_batch(peak, bw, dense_params=10**9, bytes_per_param=2,
-                                    kv_bytes_per_seq=1e8) == math.inf, "reading the KV cache caps the intensity"
+    assert (
+        rl.decode_critical_batch(peak, bw, dense_params=10**9, bytes_per_param=2, kv_bytes_per_seq=1e8) == math.inf
+    ), "reading the KV cache caps the intensity"
 
 
 def test_decode_step_is_a_cost() -> None:
@@ -144,27 +151,35 @@ def test_deepseek_decode_uses_one_mla_form() -> None:
     weight_flops = absorbed.flops - b * 2 * layers * heads * (rank + rope + rank) * ctx
     assert explicit.flops - b * 2 * layers * heads * (nope + rope + v) * ctx == pytest.approx(weight_flops)
     peak, bw = rl.datasheet_roof("H100", "bf16")
-    crit = {f: rl.decode_critical_batch(peak, bw, **rl.decode_kwargs(ds, "bf16", ctx, mla_form=f)) for f in ("absorbed", "explicit")}
-    assert math.isfinite(crit["absorbed"]) and crit["explicit"] == math.inf, "the decompressed cache is read at ~1 FLOP/byte"
+    crit = {
+        f: rl.decode_critical_batch(peak, bw, **rl.decode_kwargs(ds, "bf16", ctx, mla_form=f))
+        for f in ("absorbed", "explicit")
+    }
+    assert math.isfinite(crit["absorbed"]) and crit["explicit"] == math.inf, (
+        "the decompressed cache is read at ~1 FLOP/byte"
+    )
     # what an explicit form over a compressed cache would be (the old mix) is not offered
     with pytest.raises(ValueError, match="mla_form"):
         rl.decode_kwargs(ds, "bf16", ctx, mla_form="mixed")
 
 
-@pytest.mark.parametrize(("call", "match"), [
-    (lambda: rl.gemm_intensity(0, 4, 4, 2), "m"),
-    (lambda: rl.gemm_intensity(4, 4, 4, 0), "bytes_per_element"),
-    (lambda: rl.attainable_flops(-1.0, 1e12, 1e9), "intensity"),
-    (lambda: rl.attainable_flops(1.0, 0.0, 1e9), "peak_flops"),
-    (lambda: rl.ridge_point(1e12, float("inf")), "bandwidth"),
-    (lambda: rl.critical_batch_size(1e12, 1e9, 2, k=4), "both"),
-    (lambda: rl.expected_experts_touched(8, 9, 4), "top_k"),
-    (lambda: rl.expected_experts_touched(8, 2, -1), "tokens"),
-    (lambda: rl.decode_step(batch=0, dense_params=10, bytes_per_param=2), "batch"),
-    (lambda: rl.decode_step(batch=1, dense_params=0, bytes_per_param=2), "parameters"),
-    (lambda: rl.decode_step(batch=1, dense_params=10, bytes_per_param=2, kv_bytes_per_seq=-1), "kv_bytes_per_seq"),
-    (lambda: rl.roofline_time(1.0, 0.0, 1.0, 1.0), "nbytes"),
-])
+@pytest.mark.parametrize(
+    ("call", "match"),
+    [
+        (lambda: rl.gemm_intensity(0, 4, 4, 2), "m"),
+        (lambda: rl.gemm_intensity(4, 4, 4, 0), "bytes_per_element"),
+        (lambda: rl.attainable_flops(-1.0, 1e12, 1e9), "intensity"),
+        (lambda: rl.attainable_flops(1.0, 0.0, 1e9), "peak_flops"),
+        (lambda: rl.ridge_point(1e12, float("inf")), "bandwidth"),
+        (lambda: rl.critical_batch_size(1e12, 1e9, 2, k=4), "both"),
+        (lambda: rl.expected_experts_touched(8, 9, 4), "top_k"),
+        (lambda: rl.expected_experts_touched(8, 2, -1), "tokens"),
+        (lambda: rl.decode_step(batch=0, dense_params=10, bytes_per_param=2), "batch"),
+        (lambda: rl.decode_step(batch=1, dense_params=0, bytes_per_param=2), "parameters"),
+        (lambda: rl.decode_step(batch=1, dense_params=10, bytes_per_param=2, kv_bytes_per_seq=-1), "kv_bytes_per_seq"),
+        (lambda: rl.roofline_time(1.0, 0.0, 1.0, 1.0), "nbytes"),
+    ],
+)
 def test_model_refuses_nonsense(call, match) -> None:
     with pytest.raises(ValueError, match=match):
         call()
@@ -191,7 +206,10 @@ def test_swiglu_and_moe_costs() -> None:
     assert k * weights < moe1.nbytes < k * weights * 1.2, "one token reads k experts' weights (plus small activations)"
     big = rl.moe_cost(4096, d, f, e, k, s)
     assert big.nbytes > e * weights, "a large batch reads every expert"
-    assert rl.moe_cost(4, d, f, e, k, s, experts_touched=3).nbytes < rl.moe_cost(4, d, f, e, k, s, experts_touched=5).nbytes
+    assert (
+        rl.moe_cost(4, d, f, e, k, s, experts_touched=3).nbytes
+        < rl.moe_cost(4, d, f, e, k, s, experts_touched=5).nbytes
+    )
     with pytest.raises(ValueError, match="experts_touched"):
         rl.moe_cost(4, d, f, e, k, s, experts_touched=9)
     assert (one + one).flops == 2 * one.flops and one.time_s(1e12, 1e9) == max(one.flops / 1e12, one.nbytes / 1e9)
@@ -234,9 +252,10 @@ def test_plots_and_explorer() -> None:
 
     from dmcourse import roofline_plot as rp
 
-    ax = rp.roofline_figure([dict(name="X", peak=1e12, bandwidth=1e10),
-                             dict(name="Y", peak=1e14, bandwidth=1e12, kind="datasheet")],
-                            [dict(intensity=1.0, flops=1e10, label="p", annotate="B=1")])
+    ax = rp.roofline_figure(
+        [dict(name="X", peak=1e12, bandwidth=1e10), dict(name="Y", peak=1e14, bandwidth=1e12, kind="datasheet")],
+        [dict(intensity=1.0, flops=1e10, label="p", annotate="B=1")],
+    )
     labels = [line.get_label() for line in ax.get_lines()]
     assert "X" in labels and "Y (datasheet)" in labels
     with pytest.raises(ValueError, match="kind"):

@@ -8,7 +8,16 @@ import math
 import pytest
 import torch
 
-from dmcourse.routing import ROUTERS, Router, Routing, noisy_topk, router_logits, sigmoid_topk, softmax_topk, topk_softmax
+from dmcourse.routing import (
+    ROUTERS,
+    Router,
+    Routing,
+    noisy_topk,
+    router_logits,
+    sigmoid_topk,
+    softmax_topk,
+    topk_softmax,
+)
 
 
 def _logits(t: int = 13, e: int = 8, seed: int = 0) -> torch.Tensor:
@@ -76,7 +85,7 @@ def test_sigmoid_group_limited_matches_brute_force() -> None:
     s = torch.sigmoid(logits)
     per = e // groups
     for t in range(logits.shape[0]):
-        gscore = [sorted(s[t, g * per:(g + 1) * per].tolist())[-2:] for g in range(groups)]
+        gscore = [sorted(s[t, g * per : (g + 1) * per].tolist())[-2:] for g in range(groups)]
         best = max(itertools.combinations(range(groups), keep), key=lambda c: sum(sum(gscore[g]) for g in c))
         allowed = [i for g in best for i in range(g * per, (g + 1) * per)]
         want = sorted(allowed, key=lambda i: -s[t, i].item())[:k]
@@ -119,7 +128,7 @@ def test_router_module(method: str) -> None:
     assert abs(router.weight.abs().max().item()) <= 1 / math.sqrt(16)  # nn.Linear init bound
     router.eval()
     torch.testing.assert_close(router(x).logits, x @ router.weight.T)
-    assert (r.logits.requires_grad and r.weights.requires_grad)
+    assert r.logits.requires_grad and r.weights.requires_grad
 
 
 def test_router_sigmoid_bias_is_a_buffer_and_noise_only_in_training() -> None:

@@ -21,6 +21,7 @@ DEEPSEEK = load_preset("DeepSeek-V3")
 
 # ---------------------------------------------------------------- speculative decoding
 
+
 @pytest.mark.parametrize("alpha, draft", [(0.0, 3), (0.3, 1), (0.85, 1), (0.9, 4), (0.5, 0), (1.0, 5)])
 def test_expected_accepted_is_the_truncated_geometric_sum(alpha, draft):
     direct = sum(alpha**i for i in range(draft + 1))
@@ -43,7 +44,13 @@ def test_monte_carlo_acceptance_matches_formula():
 
 
 def _moe_counts(n_experts=64, top_k=4, dense=10**8, expert=4 * 10**9):
-    return {"dense_params": dense, "expert_params": expert, "n_experts": n_experts, "top_k": top_k, "bytes_per_param": 2}
+    return {
+        "dense_params": dense,
+        "expert_params": expert,
+        "n_experts": n_experts,
+        "top_k": top_k,
+        "bytes_per_param": 2,
+    }
 
 
 def test_draft_zero_is_plain_decode():
@@ -68,8 +75,9 @@ def test_large_batch_saturates_at_all_experts_and_verification_becomes_free():
     step = sv.verify_step(batch=4096, draft=3, **model)
     assert step.experts_touched == pytest.approx(8.0)
     # a dense model, memory-bound: verification costs nothing
-    ratio = sv.verify_cost_ratio(batch=1, draft=3, peak_flops=H100[0], bandwidth=H100[1],
-                                 dense_params=10**9, bytes_per_param=2)
+    ratio = sv.verify_cost_ratio(
+        batch=1, draft=3, peak_flops=H100[0], bandwidth=H100[1], dense_params=10**9, bytes_per_param=2
+    )
     assert ratio == pytest.approx(1.0)
 
 
@@ -103,17 +111,24 @@ def test_dense_can_lose_where_the_moe_stays_memory_bound():
     assert sv.verify_cost_ratio(batch=b, draft=3, peak_flops=peak, bandwidth=bw, **dense) == pytest.approx(4.0)
     moe = sv.verify_cost_ratio(batch=b, draft=3, peak_flops=peak, bandwidth=bw, **_moe_counts())
     assert moe == pytest.approx(1.0, abs=1e-3) and total > active
-    assert (sv.speculative_speedup(0.8, 3, moe) > 1 > sv.speculative_speedup(0.8, 3, 4.0))
+    assert sv.speculative_speedup(0.8, 3, moe) > 1 > sv.speculative_speedup(0.8, 3, 4.0)
 
 
 @settings(max_examples=200, deadline=None)
 @given(
-    n_experts=st.integers(2, 256), k_frac=st.floats(0.01, 1.0), dense=st.integers(0, 10**10),
-    expert=st.integers(1, 10**12), batch_frac=st.floats(0.0, 1.0), draft=st.integers(0, 8),
-    alpha=st.floats(0.0, 1.0), draft_cost=st.floats(0.0, 0.2), peak_exp=st.floats(13.5, 16),
+    n_experts=st.integers(2, 256),
+    k_frac=st.floats(0.01, 1.0),
+    dense=st.integers(0, 10**10),
+    expert=st.integers(1, 10**12),
+    batch_frac=st.floats(0.0, 1.0),
+    draft=st.integers(0, 8),
+    alpha=st.floats(0.0, 1.0),
+    draft_cost=st.floats(0.0, 0.2),
+    peak_exp=st.floats(13.5, 16),
 )
-def test_property_moe_speedup_never_exceeds_dense_at_equal_acceptance(n_experts, k_frac, dense, expert, batch_frac,
-                                                                      draft, alpha, draft_cost, peak_exp):
+def test_property_moe_speedup_never_exceeds_dense_at_equal_acceptance(
+    n_experts, k_frac, dense, expert, batch_frac, draft, alpha, draft_cost, peak_exp
+):
     """While the dense model of equal active size is memory-bound when verifying (B (g + 1) tokens
     below its critical batch), the MoE's speed-up is at most the dense one."""
     top_k = max(1, min(n_experts, round(k_frac * n_experts)))
@@ -124,28 +139,43 @@ def test_property_moe_speedup_never_exceeds_dense_at_equal_acceptance(n_experts,
     crit = rl.decode_critical_batch(peak, bw, **dense_model)
     batch = max(1, int(batch_frac * (crit - 1) / (draft + 1)))
     assume(batch * (draft + 1) < crit)
-    moe_model = {"dense_params": dense, "expert_params": expert, "n_experts": n_experts, "top_k": top_k, "bytes_per_param": 2}
-    s_moe = sv.speculative_speedup_for(alpha, draft, batch=batch, peak_flops=peak, bandwidth=bw,
-                                       draft_cost=draft_cost, **moe_model)
-    s_dense = sv.speculative_speedup_for(alpha, draft, batch=batch, peak_flops=peak, bandwidth=bw,
-                                         draft_cost=draft_cost, **dense_model)
+    moe_model = {
+        "dense_params": dense,
+        "expert_params": expert,
+        "n_experts": n_experts,
+        "top_k": top_k,
+        "bytes_per_param": 2,
+    }
+    s_moe = sv.speculative_speedup_for(
+        alpha, draft, batch=batch, peak_flops=peak, bandwidth=bw, draft_cost=draft_cost, **moe_model
+    )
+    s_dense = sv.speculative_speedup_for(
+        alpha, draft, batch=batch, peak_flops=peak, bandwidth=bw, draft_cost=draft_cost, **dense_model
+    )
     assert s_moe <= s_dense * (1 + 1e-9)
 
 
-@pytest.mark.parametrize("call", [
-    lambda: sv.expected_accepted(1.5, 2), lambda: sv.expected_accepted(-0.1, 2),
-    lambda: sv.expected_accepted(0.5, -1), lambda: sv.expected_accepted(0.5, 1.5),
-    lambda: sv.expected_accepted(True, 2), lambda: sv.speculative_speedup(0.5, 2, 0.0),
-    lambda: sv.speculative_speedup(0.5, 2, 1.0, draft_cost=-1),
-    lambda: sv.verify_step(batch=0, draft=1, dense_params=10, bytes_per_param=2),
-    lambda: sv.verify_step(batch=1, draft=1, kv_bytes_per_seq=-1.0, dense_params=10, bytes_per_param=2),
-])
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda: sv.expected_accepted(1.5, 2),
+        lambda: sv.expected_accepted(-0.1, 2),
+        lambda: sv.expected_accepted(0.5, -1),
+        lambda: sv.expected_accepted(0.5, 1.5),
+        lambda: sv.expected_accepted(True, 2),
+        lambda: sv.speculative_speedup(0.5, 2, 0.0),
+        lambda: sv.speculative_speedup(0.5, 2, 1.0, draft_cost=-1),
+        lambda: sv.verify_step(batch=0, draft=1, dense_params=10, bytes_per_param=2),
+        lambda: sv.verify_step(batch=1, draft=1, kv_bytes_per_seq=-1.0, dense_params=10, bytes_per_param=2),
+    ],
+)
 def test_speculative_bad_inputs_raise(call):
     with pytest.raises(ValueError):
         call()
 
 
 # ---------------------------------------------------------------- quantised weights
+
 
 def test_bytes_per_param_counts_group_scales():
     assert sv.FORMATS["bf16"].bytes_per_param == 2.0
@@ -188,16 +218,22 @@ def test_int8_linear_matches_dequantised_matmul():
         sv.quantize_int8(torch.ones(4, dtype=torch.int32))
 
 
-@pytest.mark.parametrize("call", [
-    lambda: sv.quant_format("int3"), lambda: sv.QuantFormat("x", 0), lambda: sv.QuantFormat("x", 4, 0),
-    lambda: sv.QuantFormat("x", 4, 128, scale_bytes=-1),
-])
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda: sv.quant_format("int3"),
+        lambda: sv.QuantFormat("x", 0),
+        lambda: sv.QuantFormat("x", 4, 0),
+        lambda: sv.QuantFormat("x", 4, 128, scale_bytes=-1),
+    ],
+)
 def test_quant_bad_inputs_raise(call):
     with pytest.raises(ValueError):
         call()
 
 
 # ---------------------------------------------------------------- offloading
+
 
 def test_zero_miss_rate_gives_no_transfer_time():
     step = sv.offload_step(MIXTRAL, 1, 0.0, 16e9, peak_flops=H100[0], bandwidth=H100[1])
@@ -231,12 +267,15 @@ def test_resident_experts():
         sv.expert_bytes(load_preset("Llama-3-8B"))
 
 
-@pytest.mark.parametrize("call", [
-    lambda: sv.offload_step(MIXTRAL, 1, 1.5, 16e9, peak_flops=1e12, bandwidth=1e11),
-    lambda: sv.offload_step(MIXTRAL, 1, 0.5, 0.0, peak_flops=1e12, bandwidth=1e11),
-    lambda: sv.resident_experts(MIXTRAL, -1.0),
-    lambda: sv.measure_h2d(2**20, pinned=False, device="cpu"),
-])
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda: sv.offload_step(MIXTRAL, 1, 1.5, 16e9, peak_flops=1e12, bandwidth=1e11),
+        lambda: sv.offload_step(MIXTRAL, 1, 0.5, 0.0, peak_flops=1e12, bandwidth=1e11),
+        lambda: sv.resident_experts(MIXTRAL, -1.0),
+        lambda: sv.measure_h2d(2**20, pinned=False, device="cpu"),
+    ],
+)
 def test_offload_bad_inputs_raise(call):
     with pytest.raises(ValueError):
         call()
@@ -248,6 +287,7 @@ def test_measure_h2d_on_gpu():
 
 
 # ---------------------------------------------------------------- hot experts
+
 
 def test_cache_hit_rate():
     counts = torch.tensor([5.0, 1.0, 3.0, 1.0])
@@ -261,7 +301,9 @@ def test_cache_hit_rate():
 @given(E=st.integers(1, 64), k_frac=st.floats(0.01, 1.0), tokens=st.integers(0, 300))
 def test_property_uniform_counts_give_the_roofline_formula(E, k_frac, tokens):
     k = max(1, min(E, round(k_frac * E)))
-    assert sv.experts_touched_skewed(torch.ones(E), k, tokens) == pytest.approx(rl.expected_experts_touched(E, k, tokens))
+    assert sv.experts_touched_skewed(torch.ones(E), k, tokens) == pytest.approx(
+        rl.expected_experts_touched(E, k, tokens)
+    )
 
 
 def test_skew_touches_fewer_experts_and_counting_agrees():
@@ -287,7 +329,9 @@ def test_replicated_max_load():
     assert sv.replicated_max_load(skewed, 4, 3) == pytest.approx(1.0)
 
 
-@given(counts=st.lists(st.integers(0, 1000), min_size=2, max_size=24), n_gpus=st.integers(1, 8), extra=st.integers(0, 6))
+@given(
+    counts=st.lists(st.integers(0, 1000), min_size=2, max_size=24), n_gpus=st.integers(1, 8), extra=st.integers(0, 6)
+)
 def test_property_more_replicas_never_raise_the_busiest_gpu(counts, n_gpus, extra):
     c = torch.tensor(counts, dtype=torch.float64)
     assume(float(c.sum()) > 0)
@@ -296,12 +340,17 @@ def test_property_more_replicas_never_raise_the_busiest_gpu(counts, n_gpus, extr
     assert loads[-1] >= 1 - 1e-12  # the busiest GPU carries at least the mean
 
 
-@pytest.mark.parametrize("call", [
-    lambda: sv.cache_hit_rate(torch.ones(4), 5), lambda: sv.cache_hit_rate(torch.tensor([-1.0, 2.0]), 1),
-    lambda: sv.cache_hit_rate(torch.zeros(3), 1), lambda: sv.cache_hit_rate([1, 2], 1),
-    lambda: sv.experts_touched_skewed(torch.tensor([10.0, 0.0, 0.0]), 2, 4),
-    lambda: sv.replicated_max_load(torch.ones(4), 0),
-])
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda: sv.cache_hit_rate(torch.ones(4), 5),
+        lambda: sv.cache_hit_rate(torch.tensor([-1.0, 2.0]), 1),
+        lambda: sv.cache_hit_rate(torch.zeros(3), 1),
+        lambda: sv.cache_hit_rate([1, 2], 1),
+        lambda: sv.experts_touched_skewed(torch.tensor([10.0, 0.0, 0.0]), 2, 4),
+        lambda: sv.replicated_max_load(torch.ones(4), 0),
+    ],
+)
 def test_hot_bad_inputs_raise(call):
     with pytest.raises(ValueError):
         call()
@@ -325,8 +374,9 @@ def test_popularity_tool_smoke_run(tmp_path, monkeypatch):
     import json
     from pathlib import Path
 
-    spec = importlib.util.spec_from_file_location("expert_popularity",
-                                                  Path(__file__).resolve().parents[1] / "tools" / "expert_popularity.py")
+    spec = importlib.util.spec_from_file_location(
+        "expert_popularity", Path(__file__).resolve().parents[1] / "tools" / "expert_popularity.py"
+    )
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)
     monkeypatch.setenv("DMCOURSE_PROGRESS", "0")

@@ -37,15 +37,18 @@ def test_linear_stream_any_thread_count_and_layout(threads):
         torch.set_num_threads(before)
 
 
-@pytest.mark.parametrize("x,w,message", [
-    (torch.randn(2, 24), torch.randn(4, 24), "multiple of 16"),
-    (torch.randn(2, 32), torch.randn(4, 16), "disagree on in"),
-    (torch.randn(2, 32, dtype=torch.float64), torch.randn(4, 32, dtype=torch.float64), "float32"),
-    (torch.randn(32), torch.randn(4, 32), "2-D"),
-    (torch.randn(0, 32), torch.randn(4, 32), "empty"),
-    (torch.randn(2, 0), torch.randn(4, 0), "empty"),
-    (torch.randn(2, 32), torch.randn(0, 32), "empty"),
-])
+@pytest.mark.parametrize(
+    "x,w,message",
+    [
+        (torch.randn(2, 24), torch.randn(4, 24), "multiple of 16"),
+        (torch.randn(2, 32), torch.randn(4, 16), "disagree on in"),
+        (torch.randn(2, 32, dtype=torch.float64), torch.randn(4, 32, dtype=torch.float64), "float32"),
+        (torch.randn(32), torch.randn(4, 32), "2-D"),
+        (torch.randn(0, 32), torch.randn(4, 32), "empty"),
+        (torch.randn(2, 0), torch.randn(4, 0), "empty"),
+        (torch.randn(2, 32), torch.randn(0, 32), "empty"),
+    ],
+)
 def test_linear_stream_rejects_bad_input(x, w, message):
     with pytest.raises(ValueError, match=message):
         stream.linear_stream(x, w)
@@ -130,8 +133,9 @@ def test_without_openmp_it_runs_on_one_thread_and_is_not_enabled(rebuild, tmp_pa
     """A compiler that refuses -fopenmp (Apple clang does): the build falls back to no OpenMP, computes
     correctly, says so, is never a candidate, and DMCOURSE_REQUIRE_KERNEL rejects it."""
     fake = tmp_path / "noompcc"
-    fake.write_text('#!/bin/sh\nfor a in "$@"; do [ "$a" = -fopenmp ] && { echo "no -fopenmp" >&2; exit 1; }; done\n'
-                    'exec cc "$@"\n')
+    fake.write_text(
+        '#!/bin/sh\nfor a in "$@"; do [ "$a" = -fopenmp ] && { echo "no -fopenmp" >&2; exit 1; }; done\nexec cc "$@"\n'
+    )
     fake.chmod(0o755)
     rebuild.setenv("CC", str(fake))
     rebuild.setenv("DMCOURSE_KERNEL", "1")

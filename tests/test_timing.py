@@ -40,9 +40,15 @@ def test_statistics() -> None:
     assert Timing((1.0,), 0, "cpu", "x").iqr_s == 0.0
 
 
-@pytest.mark.parametrize(("kwargs", "match"), [
-    ({"warmup": -1}, "warmup"), ({"repeats": 0}, "repeats"), ({"inner": 0}, "inner"), ({"repeats": 2.5}, "repeats"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"warmup": -1}, "warmup"),
+        ({"repeats": 0}, "repeats"),
+        ({"inner": 0}, "inner"),
+        ({"repeats": 2.5}, "repeats"),
+    ],
+)
 def test_bad_arguments(kwargs, match) -> None:
     with pytest.raises(ValueError, match=match):
         time_fn(lambda: None, device="cpu", **kwargs)

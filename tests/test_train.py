@@ -9,7 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from dmcourse.balance import CapacityLimitedRouter, expert_capacity, load_balancing_loss
+from dmcourse.balance import load_balancing_loss
+from dmcourse.capacity import CapacityLimitedRouter, expert_capacity
 from dmcourse.moe import MoE
 from dmcourse.moe_train import (
     Balancing,
@@ -29,7 +30,9 @@ from dmcourse.train import History, StepContext, TrainConfig, evaluate, to_devic
 def test_task_is_deterministic_and_shaped() -> None:
     task = MixtureTask(d_in=6, d_out=3, n_clusters=5, clusters_per_seq=2, seed=3)
     a = task.sample(4, 10, torch.Generator().manual_seed(1))
-    b = MixtureTask(d_in=6, d_out=3, n_clusters=5, clusters_per_seq=2, seed=3).sample(4, 10, torch.Generator().manual_seed(1))
+    b = MixtureTask(d_in=6, d_out=3, n_clusters=5, clusters_per_seq=2, seed=3).sample(
+        4, 10, torch.Generator().manual_seed(1)
+    )
     assert torch.equal(a.x, b.x) and torch.equal(a.y, b.y) and torch.equal(a.cluster, b.cluster)
     assert a.x.shape == (4, 10, 6) and a.y.shape == (4, 10, 3) and a.cluster.shape == (4, 10)
     assert all(len(set(row.tolist())) <= 2 for row in a.cluster), "a sequence uses at most clusters_per_seq clusters"
@@ -52,8 +55,9 @@ def test_task_targets_follow_the_documented_formula() -> None:
     assert 0.85 < float(big.y.std()) < 1.15, "targets are scaled to unit variance"
 
 
-@pytest.mark.parametrize("kwargs", [{"n_clusters": 0}, {"clusters_per_seq": 9}, {"spread": 0.0},
-                                    {"common": -1.0}, {"shared": float("nan")}])
+@pytest.mark.parametrize(
+    "kwargs", [{"n_clusters": 0}, {"clusters_per_seq": 9}, {"spread": 0.0}, {"common": -1.0}, {"shared": float("nan")}]
+)
 def test_task_bad_arguments(kwargs) -> None:
     with pytest.raises(ValueError):
         MixtureTask(**kwargs)
@@ -105,7 +109,9 @@ def test_train_learns_records_and_is_reproducible() -> None:
     def run() -> History:
         torch.manual_seed(0)
         model = nn.Linear(5, 2)
-        return train(model, batch_fn, loss_fn, TrainConfig(steps=60, lr=0.05, log_every=25), hooks=[hook], progress=False)
+        return train(
+            model, batch_fn, loss_fn, TrainConfig(steps=60, lr=0.05, log_every=25), hooks=[hook], progress=False
+        )
 
     h = run()
     assert h.steps() == [0, 25, 50, 59], "every log_every-th step and the last"
@@ -130,8 +136,18 @@ def test_lr_schedule() -> None:
     assert TrainConfig(lr=0.3).lr_at(100) == 0.3
 
 
-@pytest.mark.parametrize("kwargs", [{"steps": 0}, {"lr": 0.0}, {"schedule": "linear"}, {"grad_clip": 0.0},
-                                    {"log_every": 0}, {"amp_dtype": torch.int8}, {"warmup_steps": -1}])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"steps": 0},
+        {"lr": 0.0},
+        {"schedule": "linear"},
+        {"grad_clip": 0.0},
+        {"log_every": 0},
+        {"amp_dtype": torch.int8},
+        {"warmup_steps": -1},
+    ],
+)
 def test_train_config_bad_arguments(kwargs) -> None:
     with pytest.raises(ValueError):
         TrainConfig(**kwargs)
@@ -147,7 +163,11 @@ def test_evaluate_is_repeatable_and_restores_mode() -> None:
 
 
 def test_to_device_nested() -> None:
-    batch = {"a": torch.zeros(2), "b": [torch.ones(1), (torch.ones(1), 3)], "c": TaskBatch(torch.zeros(1), torch.zeros(1), torch.zeros(1))}
+    batch = {
+        "a": torch.zeros(2),
+        "b": [torch.ones(1), (torch.ones(1), 3)],
+        "c": TaskBatch(torch.zeros(1), torch.zeros(1), torch.zeros(1)),
+    }
     moved = to_device(batch, torch.device("cpu"))
     assert isinstance(moved["b"][1], tuple) and moved["b"][1][1] == 3 and isinstance(moved["c"], TaskBatch)
 
@@ -188,11 +208,18 @@ def test_bias_hook_balances_a_skewed_router_without_training_it() -> None:
             layer.router.weight.add_(torch.linspace(-1, 1, 8)[:, None] * 0.3)
     weights_before = [layer.router.weight.clone() for layer in moe_layers(model)]
     stats = routing_stats_hook(per_expert=False)
-    start = train(model, task.batch_fn(32, 16), moe_loss_fn(), TrainConfig(steps=5, lr=1e-12), hooks=[stats],
-                  progress=False)
+    start = train(
+        model, task.batch_fn(32, 16), moe_loss_fn(), TrainConfig(steps=5, lr=1e-12), hooks=[stats], progress=False
+    )
     # the weights barely move (lr 1e-12): only the bias acts
-    h = train(model, task.batch_fn(32, 16), moe_loss_fn(), TrainConfig(steps=150, lr=1e-12, log_every=10),
-              hooks=[bias_update_hook(0.02), stats], progress=False)
+    h = train(
+        model,
+        task.batch_fn(32, 16),
+        moe_loss_fn(),
+        TrainConfig(steps=150, lr=1e-12, log_every=10),
+        hooks=[bias_update_hook(0.02), stats],
+        progress=False,
+    )
     assert start.tail_mean("max_over_mean", 5) > 2.0
     assert h.tail_mean("max_over_mean", 5) < min(1.6, 0.6 * start.tail_mean("max_over_mean", 5))
     for layer, before in zip(moe_layers(model), weights_before):
@@ -200,8 +227,14 @@ def test_bias_hook_balances_a_skewed_router_without_training_it() -> None:
         assert layer.router.bias.abs().max() > 0
     with pytest.raises(ValueError, match="sigmoid"):
         softmax_model = toy_moe(task, d_model=16, n_experts=4, top_k=2, d_ff=8)
-        train(softmax_model, task.batch_fn(2, 4), moe_loss_fn(), TrainConfig(steps=1), hooks=[bias_update_hook(0.1)],
-              progress=False)
+        train(
+            softmax_model,
+            task.batch_fn(2, 4),
+            moe_loss_fn(),
+            TrainConfig(steps=1),
+            hooks=[bias_update_hook(0.1)],
+            progress=False,
+        )
     with pytest.raises(ValueError, match="gamma"):
         bias_update_hook(0.0)
 
@@ -212,12 +245,29 @@ def test_routing_stats_hook_and_capacity_limited() -> None:
     model = toy_moe(task, d_model=16, n_layers=2, n_experts=4, top_k=2, d_ff=8)
     batch = task.sample(4, 8, torch.Generator().manual_seed(0))
     hook = routing_stats_hook()
-    ctx = StepContext(step=0, model=model, batch=batch, loss=torch.zeros(()), metrics={}, optimizer=None,  # type: ignore[arg-type]
-                      config=TrainConfig(), log=True)
+    ctx = StepContext(
+        step=0,
+        model=model,
+        batch=batch,
+        loss=torch.zeros(()),
+        metrics={},
+        optimizer=None,  # type: ignore[arg-type]
+        config=TrainConfig(),
+        log=True,
+    )
     model(batch.x)
     out = hook(ctx)
-    assert set(out) >= {"max_over_mean", "entropy", "cv", "dead", "logit_rms", "logit_max", "load/0", "load/1",
-                        "max_over_mean/1"}
+    assert set(out) >= {
+        "max_over_mean",
+        "entropy",
+        "cv",
+        "dead",
+        "logit_rms",
+        "logit_max",
+        "load/0",
+        "load/1",
+        "max_over_mean/1",
+    }
     assert sum(out["load/0"]) == pytest.approx(1.0) and "drop_rate" not in out
     assert hook(StepContext(**{**ctx.__dict__, "log": False})) is None
     original = [m.router for m in moe_layers(model)]

@@ -16,8 +16,7 @@ def test_identical_experts_reproduce_dense_ffn_any_router(n_experts, top_k):
     the copy is exact. The default top-1 router (Switch gating) gives p(x) * f(x) instead."""
     torch.manual_seed(n_experts * 10 + top_k)
     ffn = SwiGLU(16, 24)
-    moe = upcycle_ffn(ffn, n_experts, top_k, router="softmax") if top_k > 1 else \
-        upcycle_ffn(ffn, n_experts, top_k)
+    moe = upcycle_ffn(ffn, n_experts, top_k, router="softmax") if top_k > 1 else upcycle_ffn(ffn, n_experts, top_k)
     exact = top_k > 1
     x = torch.randn(50, 16)
     want = ffn(x)

@@ -28,15 +28,17 @@ from dmcourse import moe_train, toy
 from dmcourse import train as T
 
 OUT = Path(__file__).resolve().parents[1] / "dmcourse" / "data" / "expert_popularity.json"
-STEPS, BATCH, SEQ = 400, 16, 32          # the balancing chapter's CPU settings
-EVAL_SEQS, EVAL_LEN = 64, 32             # held-out sequences routed for the record
+STEPS, BATCH, SEQ = 400, 16, 32  # the balancing chapter's CPU settings
+EVAL_SEQS, EVAL_LEN = 64, 32  # held-out sequences routed for the record
 BASE = {"d_model": 32, "n_layers": 2, "n_experts": 8, "top_k": 2, "d_ff": 16}
 CONFIGS = {
     "Mixtral top-2, no balancing": (moe_train.Balancing(), {"router": "softmax"}),
     "Mixtral top-2, aux 0.01": (moe_train.Balancing(aux_alpha=0.01, aux_convention="hf"), {"router": "softmax"}),
     "DeepSeek sigmoid, bias 0.01": (moe_train.Balancing(bias_gamma=0.01), {"router": "sigmoid"}),
-    "fine-grained 16 x 8 top-4, bias 0.01": (moe_train.Balancing(bias_gamma=0.01),
-                                             {"router": "sigmoid", "n_experts": 16, "top_k": 4, "d_ff": 8}),
+    "fine-grained 16 x 8 top-4, bias 0.01": (
+        moe_train.Balancing(bias_gamma=0.01),
+        {"router": "sigmoid", "n_experts": 16, "top_k": 4, "d_ff": 8},
+    ),
 }
 
 
@@ -47,8 +49,9 @@ def record(name: str, balancing: moe_train.Balancing, arch: dict, task: toy.Mixt
     model = toy.toy_moe(task, **arch)
     config = T.TrainConfig(steps=steps, lr=3e-3, log_every=steps, seed=0)
     t0 = time.perf_counter()
-    history = T.train(model, task.batch_fn(BATCH, SEQ), moe_train.moe_loss_fn(balancing), config,
-                      hooks=balancing.hooks(), desc=name)
+    history = T.train(
+        model, task.batch_fn(BATCH, SEQ), moe_train.moe_loss_fn(balancing), config, hooks=balancing.hooks(), desc=name
+    )
     seconds = time.perf_counter() - t0
     held_out = task.sample(EVAL_SEQS, EVAL_LEN, torch.Generator().manual_seed(12345))
     model.eval()
@@ -59,8 +62,12 @@ def record(name: str, balancing: moe_train.Balancing, arch: dict, task: toy.Mixt
         idx = moe.last_routing.indices.reshape(EVAL_SEQS, EVAL_LEN, moe.top_k)
         layers.append(idx.tolist())
     print(f"{name}: final loss {history.last('loss'):.3f}, {seconds:.1f} s")
-    return {"arch": arch, "balancing": {k: v for k, v in vars(balancing).items() if v},
-            "final_loss": round(float(history.last("loss")), 4), "indices": layers}
+    return {
+        "arch": arch,
+        "balancing": {k: v for k, v in vars(balancing).items() if v},
+        "final_loss": round(float(history.last("loss")), 4),
+        "indices": layers,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -74,12 +81,11 @@ def main(argv: list[str] | None = None) -> int:
     task = toy.MixtureTask(shared=0.5)
     doc = {
         "about": "Expert choices of trained toy routers (dmcourse.toy.toy_moe on MixtureTask(shared=0.5)): "
-                 "indices[layer][sequence][token][j] = the j-th expert token `token` of held-out sequence "
-                 "`sequence` was sent to. Made by the command below from the course's own training code.",
+        "indices[layer][sequence][token][j] = the j-th expert token `token` of held-out sequence "
+        "`sequence` was sent to. Made by the command below from the course's own training code.",
         "command": " ".join(["python tools/expert_popularity.py", *(sys.argv[1:] if argv is None else argv)]),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "versions": {"dmcourse": dmcourse.__version__, "torch": torch.__version__,
-                     "python": platform.python_version()},
+        "versions": {"dmcourse": dmcourse.__version__, "torch": torch.__version__, "python": platform.python_version()},
         "task": repr(task),
         "training": {"steps": args.steps, "batch": BATCH, "seq_len": SEQ, "lr": 3e-3, "seed": 0},
         "held_out": {"sequences": EVAL_SEQS, "tokens": EVAL_LEN, "generator_seed": 12345},

@@ -125,8 +125,11 @@ def twin_problems() -> list[str]:
             found.append(f"{rel} differs from {path.relative_to(ROOT)}")
     twins = {twin(p) for p in paired}
     for d in PAIRED_DIRS:
-        found += [f"{p.relative_to(ROOT)} has no notebook" for p in sorted((ROOT / d).rglob("*" + TWIN_SUFFIX))
-                  if p not in twins]
+        found += [
+            f"{p.relative_to(ROOT)} has no notebook"
+            for p in sorted((ROOT / d).rglob("*" + TWIN_SUFFIX))
+            if p not in twins
+        ]
     return found
 
 
@@ -140,8 +143,19 @@ def sync(from_twins: bool = False) -> None:
 
     for path in notebooks(PAIRED_DIRS):
         if from_twins and twin(path).exists():
-            subprocess.run([str(Path(sys.executable).parent / "jupytext"), "--quiet", "--update", "--to", "ipynb",
-                            "--output", str(path), str(twin(path))], check=True)
+            subprocess.run(
+                [
+                    str(Path(sys.executable).parent / "jupytext"),
+                    "--quiet",
+                    "--update",
+                    "--to",
+                    "ipynb",
+                    "--output",
+                    str(path),
+                    str(twin(path)),
+                ],
+                check=True,
+            )
         text = jupytext.writes(nbformat.read(path, as_version=4), fmt=TWIN_FORMAT)
         if not twin(path).exists() or twin(path).read_text() != text:
             twin(path).write_text(text)

@@ -27,7 +27,7 @@ import nbformat
 _ERROR_START = re.compile(r"There was an error processing assignment: (?P<path>\S+)")
 _EXPLAIN = {
     "DeadKernelError": "the kernel died while running the notebook (the code exits the process, "
-                       "e.g. os._exit, crashes, or runs out of memory)",
+    "e.g. os._exit, crashes, or runs out of memory)",
     "UnresponsiveKernelError": "the kernel stopped responding and could not be interrupted",
     "CellTimeoutError": "a cell ran past the timeout and the kernel could not be interrupted",
 }
@@ -50,7 +50,7 @@ def _reasons_from_log(text: str) -> dict[str, str]:
             continue
         student = Path(m["path"]).parent.name
         block = []
-        for nxt in lines[k + 1:]:
+        for nxt in lines[k + 1 :]:
             if _ERROR_START.search(nxt) or "There was an error processing assignment '" in nxt:
                 break
             block.append(nxt.strip())
@@ -84,8 +84,15 @@ def _progress(path: Path) -> tuple[list[str], set[str], dict[str, float]]:
     return started, done, since
 
 
-def autograde_all(root: Path, assignment: str, students: list[str], timeout: int, jobs: int = 1,
-                  limit_s: float | None = None, echo: Callable[[str], None] = lambda s: None) -> dict[str, str | None]:
+def autograde_all(
+    root: Path,
+    assignment: str,
+    students: list[str],
+    timeout: int,
+    jobs: int = 1,
+    limit_s: float | None = None,
+    echo: Callable[[str], None] = lambda s: None,
+) -> dict[str, str | None]:
     """Autograde ``students`` of ``assignment``; return student -> None (graded) or why it failed."""
     if jobs < 1:
         raise ValueError(f"jobs must be at least 1, got {jobs}")
@@ -105,10 +112,24 @@ def autograde_all(root: Path, assignment: str, students: list[str], timeout: int
                 serial += 1
                 w = {k: work / f"{serial}.{k}" for k in ("students", "progress", "log")}
                 w["students"].write_text("\n".join(shard))
-                cmd = [sys.executable, "-m", "dmcourse.grading.worker", str(root), assignment,
-                       str(w["students"]), str(w["progress"]), str(w["log"]), str(timeout)]
-                proc = subprocess.Popen(cmd, cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                        start_new_session=hasattr(os, "killpg"))
+                cmd = [
+                    sys.executable,
+                    "-m",
+                    "dmcourse.grading.worker",
+                    str(root),
+                    assignment,
+                    str(w["students"]),
+                    str(w["progress"]),
+                    str(w["log"]),
+                    str(timeout),
+                ]
+                proc = subprocess.Popen(
+                    cmd,
+                    cwd=root,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                    start_new_session=hasattr(os, "killpg"),
+                )
                 running.append({"proc": proc, "shard": shard, **w})
             time.sleep(0.5)
             for r in list(running):
@@ -128,9 +149,14 @@ def autograde_all(root: Path, assignment: str, students: list[str], timeout: int
                 graded |= done
                 for s in started:
                     if s not in done:
-                        failed[s] = reasons.get(s, (
-                            f"grading took longer than {limit:.0f} s and was stopped" if stuck else
-                            f"the grading process died (exit code {rc}) while grading it"))
+                        failed[s] = reasons.get(
+                            s,
+                            (
+                                f"grading took longer than {limit:.0f} s and was stopped"
+                                if stuck
+                                else f"the grading process died (exit code {rc}) while grading it"
+                            ),
+                        )
                         echo(f"  {s}: {failed[s]}")
                 rest = [s for s in r["shard"] if s not in started]
                 if log is None and rest:

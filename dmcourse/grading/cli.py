@@ -43,14 +43,19 @@ def _assignment(root: Path, name: str) -> str:
 
 def _students(root: Path, assignment: str, given: list[str] | None, folder: str = "submitted") -> list[str]:
     """The students given (each must have ``<folder>/<student>/<assignment>``), else all that have one."""
-    have = sorted(p.parent.name for p in (root / folder).glob(f"*/{assignment}") if p.is_dir()
-                  and not p.parent.name.startswith("."))
+    have = sorted(
+        p.parent.name
+        for p in (root / folder).glob(f"*/{assignment}")
+        if p.is_dir() and not p.parent.name.startswith(".")
+    )
     for s in given or []:
         if s not in have:
             raise ValueError(f"unknown student {s!r}: there is no {folder}/{s}/{assignment}")
     if not have:
-        raise ValueError(f"nothing to do: no {folder}/*/{assignment}"
-                         + (" (collect the submissions first)" if folder == "submitted" else " (autograde first)"))
+        raise ValueError(
+            f"nothing to do: no {folder}/*/{assignment}"
+            + (" (collect the submissions first)" if folder == "submitted" else " (autograde first)")
+        )
     return list(given) if given else have
 
 
@@ -72,8 +77,15 @@ def cmd_collect(args) -> int:
     only = [_assignment(root, a) for a in args.assignment or []]
     if args.assume and len(only) != 1:
         raise ValueError("--assume needs exactly one --assignment (the one a file naming none belongs to)")
-    items = collect.collect(root, Path(args.download), only or None, args.pattern,
-                            force=args.force, dry_run=args.dry_run, assume=only[0] if args.assume else None)
+    items = collect.collect(
+        root,
+        Path(args.download),
+        only or None,
+        args.pattern,
+        force=args.force,
+        dry_run=args.dry_run,
+        assume=only[0] if args.assume else None,
+    )
     if not items:
         raise ValueError(f"nothing to do: {args.download} holds no files")
     _print_items(items)
@@ -105,8 +117,10 @@ def cmd_autograde(args) -> int:
     students = _students(root, args.assignment, args.student)
     timeout = pipeline.effective_timeout(root, args.timeout)
     if args.dry_run:
-        print(f"would autograde {len(students)} submission(s) of {args.assignment}, {timeout} s per cell: "
-              + ", ".join(students))
+        print(
+            f"would autograde {len(students)} submission(s) of {args.assignment}, {timeout} s per cell: "
+            + ", ".join(students)
+        )
         return 0
     if not course.is_registered(root, args.assignment):
         course.register(root, args.assignment)
@@ -134,8 +148,11 @@ def cmd_feedback(args) -> int:
         result = course.feedback(root, args.assignment, s)
         if not result.get("success"):
             failed.append(s or "the batch")
-            print(f"error: nbgrader generate_feedback failed for {s or args.assignment}: "
-                  + pipeline.last_line(result.get("error") or result.get("log") or ""), file=sys.stderr)
+            print(
+                f"error: nbgrader generate_feedback failed for {s or args.assignment}: "
+                + pipeline.last_line(result.get("error") or result.get("log") or ""),
+                file=sys.stderr,
+            )
     students = [s for s in students if any((root / "feedback" / s / args.assignment).glob("*.html"))]
     leaked = pipeline.check_feedback(root, args.assignment, students)
     for s, hit in leaked.items():
@@ -144,7 +161,6 @@ def cmd_feedback(args) -> int:
         print(f"withheld feedback of {s}: it showed hidden test code ({hit[0]!r})", file=sys.stderr)
     print(f"feedback in feedback/<student>/{args.assignment}/ for {len(students) - len(leaked)} student(s)")
     return 1 if leaked or failed else 0
-
 
 
 def cmd_export(args) -> int:
@@ -190,9 +206,17 @@ def cmd_grade(args) -> int:
     from dmcourse.grading import pipeline
 
     root = _course(args)
-    rows = pipeline.grade(root, args.assignment, Path(args.download) if args.download else None, jobs=args.jobs,
-                          timeout=args.timeout, pattern=args.pattern, force=args.force, dry_run=args.dry_run,
-                          assume=args.assignment if args.assume else None)
+    rows = pipeline.grade(
+        root,
+        args.assignment,
+        Path(args.download) if args.download else None,
+        jobs=args.jobs,
+        timeout=args.timeout,
+        pattern=args.pattern,
+        force=args.force,
+        dry_run=args.dry_run,
+        assume=args.assignment if args.assume else None,
+    )
     print(pipeline.format_table(rows))
     if args.dry_run:
         print("dry run: nothing was written")
@@ -202,8 +226,12 @@ def cmd_grade(args) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m dmcourse.grading", description=__doc__, epilog=EPILOG,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m dmcourse.grading",
+        description=__doc__,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--course", default=".", help="course directory (default: the current one)")
     common.add_argument("--dry-run", action="store_true", help="say what would happen, write nothing")
@@ -214,26 +242,40 @@ def parser() -> argparse.ArgumentParser:
         sp.add_argument("--jobs", type=int, default=1, help="submissions graded at once (default 1)")
 
     def collect_options(sp):
-        sp.add_argument("--pattern", help="regex with a named group 'student' (and optionally 'assignment') "
-                                          "for file names no built-in rule reads")
+        sp.add_argument(
+            "--pattern",
+            help="regex with a named group 'student' (and optionally 'assignment') "
+            "for file names no built-in rule reads",
+        )
         sp.add_argument("--force", action="store_true", help="replace a different file already in submitted/")
 
-    sp = sub.add_parser("collect", parents=[common], help="LMS download folder -> submitted/<student>/<assignment>/",
-                        description="Copy each student's newest readable notebook from an LMS download folder into "
-                                    "submitted/<student>/<assignment>/<assignment>.ipynb and report every other file. "
-                                    "Name rules: see dmcourse/grading/names.py or the instructors' appendix.")
+    sp = sub.add_parser(
+        "collect",
+        parents=[common],
+        help="LMS download folder -> submitted/<student>/<assignment>/",
+        description="Copy each student's newest readable notebook from an LMS download folder into "
+        "submitted/<student>/<assignment>/<assignment>.ipynb and report every other file. "
+        "Name rules: see dmcourse/grading/names.py or the instructors' appendix.",
+    )
     sp.add_argument("download", help="the download folder, unzipped or as the .zip")
     sp.add_argument("--assignment", action="append", help="collect only this assignment (repeatable)")
-    sp.add_argument("--assume", action="store_true",
-                    help="with one --assignment: a file whose name names no known assignment is one of it "
-                         "(a download of one assignment in which students renamed their files)")
+    sp.add_argument(
+        "--assume",
+        action="store_true",
+        help="with one --assignment: a file whose name names no known assignment is one of it "
+        "(a download of one assignment in which students renamed their files)",
+    )
     collect_options(sp)
     sp.set_defaults(func=cmd_collect)
 
-    sp = sub.add_parser("recover", parents=[common], help="rebuild submissions that lost their nbgrader metadata",
-                        description="Check submitted/*/ASSIGNMENT; rebuild damaged notebooks from the release with "
-                                    "the student's answers (the original is kept in "
-                                    "submitted/.recovered/<student>/ASSIGNMENT/) or flag them for review.")
+    sp = sub.add_parser(
+        "recover",
+        parents=[common],
+        help="rebuild submissions that lost their nbgrader metadata",
+        description="Check submitted/*/ASSIGNMENT; rebuild damaged notebooks from the release with "
+        "the student's answers (the original is kept in "
+        "submitted/.recovered/<student>/ASSIGNMENT/) or flag them for review.",
+    )
     sp.add_argument("assignment")
     sp.add_argument("--student", action="append", help="only this student (repeatable)")
     sp.set_defaults(func=cmd_recover)
@@ -249,34 +291,57 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--student", action="append", help="only this student (repeatable)")
     sp.set_defaults(func=cmd_feedback)
 
-    sp = sub.add_parser("export", parents=[common], help="grades to CSV, with a status for every row",
-                        description="One row per student and assignment: a score for graded submissions only, "
-                                    "else the status (missing, not collected: <reason>, failed, not graded yet).")
-    sp.add_argument("--to", default="grades.csv", help="CSV file, relative to the course directory (default grades.csv)")
-    sp.add_argument("--assignment", action="append",
-                    help="only this assignment (repeatable; default: every assignment with submissions)")
+    sp = sub.add_parser(
+        "export",
+        parents=[common],
+        help="grades to CSV, with a status for every row",
+        description="One row per student and assignment: a score for graded submissions only, "
+        "else the status (missing, not collected: <reason>, failed, not graded yet).",
+    )
+    sp.add_argument(
+        "--to", default="grades.csv", help="CSV file, relative to the course directory (default grades.csv)"
+    )
+    sp.add_argument(
+        "--assignment",
+        action="append",
+        help="only this assignment (repeatable; default: every assignment with submissions)",
+    )
     sp.set_defaults(func=cmd_export)
 
-    sp = sub.add_parser("lms-export", parents=[common], help="a grade file Canvas or Moodle imports, and the feedback zip",
-                        description="Write autograded/lms-ASSIGNMENT-FORMAT.csv (Canvas gradebook import or Moodle "
-                                    "grading worksheet, with a LATE column) and .zip (each student's feedback named "
-                                    "for the LMS's bulk feedback upload). See the instructors' appendix.")
+    sp = sub.add_parser(
+        "lms-export",
+        parents=[common],
+        help="a grade file Canvas or Moodle imports, and the feedback zip",
+        description="Write autograded/lms-ASSIGNMENT-FORMAT.csv (Canvas gradebook import or Moodle "
+        "grading worksheet, with a LATE column) and .zip (each student's feedback named "
+        "for the LMS's bulk feedback upload). See the instructors' appendix.",
+    )
     sp.add_argument("assignment")
     sp.add_argument("--format", required=True, choices=["canvas", "moodle"], help="the LMS")
-    sp.add_argument("--column", help="canvas: the assignment's column header in Canvas's gradebook export, "
-                                     "e.g. 'Warm-up (12345)' (default: the assignment's name)")
+    sp.add_argument(
+        "--column",
+        help="canvas: the assignment's column header in Canvas's gradebook export, "
+        "e.g. 'Warm-up (12345)' (default: the assignment's name)",
+    )
     sp.add_argument("--out-of", type=float, help="rescale scores to this maximum (default: points as graded)")
     sp.add_argument("--to", help="the CSV file, relative to the course directory")
     sp.set_defaults(func=cmd_lms_export)
 
-    sp = sub.add_parser("grade", parents=[common], help="the whole pipeline for one assignment, with a report",
-                        description="collect (with --from) -> recover -> autograde -> feedback -> grades.csv, and "
-                                    "a report of every submission that needs a person "
-                                    "(autograded/report-ASSIGNMENT.md/.csv).")
+    sp = sub.add_parser(
+        "grade",
+        parents=[common],
+        help="the whole pipeline for one assignment, with a report",
+        description="collect (with --from) -> recover -> autograde -> feedback -> grades.csv, and "
+        "a report of every submission that needs a person "
+        "(autograded/report-ASSIGNMENT.md/.csv).",
+    )
     sp.add_argument("assignment")
     sp.add_argument("--from", dest="download", help="LMS download folder (or its .zip) to collect first")
-    sp.add_argument("--assume", action="store_true",
-                    help="with --from: a file whose name names no known assignment is one of ASSIGNMENT")
+    sp.add_argument(
+        "--assume",
+        action="store_true",
+        help="with --from: a file whose name names no known assignment is one of ASSIGNMENT",
+    )
     collect_options(sp)
     timeout_jobs(sp)
     sp.set_defaults(func=cmd_grade)

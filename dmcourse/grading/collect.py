@@ -63,8 +63,12 @@ def notebook_name(root: Path, assignment: str) -> str:
 
 
 def _files(download: Path) -> list[Path]:
-    return sorted(p for p in download.rglob("*") if p.is_file()
-                  and not any(part in _IGNORED_PARTS or part.startswith(".") for part in p.relative_to(download).parts))
+    return sorted(
+        p
+        for p in download.rglob("*")
+        if p.is_file()
+        and not any(part in _IGNORED_PARTS or part.startswith(".") for part in p.relative_to(download).parts)
+    )
 
 
 def _sha(data: bytes) -> str:
@@ -93,8 +97,9 @@ def opened(download: Path) -> Iterator[Path]:
         yield Path(tmp)
 
 
-def plan(root: Path, download: Path, only: list[str] | None = None, pattern: str | None = None,
-         assume: str | None = None) -> list[Item]:
+def plan(
+    root: Path, download: Path, only: list[str] | None = None, pattern: str | None = None, assume: str | None = None
+) -> list[Item]:
     """What collect would do, file by file (nothing is written). ``download``: an unzipped folder
     (a ``.zip`` goes through :func:`opened` first); ``assume``: see ``names.parse``."""
     root, download = Path(root).resolve(), Path(download).resolve()
@@ -153,8 +158,10 @@ def plan(root: Path, download: Path, only: list[str] | None = None, pattern: str
                 winner.status = "unchanged"
             elif record and record.get("sha256") == _sha(incoming):
                 winner.status = "unchanged"
-                winner.reason = (f"{winner.dest} was edited after it was collected: your edit is kept "
-                                 "(delete the file to collect the download's copy again)")
+                winner.reason = (
+                    f"{winner.dest} was edited after it was collected: your edit is kept "
+                    "(delete the file to collect the download's copy again)"
+                )
             else:
                 winner.status = "exists-differs"
                 winner.reason = f"{winner.dest} already holds a different file (--force replaces it)"
@@ -166,8 +173,15 @@ def plan(root: Path, download: Path, only: list[str] | None = None, pattern: str
     return sorted(items, key=lambda i: i.source)
 
 
-def collect(root: Path, download: Path, only: list[str] | None = None, pattern: str | None = None,
-            force: bool = False, dry_run: bool = False, assume: str | None = None) -> list[Item]:
+def collect(
+    root: Path,
+    download: Path,
+    only: list[str] | None = None,
+    pattern: str | None = None,
+    force: bool = False,
+    dry_run: bool = False,
+    assume: str | None = None,
+) -> list[Item]:
     """Copy each student's newest readable notebook to ``submitted/``; return what happened to every file.
 
     ``download``: the unzipped LMS download folder or its ``.zip``. ``force`` replaces a file of
@@ -182,7 +196,8 @@ def collect(root: Path, download: Path, only: list[str] | None = None, pattern: 
             if item.status == "exists-differs" and force:
                 item.status = "collected"
                 item.reason = "replaced a different earlier copy" + (
-                    "" if dry_run else f" (kept in {keep_dir(dest).relative_to(Path(root).resolve())}/replaced/)")
+                    "" if dry_run else f" (kept in {keep_dir(dest).relative_to(Path(root).resolve())}/replaced/)"
+                )
                 if not dry_run:
                     _set_aside(dest)
             if item.status == "collected" and dry_run:

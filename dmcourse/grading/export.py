@@ -122,6 +122,15 @@ def write(root: Path, dest: Path, assignments: list[str] | None = None) -> Path:
         w = csv.writer(f)
         w.writerow(FIELDS)
         for r in found:
-            w.writerow([r.assignment, r.student_id, r.status, "" if r.score is None else f"{r.score:g}",
-                        "" if r.max_score is None else f"{r.max_score:g}", "LATE" if r.late else "", r.notes])
+            w.writerow(
+                [
+                    r.assignment,
+                    r.student_id,
+                    r.status,
+                    "" if r.score is None else f"{r.score:g}",
+                    "" if r.max_score is None else f"{r.max_score:g}",
+                    "LATE" if r.late else "",
+                    r.notes,
+                ]
+            )
     return dest

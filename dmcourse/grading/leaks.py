@@ -27,8 +27,9 @@ def hidden_lines(source_notebook: Path, release_notebook: Path | None = None) ->
     for cell in nbformat.read(source_notebook, as_version=4).cells:
         visible, hidden = split_hidden(cell.source)
         mine = {_flat(v) for v in visible}
-        out += [_flat(h) for h in hidden if len(_flat(h)) >= MIN_CHARS and _flat(h) not in mine
-                and _flat(h) not in shown]
+        out += [
+            _flat(h) for h in hidden if len(_flat(h)) >= MIN_CHARS and _flat(h) not in mine and _flat(h) not in shown
+        ]
     return sorted(set(out))
 
 

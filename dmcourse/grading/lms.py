@@ -32,8 +32,18 @@ from pathlib import Path
 from dmcourse.grading import collect, export, names
 
 CANVAS_FIELDS = ("Student", "ID", "SIS User ID", "SIS Login ID", "Section")
-MOODLE_FIELDS = ("Identifier", "Full name", "Email address", "Status", "Grade", "Maximum Grade",
-                 "Grade can be changed", "Last modified (submission)", "Last modified (grade)", "Feedback comments")
+MOODLE_FIELDS = (
+    "Identifier",
+    "Full name",
+    "Email address",
+    "Status",
+    "Grade",
+    "Maximum Grade",
+    "Grade can be changed",
+    "Last modified (submission)",
+    "Last modified (grade)",
+    "Feedback comments",
+)
 LATE_COLUMN = "LATE"
 FORMATS = ("canvas", "moodle")
 
@@ -59,8 +69,15 @@ def _points(score: float | None, max_score: float | None, out_of: float | None) 
     return f"{score:g}"
 
 
-def write(root: Path, assignment: str, fmt: str, *, column: str | None = None, out_of: float | None = None,
-          dest: Path | None = None) -> LmsExport:
+def write(
+    root: Path,
+    assignment: str,
+    fmt: str,
+    *,
+    column: str | None = None,
+    out_of: float | None = None,
+    dest: Path | None = None,
+) -> LmsExport:
     """Write the ``fmt`` (canvas | moodle) grade file of ``assignment`` and its feedback zip.
 
     ``column``: Canvas's header of the assignment column (copy it from Canvas's gradebook export,
@@ -104,20 +121,43 @@ def write(root: Path, assignment: str, fmt: str, *, column: str | None = None, o
         if fmt == "canvas":
             w.writerow([*CANVAS_FIELDS, column or assignment, LATE_COLUMN])
             for r, record in kept:
-                w.writerow([record.get("name", ""), r.student_id, "", "", "",
-                            _points(r.score, r.max_score, out_of), "LATE" if r.late else ""])
+                w.writerow(
+                    [
+                        record.get("name", ""),
+                        r.student_id,
+                        "",
+                        "",
+                        "",
+                        _points(r.score, r.max_score, out_of),
+                        "LATE" if r.late else "",
+                    ]
+                )
         else:
             w.writerow([*MOODLE_FIELDS, LATE_COLUMN])
             for r, record in kept:
                 prefix = names.lms_prefix(record.get("source", "")) if record else None
                 full_name = prefix[1].removesuffix("_").rsplit("_", 1)[0] if prefix and prefix[0] == "moodle" else ""
                 maximum = out_of if out_of is not None else r.max_score
-                comment = (f"Autograded: {r.score:g}/{r.max_score:g} points; the feedback file shows each test."
-                           if r.score is not None else "")
-                w.writerow([f"Participant {r.student_id}", full_name, "", r.status,
-                            _points(r.score, r.max_score, out_of), "" if maximum is None else f"{maximum:g}",
-                            "Yes", record.get("collected_at", "").replace("T", " "),
-                            now if r.score is not None else "", comment, "LATE" if r.late else ""])
+                comment = (
+                    f"Autograded: {r.score:g}/{r.max_score:g} points; the feedback file shows each test."
+                    if r.score is not None
+                    else ""
+                )
+                w.writerow(
+                    [
+                        f"Participant {r.student_id}",
+                        full_name,
+                        "",
+                        r.status,
+                        _points(r.score, r.max_score, out_of),
+                        "" if maximum is None else f"{maximum:g}",
+                        "Yes",
+                        record.get("collected_at", "").replace("T", " "),
+                        now if r.score is not None else "",
+                        comment,
+                        "LATE" if r.late else "",
+                    ]
+                )
     zpath = None
     if bundle:
         zpath = dest.with_suffix(".zip")

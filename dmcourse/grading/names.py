@@ -30,7 +30,8 @@ _SEP = re.compile(r"[\s_\-]+")
 _CANVAS = re.compile(r"^(?P<name>[^/_]+)_(?P<late>LATE_)?(?P<student>\d+)_(?P<submission>\d+)_(?P<file>[^/]+)$")
 _MOODLE = re.compile(r"^(?P<name>[^/]*?)_(?P<student>\d+)_assignsubmission_(?P<plugin>file|onlinetext)_/?(?P<file>.*)$")
 _BLACKBOARD = re.compile(
-    r"^(?P<assign>[^/]+?)_(?P<student>[^/_]+)_attempt_\d{4}-\d{2}-\d{2}-\d{2}-\d{2}-\d{2}_?(?P<file>[^/]*)$")
+    r"^(?P<assign>[^/]+?)_(?P<student>[^/_]+)_attempt_\d{4}-\d{2}-\d{2}-\d{2}-\d{2}-\d{2}_?(?P<file>[^/]*)$"
+)
 _COPY_PREFIX = re.compile(r"^copy[\s_]+of[\s_]+", re.I)
 _COPY_SUFFIX = re.compile(r"(?:\s*\(\d+\)|-\d+)$")
 
@@ -114,8 +115,9 @@ def parse(relpath: str, assignments: list[str], pattern: str | None = None, assu
         named = m.groupdict().get("assignment")
         hit = find_assignment(named if named else stem, assignments) or _assumed(assume)
         if hit is None:
-            raise UnparsableName("unknown assignment: the name contains none of " + ", ".join(assignments),
-                                 "unknown-assignment")
+            raise UnparsableName(
+                "unknown assignment: the name contains none of " + ", ".join(assignments), "unknown-assignment"
+            )
         return _checked(Parsed(student, hit[0], _version(stem)[1], "pattern"))
 
     for rule, regex in (("canvas", _CANVAS), ("moodle", _MOODLE), ("blackboard", _BLACKBOARD)):
@@ -124,19 +126,25 @@ def parse(relpath: str, assignments: list[str], pattern: str | None = None, assu
             file, version = _version(_COPY_PREFIX.sub("", m["file"]))
             hit = find_assignment(file or stem, assignments) or _assumed(assume)
             if hit is None:
-                raise UnparsableName(f"unknown assignment in {m['file'] or stem!r} ({rule} name); known: "
-                                 + ", ".join(assignments), "unknown-assignment")
+                raise UnparsableName(
+                    f"unknown assignment in {m['file'] or stem!r} ({rule} name); known: " + ", ".join(assignments),
+                    "unknown-assignment",
+                )
             groups = m.groupdict()
-            return _checked(Parsed(m["student"], hit[0], version, rule, late=bool(groups.get("late")),
-                                   name=groups.get("name") or ""))
+            return _checked(
+                Parsed(
+                    m["student"], hit[0], version, rule, late=bool(groups.get("late")), name=groups.get("name") or ""
+                )
+            )
 
     base, version = _version(stem)
     hit = find_assignment(base, assignments) or _assumed(assume, len(_norm(base)))
     if hit is None:
-        raise UnparsableName("unknown assignment: the name contains none of " + ", ".join(assignments),
-                             "unknown-assignment")
+        raise UnparsableName(
+            "unknown assignment: the name contains none of " + ", ".join(assignments), "unknown-assignment"
+        )
     norm = _norm(base)
-    rest = _COPY_PREFIX.sub("", norm[: hit[1]].replace("/", " ")) + " " + norm[hit[2]:].replace("/", " ")
+    rest = _COPY_PREFIX.sub("", norm[: hit[1]].replace("/", " ")) + " " + norm[hit[2] :].replace("/", " ")
     rest = re.sub(r"(?<![a-z0-9])copy_of(?![a-z0-9])", " ", rest)
     return _checked(Parsed(_student_from_words(rest), hit[0], version, "generic"))
 

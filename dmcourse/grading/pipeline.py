@@ -74,8 +74,11 @@ def autograded_notes(root: Path, assignment: str, student: str) -> list[str]:
 
 def check_feedback(root: Path, assignment: str, students: list[str]) -> dict[str, list[str]]:
     """student -> hidden-test lines found in their feedback (should be empty for everyone)."""
-    lines = [ln for src in sorted((Path(root) / "solutions" / assignment).glob("*.ipynb"))
-             for ln in leaks.hidden_lines(src, Path(root) / "exercises" / assignment / src.name)]
+    lines = [
+        ln
+        for src in sorted((Path(root) / "solutions" / assignment).glob("*.ipynb"))
+        for ln in leaks.hidden_lines(src, Path(root) / "exercises" / assignment / src.name)
+    ]
     found = {}
     for s in students:
         for f in sorted((Path(root) / "feedback" / s / assignment).rglob("*")):
@@ -84,14 +87,25 @@ def check_feedback(root: Path, assignment: str, students: list[str]) -> dict[str
     return found
 
 
-def grade(root: Path, assignment: str, download: Path | None = None, *, jobs: int = 1, timeout: int | None = None,
-          pattern: str | None = None, force: bool = False, dry_run: bool = False, assume: str | None = None,
-          echo: Callable[[str], None] = print) -> list[Row]:
+def grade(
+    root: Path,
+    assignment: str,
+    download: Path | None = None,
+    *,
+    jobs: int = 1,
+    timeout: int | None = None,
+    pattern: str | None = None,
+    force: bool = False,
+    dry_run: bool = False,
+    assume: str | None = None,
+    echo: Callable[[str], None] = print,
+) -> list[Row]:
     """Run the whole pipeline for ``assignment``; return the report rows (also written next to autograded/)."""
     root = Path(root).resolve()
     if assignment not in collect.known_assignments(root):
-        raise ValueError(f"unknown assignment {assignment!r}; the course has "
-                         + ", ".join(collect.known_assignments(root)))
+        raise ValueError(
+            f"unknown assignment {assignment!r}; the course has " + ", ".join(collect.known_assignments(root))
+        )
     timeout = effective_timeout(root, timeout)
     rows: list[Row] = []
     late: set[str] = set()
@@ -99,35 +113,61 @@ def grade(root: Path, assignment: str, download: Path | None = None, *, jobs: in
     said: dict[str, str] = {}  # student -> what collect says about a file it kept (a hand edit)
     if download is not None:
         echo(f"collect {download} -> submitted/")
-        for item in collect.collect(root, download, [assignment], pattern, force=force, dry_run=dry_run,
-                                     assume=assume):
+        for item in collect.collect(root, download, [assignment], pattern, force=force, dry_run=dry_run, assume=assume):
             if item.late and item.student:
                 late.add(item.student)
             if item.status == "unchanged" and item.reason and item.student:
                 said[item.student] = item.reason
             if item.status == "would-collect" and item.student:
                 incoming.append(item.student)
-                rows.append(Row(item.student, assignment, "would collect", file=item.source,
-                                notes=[item.reason] if item.reason else [], late=item.late))
+                rows.append(
+                    Row(
+                        item.student,
+                        assignment,
+                        "would collect",
+                        file=item.source,
+                        notes=[item.reason] if item.reason else [],
+                        late=item.late,
+                    )
+                )
             if item.status in collect.COLLECTED or item.status == "other-assignment":
                 continue
             status = "ignored" if item.status in collect.IGNORED else "not collected"
-            rows.append(Row(item.student or "", item.assignment or "", status, file=item.source,
-                            notes=[f"{item.status}: {item.reason}"], late=item.late))
+            rows.append(
+                Row(
+                    item.student or "",
+                    item.assignment or "",
+                    status,
+                    file=item.source,
+                    notes=[f"{item.status}: {item.reason}"],
+                    late=item.late,
+                )
+            )
     else:  # no new download: the files the last run could not collect still need you
-        rows += [_row_of(r) for r in export.report_rows(root, assignment) if r["status"] in ("not collected", "ignored")]
+        rows += [
+            _row_of(r) for r in export.report_rows(root, assignment) if r["status"] in ("not collected", "ignored")
+        ]
     students = submitted_students(root, assignment)
     if not students and not incoming and not rows:
-        raise ValueError(f"nothing to grade: no submissions in submitted/*/{assignment}"
-                         + ("" if download is not None else " (collect a download with --from)"))
+        raise ValueError(
+            f"nothing to grade: no submissions in submitted/*/{assignment}"
+            + ("" if download is not None else " (collect a download with --from)")
+        )
     echo(f"recover: checking {len(students)} submission(s)")
     recovered = recover.recover(root, assignment, dry_run=dry_run)
     gradable = [s for s in students if recovered[s].notebook is not None]
     if dry_run:
         for s in students:
             r = recovered[s]
-            rows.append(Row(s, assignment, "would grade" if r.notebook is not None else "failed",
-                            file=f"submitted/{s}/{assignment}", notes=[r.status, *r.notes]))
+            rows.append(
+                Row(
+                    s,
+                    assignment,
+                    "would grade" if r.notebook is not None else "failed",
+                    file=f"submitted/{s}/{assignment}",
+                    notes=[r.status, *r.notes],
+                )
+            )
         n = len(gradable) + len(set(incoming) - set(students))
         echo(f"dry run: would autograde {n} submission(s) with a {timeout} s cell timeout")
         return rows
@@ -145,16 +185,21 @@ def grade(root: Path, assignment: str, download: Path | None = None, *, jobs: in
         if not result.get("success"):
             echo("nbgrader generate_feedback reported errors: " + last_line(result.get("error") or ""))
     leaked = check_feedback(root, assignment, graded)
-    for s, hit in leaked.items():  # never let hidden tests out: remove the file and flag it
+    for s in leaked:  # never let hidden tests out: remove the file and flag it
         for f in (root / "feedback" / s / assignment).rglob("*.html"):
             f.unlink()
 
     for s in students:
         r = recovered[s]
         record = collect.recorded(root / "submitted" / s / assignment / collect.notebook_name(root, assignment))
-        row = Row(s, assignment, "graded", file=f"submitted/{s}/{assignment}",
-                  notes=[] if r.status == "intact" else [f"recovery: {r.status}", *r.notes],
-                  late=s in late or bool(record and record.get("late")))
+        row = Row(
+            s,
+            assignment,
+            "graded",
+            file=f"submitted/{s}/{assignment}",
+            notes=[] if r.status == "intact" else [f"recovery: {r.status}", *r.notes],
+            late=s in late or bool(record and record.get("late")),
+        )
         if s in said:
             row.notes.append(said[s])
         if r.status == "manual-review":
@@ -192,8 +237,16 @@ def _row_of(r: dict) -> Row:
     """A report row read back from ``report-<assignment>.csv``."""
     score = float(r["score"]) if r.get("score") else None
     max_score = float(r["max_score"]) if r.get("max_score") else None
-    return Row(r["student"], r["assignment"], r["status"], score, max_score, r["file"],
-               [n for n in r["notes"].split("; ") if n], r.get("late") == "True")
+    return Row(
+        r["student"],
+        r["assignment"],
+        r["status"],
+        score,
+        max_score,
+        r["file"],
+        [n for n in r["notes"].split("; ") if n],
+        r.get("late") == "True",
+    )
 
 
 def write_report(root: Path, assignment: str, rows: list[Row]) -> tuple[Path, Path]:

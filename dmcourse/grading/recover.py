@@ -143,15 +143,23 @@ def rebuild(sub: nbformat.NotebookNode, release: nbformat.NotebookNode) -> Recov
         between = [j for j in free if lo < j < hi]
         if wanted:  # a cell that defines something before a scratch cell (a print)
             between.sort(key=lambda j: not defined_names(cells[j].source))
-        shared = [j for j in pin if wanted and rel[pin[j]].cell_type == "code" and pin[j] in solutions
-                  and wanted <= defined_names(cells[j].source)]
+        shared = [
+            j
+            for j in pin
+            if wanted
+            and rel[pin[j]].cell_type == "code"
+            and pin[j] in solutions
+            and wanted <= defined_names(cells[j].source)
+        ]
         if by_name:
             pin_to(by_name[-1], i)
             how[i] = ""  # the usual case: not worth a note
         elif shared:
             shared_with[i] = pin[shared[0]]
-            how[i] = (f"{', '.join(sorted(wanted))} found in the cell of answer {_gid(rel[pin[shared[0]]])} "
-                      "(two answers in one cell; this slot left empty): check it")
+            how[i] = (
+                f"{', '.join(sorted(wanted))} found in the cell of answer {_gid(rel[pin[shared[0]]])} "
+                "(two answers in one cell; this slot left empty): check it"
+            )
         elif between and structural:
             pin_to(between[0], i)
             how[i] = "placed by its neighbouring cells, not by its names: check it"
@@ -195,8 +203,13 @@ def rebuild(sub: nbformat.NotebookNode, release: nbformat.NotebookNode) -> Recov
 
 
 def _own_cell(cell) -> nbformat.NotebookNode:
-    new = (nbformat.v4.new_code_cell if cell.cell_type == "code" else
-           nbformat.v4.new_markdown_cell if cell.cell_type == "markdown" else nbformat.v4.new_raw_cell)(cell.source)
+    new = (
+        nbformat.v4.new_code_cell
+        if cell.cell_type == "code"
+        else nbformat.v4.new_markdown_cell
+        if cell.cell_type == "markdown"
+        else nbformat.v4.new_raw_cell
+    )(cell.source)
     return new
 
 
@@ -231,14 +244,17 @@ def keep_dir(path: Path) -> Path:
     return path.parents[2] / KEEP_DIR / path.parent.parent.name / path.parent.name
 
 
-def recover(root: Path, assignment: str, students: list[str] | None = None, dry_run: bool = False) -> dict[str, Recovery]:
+def recover(
+    root: Path, assignment: str, students: list[str] | None = None, dry_run: bool = False
+) -> dict[str, Recovery]:
     """Check (and rebuild where needed) every ``submitted/<student>/<assignment>`` notebook."""
     root = Path(root).resolve()
     release_dir = root / "exercises" / assignment
     releases = sorted(release_dir.glob("*.ipynb"))
     if len(releases) != 1:
-        raise FileNotFoundError(f"expected one release notebook in {release_dir}, found {len(releases)}: "
-                                "run `make release`")
+        raise FileNotFoundError(
+            f"expected one release notebook in {release_dir}, found {len(releases)}: run `make release`"
+        )
     results: dict[str, Recovery] = {}
     for student_dir in sorted((root / "submitted").glob(f"*/{assignment}")):
         student = student_dir.parent.name
@@ -258,4 +274,3 @@ def _stored(folder: Path) -> tuple[str, list[str]] | None:
         return None
     lines = f.read_text().splitlines()
     return lines[0].removeprefix("status: "), lines[1:]
-

@@ -39,8 +39,10 @@ HIDDEN_PLACEHOLDER = "# (hidden tests ran here; their code is not shown)"
 HIDDEN_LINE = "[hidden test code]"
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 _GUTTER = re.compile(r"^(?P<gutter>\s*(?:-*>\s*)?\d+\s)(?P<code>.*)$")
-TIMEOUT_MESSAGE = ("This cell ran longer than the grader's time limit for one cell and was stopped; "
-                   "the cells after it were still graded. Look for a loop that never ends or work that is far too large.")
+TIMEOUT_MESSAGE = (
+    "This cell ran longer than the grader's time limit for one cell and was stopped; "
+    "the cells after it were still graded. Look for a loop that never ends or work that is far too large."
+)
 HIDDEN_FUNCTION = "[a function of the hidden tests]"
 _DEFINED = re.compile(r"^\s*(?:async\s+)?def\s+(\w+)|^\s*class\s+(\w+)")
 _PATH = re.compile(r"(?:[A-Za-z]:)?[/\\][^\s:'\"\x1b]*?[/\\]((?:site|dist)-packages[/\\]|dmcourse[/\\])")
@@ -86,7 +88,9 @@ class LimitOutputSize(NbGraderPreprocessor):
         return cell, resources
 
 
-def split_hidden(source: str, begin: str = "BEGIN HIDDEN TESTS", end: str = "END HIDDEN TESTS") -> tuple[list[str], list[str]]:
+def split_hidden(
+    source: str, begin: str = "BEGIN HIDDEN TESTS", end: str = "END HIDDEN TESTS"
+) -> tuple[list[str], list[str]]:
     """(visible lines, hidden lines) of a cell source; delimiter lines belong to neither."""
     visible: list[str] = []
     hidden: list[str] = []
@@ -139,8 +143,11 @@ class HideHiddenTests(ClearHiddenTests):
         helpers = {a or b for ln in hidden if (m := _DEFINED.match(ln)) for a, b in [m.groups()]}
         helpers -= {a or b for ln in visible if (m := _DEFINED.match(ln)) for a, b in [m.groups()]}
         secret = {ln.strip() for ln in hidden if ln.strip()} - {ln.strip() for ln in visible}
-        secret |= {ln.strip() for ln in cell.source.split("\n")
-                   if self.begin_test_delimeter in ln or self.end_test_delimeter in ln}
+        secret |= {
+            ln.strip()
+            for ln in cell.source.split("\n")
+            if self.begin_test_delimeter in ln or self.end_test_delimeter in ln
+        }
         cell.source = "\n".join(visible).rstrip() + "\n" + HIDDEN_PLACEHOLDER
         for out in cell.get("outputs", []):
             if out.output_type == "error":
@@ -157,7 +164,11 @@ def _hide_signatures(text: str, names: set[str]) -> str:
     """Traceback frame headers ``..., in helper(a, b)`` of the hidden tests' own functions, hidden."""
     if not names:
         return text
-    pattern = re.compile(r"\bin (?:\x1b\[[0-9;]*m)*(?:" + "|".join(map(re.escape, sorted(names))) + r")\b(?:\x1b\[[0-9;]*m)*(\([^\n]*\))?")
+    pattern = re.compile(
+        r"\bin (?:\x1b\[[0-9;]*m)*(?:"
+        + "|".join(map(re.escape, sorted(names)))
+        + r")\b(?:\x1b\[[0-9;]*m)*(\([^\n]*\))?"
+    )
     return pattern.sub("in " + HIDDEN_FUNCTION, text)
 
 
@@ -166,18 +177,23 @@ def _insert_after(defaults: list, anchor: type, extra: type) -> list:
     if anchor not in defaults:
         raise RuntimeError(f"nbgrader's preprocessors changed ({defaults}): {anchor.__name__} not found")
     i = defaults.index(anchor)
-    return [*defaults[: i + 1], extra, *defaults[i + 1:]]
+    return [*defaults[: i + 1], extra, *defaults[i + 1 :]]
 
 
 def grading_config(timeout: int | None = None) -> Config:
     """nbgrader settings for safe grading (optionally a per-cell timeout in seconds)."""
     c = Config()
     c.Autograde.autograde_preprocessors = _insert_after(
-        Autograde.class_traits()["autograde_preprocessors"].default(), LimitOutput, LimitOutputSize)
+        Autograde.class_traits()["autograde_preprocessors"].default(), LimitOutput, LimitOutputSize
+    )
     c.GenerateFeedback.preprocessors = _insert_after(
-        GenerateFeedback.class_traits()["preprocessors"].default(), GetGrades, HideHiddenTests)
-    c.Execute.error_on_timeout = {"ename": "CellTimeoutError", "evalue": TIMEOUT_MESSAGE,
-                                  "traceback": [f"CellTimeoutError: {TIMEOUT_MESSAGE}"]}
+        GenerateFeedback.class_traits()["preprocessors"].default(), GetGrades, HideHiddenTests
+    )
+    c.Execute.error_on_timeout = {
+        "ename": "CellTimeoutError",
+        "evalue": TIMEOUT_MESSAGE,
+        "traceback": [f"CellTimeoutError: {TIMEOUT_MESSAGE}"],
+    }
     if timeout is not None:
         if not isinstance(timeout, int) or timeout <= 0:
             raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")

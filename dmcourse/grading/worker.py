@@ -32,6 +32,7 @@ def run(root: Path, assignment: str, students: list[str], progress: Path, log: P
         def hook(assignment: str, student: str, notebooks: list[str]) -> None:  # noqa: ARG001 - nbgrader's signature
             with open(progress, "a") as f:
                 f.write(f"{word} {_student_of(notebooks)} {time.time():.3f}\n")
+
         return hook
 
     cfg = grading_config(timeout)
@@ -42,8 +43,11 @@ def run(root: Path, assignment: str, students: list[str], progress: Path, log: P
     extra.Autograde.post_convert_hook = mark("done")
     cfg.merge(extra)
     result = course.api(root, cfg).autograde(assignment, "*", force=True, create=True)
-    log.write_text(json.dumps({"success": bool(result.get("success")), "log": result.get("log") or "",
-                               "error": result.get("error") or ""}))
+    log.write_text(
+        json.dumps(
+            {"success": bool(result.get("success")), "log": result.get("log") or "", "error": result.get("error") or ""}
+        )
+    )
     return bool(result.get("success"))
 
 
