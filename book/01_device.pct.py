@@ -1,8 +1,9 @@
 # %% tags=["remove-cell"]
 # Setup: makes `dmcourse` importable (Colab or a fresh environment); safe to re-run.
-import importlib.util, subprocess, sys
-if importlib.util.find_spec("dmcourse") is None:
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "dmcourse @ git+https://github.com/dmcourse/dmcourse.git@main"], check=True)
+import importlib.util, os, subprocess, sys
+if importlib.util.find_spec("dmcourse") is None:  # $DMCOURSE_INSTALL: another pip target (wheel, path)
+    target = os.environ.get("DMCOURSE_INSTALL") or "dmcourse @ git+https://github.com/dmcourse/dmcourse.git@main"
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", target], check=True)
 
 # %% [markdown]
 # # Your device and how we measure
@@ -30,6 +31,13 @@ from dmcourse import plot
 
 plot.use_style()
 TODAY = datetime.date.today().isoformat()
+# On a CPU the timings of this chapter use ONE thread: PyTorch splits a CPU matmul over all cores and
+# waits for the slowest, so on a machine shared with other programs (a CI runner, a busy laptop) one
+# busy core stalls every call and the numbers jump. One core gives steady numbers and the same
+# lessons. Set CPU_THREADS = None to use every core.
+CPU_THREADS = 1
+if CPU_THREADS is not None and not torch.cuda.is_available():
+    torch.set_num_threads(CPU_THREADS)
 
 # %% [markdown]
 # ## What is this machine?
@@ -154,6 +162,14 @@ print(f"device: {device.type}")
 print(f"no synchronisation : {statistics.median(naive) * 1e3:8.3f} ms")
 print(f"synchronised       : {statistics.median(synced) * 1e3:8.3f} ms")
 dmcourse.timing.synchronize(device)
+r = statistics.median(naive) / statistics.median(synced)
+if device.type == "cuda":
+    print(f"without synchronisation the clock saw {r:.0%} of the work's time: " +
+          ("it measured the launch" if r < 0.5 else "a GPU this fast finishes nearly as soon as it launches"))
+else:
+    print(f"ratio {r:.2f}: " + ("on this CPU both time the work itself, as expected" if 2 / 3 < r < 1.5 else
+                                "more than 1.5x apart on a CPU, where both time the same work: other programs "
+                                "disturbed one of them; rerun the cell"))
 
 # %% [markdown]
 # **3. One measurement is noise.** Other processes, frequency scaling and the memory system make
@@ -187,19 +203,32 @@ def my_time(fn, warmup: int = 3, repeats: int = 11) -> float:
     return statistics.median(clock(fn) for _ in range(repeats))
 
 
-mine = my_time(lambda: a @ b)
-course = dmcourse.time_fn(lambda: a @ b, device=device, warmup=3, repeats=11)
-print(f"inline timer   : {mine * 1e6:.1f} us")
-print(f"dmcourse.time_fn: {course}")
-print(f"ratio dmcourse / inline: {course.median_s / mine:.2f}")
+# interleaved rounds: a burst of background load hits both timers alike instead of one of them
+ratios = []
+for _ in range(5):
+    mine = my_time(lambda: a @ b)
+    course = dmcourse.time_fn(lambda: a @ b, device=device, warmup=3, repeats=11)
+    ratios.append(course.median_s / mine)
+ratio = statistics.median(ratios)
+print(f"inline timer   : {mine * 1e6:.1f} us  (last round)")
+print(f"dmcourse.time_fn: {course}  (last round)")
+print(f"ratio dmcourse / inline, median of 5 interleaved rounds: {ratio:.2f} (rounds: "
+      + ", ".join(f"{x:.2f}" for x in ratios) + ")")
+if 0.8 <= ratio <= 1.25:
+    print("-> the two timers agree to within 25 %: two measurements of the same thing")
+elif device.type == "cuda" and ratio < 0.8:
+    print("-> dmcourse is lower: CUDA events leave out the synchronisation round trip of the inline clock")
+else:
+    print("-> they differ by more than 25 %: this machine is too busy for a steady measurement; rerun the cell")
 
 # %% [markdown]
 # `dmcourse.time_fn` is that timer with argument checks, CUDA events on a GPU and an `inner`
 # option for very short calls; it returns all samples, so a chapter can show the spread as well as
 # the median. The rest of the course times everything with it.
 #
-# On a CPU the ratio printed above compares two measurements of the same thing: close to 1, not
-# equal. On a GPU it can be below 1 for a call this short: CUDA events leave out the
+# On a CPU the ratio printed above compares two measurements of the same thing, so it should be
+# close to 1 but not equal; the cell times both in interleaved rounds and prints which case it
+# found. On a GPU it can be below 1 for a call this short: CUDA events leave out the
 # synchronisation round trip that the inline timer's clock readings include.
 #
 # ## A first measurement: how fast does this machine multiply matrices?
@@ -210,15 +239,21 @@ print(f"ratio dmcourse / inline: {course.median_s / mine:.2f}")
 
 # %%
 sizes = [64, 128, 256, 512, 1024, 2048] + ([4096, 8192] if device.type == "cuda" else [])
+operands = {size: (torch.randn(size, size, device=device, dtype=dtype), torch.randn(size, size, device=device, dtype=dtype))
+            for size in sizes}
+samples = {size: [] for size in sizes}
+for _ in range(3):  # interleaved rounds: every size once per round, the median over rounds
+    for size, (x, y) in operands.items():
+        samples[size].append(dmcourse.time_fn(lambda: x @ y, device=device, warmup=1,
+                                              repeats=5 if size <= 1024 else 2).median_s)
 rows = []
 for size in sizes:
-    x = torch.randn(size, size, device=device, dtype=dtype)
-    y = torch.randn(size, size, device=device, dtype=dtype)
-    t = dmcourse.time_fn(lambda: x @ y, device=device, warmup=2, repeats=7 if size <= 1024 else 3)
+    t = statistics.median(samples[size])
     flops = 2 * size**3
-    rows.append((size, t.median_s, flops / t.median_s))
-    print(f"n={size:5d}: {t.median_s * 1e3:9.3f} ms  {flops / t.median_s / 1e9:9.1f} GFLOP/s")
-print(f"measured on {info.summary()}, {TODAY}, torch {torch.__version__}")
+    rows.append((size, t, flops / t))
+    print(f"n={size:5d}: {t * 1e3:9.3f} ms  {flops / t / 1e9:9.1f} GFLOP/s")
+threads = f", {torch.get_num_threads()} thread(s)" if device.type == "cpu" else ""
+print(f"measured on {info.summary()}{threads}, {TODAY}, torch {torch.__version__}")
 
 # %%
 fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
@@ -235,16 +270,30 @@ fig.tight_layout()
 plt.show()
 best = max(rows, key=lambda r: r[2])
 print(f"best: {best[2] / 1e9:.1f} GFLOP/s at n={best[0]}; smallest size reaches {fs[0] / best[2]:.0%} of that")
+slope = math.log(ts[-1] / ts[-2]) / math.log(ns[-1] / ns[-2])  # time ~ n^slope between the two largest sizes
+print(f"between n={ns[-2]} and n={ns[-1]} the time grows like n^{slope:.1f}: " +
+      ("close to the n^3 of the FLOP count, the machine is busy computing" if 2.5 <= slope <= 3.5 else
+       "not n^3 on this run: the largest sizes are not yet compute-bound here, or other programs disturbed them"))
+print("small matrices " + (f"reach only {fs[0] / best[2]:.0%} of the best throughput" if fs[0] < 0.5 * best[2]
+                           else f"reach {fs[0] / best[2]:.0%} of the best throughput, more than usual"))
 
 # %% [markdown]
-# Two things to take from the figure, whatever your device:
+# Two things to look for in the figure (the lines printed under it say whether this run shows them):
 #
-# * For large matrices the time grows like $n^3$ (the dotted line), as the FLOP count does: the
-#   machine is busy computing.
-# * Small matrices reach only a fraction of the best throughput: each call has fixed costs
+# * For large matrices the time should grow like $n^3$ (the dotted line), as the FLOP count does:
+#   the machine is busy computing.
+# * Small matrices should reach only a fraction of the best throughput: each call has fixed costs
 #   (launching, reading the operands), and there is too little work to fill every core. The
 #   roofline chapter turns this observation into a model — and it is exactly the regime an MoE
 #   expert lives in when only a few tokens are routed to it.
+#
+# Two words for the two regimes, used from chapter 3 on. A language model answers a prompt in two
+# phases. **Prefill** runs the whole prompt through the model in one forward pass: every weight
+# matrix multiplies as many rows as the prompt (times the batch) has tokens, large matmuls like the
+# right end of the figure. **Decode** then generates the answer one token per step: each step is a
+# forward pass over one new token per sequence, so every weight matrix multiplies only as many rows
+# as there are sequences in the batch, small matmuls like the left end, whose time goes into reading
+# the weights rather than computing.
 #
 # ## What we have
 #

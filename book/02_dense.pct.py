@@ -1,8 +1,9 @@
 # %% tags=["remove-cell"]
 # Setup: makes `dmcourse` importable (Colab or a fresh environment); safe to re-run.
-import importlib.util, subprocess, sys
-if importlib.util.find_spec("dmcourse") is None:
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "dmcourse @ git+https://github.com/dmcourse/dmcourse.git@main"], check=True)
+import importlib.util, os, subprocess, sys
+if importlib.util.find_spec("dmcourse") is None:  # $DMCOURSE_INSTALL: another pip target (wheel, path)
+    target = os.environ.get("DMCOURSE_INSTALL") or "dmcourse @ git+https://github.com/dmcourse/dmcourse.git@main"
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", target], check=True)
 
 # %% [markdown]
 # # Dense models: the FFN, and what "every parameter, every token" costs
@@ -31,7 +32,7 @@ import torch.nn.functional as F
 from IPython.display import HTML, display
 
 import dmcourse
-from dmcourse import accounting, ffn, hardware, plot
+from dmcourse import accounting, ffn, fit, hardware, plot
 from dmcourse.configs import PRESETS, ModelConfig
 
 plot.use_style()
@@ -385,15 +386,32 @@ print(f"embedding + LM head: largest share {share[top]:.1%} ({top}), smallest {m
 # forward one (gradients with respect to the activations and to the weights).
 #
 # Attention adds a term that the parameter count does not see: each token's query is compared
-# with the keys of all `context` tokens before it and takes a weighted sum of their values,
-# `2 * n_layers * n_heads * (d_qk + d_v) * context` FLOPs. It grows with the context:
+# with the keys of all `context` tokens before it (a dot product of width `d_score` per head) and
+# takes a weighted sum of their values (width `d_mix`), `2 * n_layers * n_heads * (d_score + d_mix)
+# * context` FLOPs. For GQA both widths are the head dimension. MLA (DeepSeek-V3) can be computed
+# in two forms, and each goes with its own cache:
+#
+# * **absorbed** (the form DeepSeek serves): the keys' up-projection is folded into the query and
+#   the values' into the output, so every head scores the *cached latent* directly (`kv_lora_rank
+#   + qk_rope_head_dim` = 512 + 64 wide) and sums it (512 wide). The cache stays compressed;
+# * **explicit**: the latent is decompressed into per-head keys (128 + 64) and values (128), and
+#   those are what is cached — 128 heads of them per token and layer.
+#
+# The folded up-projections cost, per token, exactly the FLOPs the explicit form spends
+# decompressing the new token, so 2N is the same in both forms; only the per-context term
+# differs. The course counts MLA in the absorbed form with the compressed cache, and never mixes
+# the explicit form's FLOPs with the compressed cache's bytes. The term grows with the context:
 
 # %%
 def forward_flops(c: ModelConfig, context: int) -> int:
     p = dmcourse.count_params(c)
     n_matmul = p.active - p.embedding - p.norms - p.lm_head + c.vocab_size * c.d_model
     window = min(context, c.sliding_window or context)
-    return 2 * n_matmul + 2 * c.n_layers * c.n_heads * (c.qk_head_dim + c.v_head_size) * window
+    if c.attention == "mla":  # absorbed form: score the cached latent (+ rope key), sum the latent
+        d_score, d_mix = c.kv_lora_rank + c.qk_rope_head_dim, c.kv_lora_rank
+    else:
+        d_score, d_mix = c.qk_head_dim, c.v_head_size
+    return 2 * n_matmul + 2 * c.n_layers * c.n_heads * (d_score + d_mix) * window
 
 
 for name in ("Llama-3-8B", "Mixtral-8x7B", "DeepSeek-V3"):
@@ -403,6 +421,13 @@ for name in ("Llama-3-8B", "Mixtral-8x7B", "DeepSeek-V3"):
     per_ctx = accounting.attention_flops_per_token(c, 1)
     print(f"{name}: forward 2N = {two_n / 1e9:.1f} GFLOP/token, training ~6N = {3 * two_n / 1e9:.1f} GFLOP/token")
     print(f"    attention: +{per_ctx / 1e6:.2f} MFLOP per token of context, equal to 2N at {two_n / per_ctx:,.0f} tokens")
+
+ds = PRESETS["DeepSeek-V3"]
+for form in accounting.MLA_FORMS:
+    flops = accounting.attention_flops_per_token(ds, 1, form)
+    cached = accounting.kv_cache_bytes_per_token(ds, "bf16", mla_compressed=accounting.mla_cache_compressed(form))
+    print(f"DeepSeek-V3, {form:8s} MLA: {flops / 1e6:5.2f} MFLOP per token of context over {cached / 1024:7,.1f} KiB "
+          f"of bf16 cache per token = {flops / cached:5.1f} FLOP per cached byte")
 
 # %%
 contexts = [2**k for k in range(8, 18)]
@@ -420,18 +445,11 @@ plt.show()
 # %% [markdown]
 # For short contexts the 2N term dominates; the attention term takes over at the context the
 # cell above printed for each model. (Mistral-7B's sliding window would cap its attention term at
-# 4096 tokens.) DeepSeek-V3's term is counted per head as written above (queries and keys of 128 + 64 RoPE dimensions, values
-# of 128, from its config);
-# an implementation that folds MLA's up-projections into the query attends over the cached latent
-# (512 + 64 dimensions) instead, and does more attention FLOPs per token for fewer bytes read. For MoE models, N is the *active* count: that is the whole point of MoE.
-#
-# ## Bytes: weights and KV cache
-#
-# A parameter takes 4 bytes in fp32, 2 in bf16/fp16, 1 in fp8 and half a byte in int4 (quantised
-# formats also store scales, a few percent more, not counted here). Two units are in use:
-# **GB = 10⁹ bytes** (datasheets, model hubs) and **GiB = 2³⁰ bytes** (binary units, the kind
-# `nvidia-smi` and `torch.cuda` report: `nvidia-smi` shows MiB = 2²⁰ bytes). `dmcourse.accounting`
-# names both: `GB`, `GiB`, `to_gb`, `to_gib`.
+# 4096 tokens.) The last two lines compare DeepSeek-V3's two forms: the absorbed form does more
+# FLOPs per token of context than the explicit one, over a cache many times smaller, so it does
+# far more work per byte it reads — the reason DeepSeek serves it, and the reason the roofline
+# chapters cost MLA this way (`mla_form="explicit"` gives the other). For MoE models, N is the
+# *active* count: that is the whole point of MoE.
 
 # %%
 print(f"1 GiB = {accounting.GiB:,} bytes = {accounting.GiB / accounting.GB:.4f} GB")
@@ -503,7 +521,7 @@ def fits_table(dtype_name: str) -> None:
     for name, c in PRESETS.items():
         cells = []
         for g in gpu_names:
-            f = accounting.fits_on_gpu(c, g, dtype_name)
+            f = fit.fits_on_gpu(c, g, dtype_name)
             cells.append("✓" if f.fits else f"{f.gpus_needed}")
         rows.append([name, f"{accounting.to_gb(accounting.weight_bytes(c, dtype_name)):,.0f}"] + cells)
     show_table([f"model ({dtype_name} weights)", "GB"] + [f"{g} ({hardware.gpu(g).memory_label.split(' ')[0]} GB)" for g in gpu_names], rows)
@@ -518,13 +536,13 @@ fits_table("int4")
 
 # %%
 for ctx, batch in ((0, 1), (8192, 1), (8192, 16)):
-    print(f"context {ctx:5d} x batch {batch:2d}: {accounting.fits_on_gpu(llama, 'L4', 'bf16', context=ctx, batch=batch)}")
+    print(f"context {ctx:5d} x batch {batch:2d}: {fit.fits_on_gpu(llama, 'L4', 'bf16', context=ctx, batch=batch)}")
 
 
 # %% [markdown]
 # ## Checking what you may have read
 #
-# The texts this course was commissioned from make several claims about dense models and memory.
+# Widely shared explainers and blog posts about dense models and MoEs make several claims about size and memory.
 # Each is checked below against the computed numbers.
 
 # %%
@@ -549,13 +567,13 @@ d3 = PRESETS["DeepSeek-V3"]
 check('Table: "DeepSeek-V3 256 + 1 experts, top-8, shared expert: Yes"', d3.n_experts == 256 and d3.n_shared_experts == 1 and d3.top_k == 8,
       f"n_routed_experts = {d3.n_experts}, n_shared_experts = {d3.n_shared_experts}, top-{d3.top_k}")
 w7 = accounting.weight_bytes(PRESETS["Mistral-7B"], "bf16")
-fits7 = [g for g in hardware.gpus() if accounting.fits_on_gpu(PRESETS["Mistral-7B"], g, "bf16").fits]
+fits7 = [g for g in hardware.gpus() if fit.fits_on_gpu(PRESETS["Mistral-7B"], g, "bf16").fits]
 check('"A 7B model fits on one GPU."', len(fits7) == len(hardware.gpus()),
       f"Mistral-7B in bf16 is {accounting.to_gb(w7):.1f} GB of weights: it fits one {', '.join(fits7)} (datasheet memory); "
-      f"on a {fits7[0]} only {accounting.to_gb(accounting.fits_on_gpu(PRESETS['Mistral-7B'], fits7[0], 'bf16').headroom_bytes):.1f} GB "
+      f"on a {fits7[0]} only {accounting.to_gb(fit.fits_on_gpu(PRESETS['Mistral-7B'], fits7[0], 'bf16').headroom_bytes):.1f} GB "
       f"would be left for the KV cache, and Llama-3-8B ({accounting.to_gb(accounting.weight_bytes(llama, 'bf16')):.2f} GB) "
-      f"{'fits' if accounting.fits_on_gpu(llama, 'T4', 'bf16').fits else 'does not fit'} a T4 in 16-bit")
-n70 = accounting.fits_on_gpu(l70, "H100", "bf16").gpus_needed
+      f"{'fits' if fit.fits_on_gpu(llama, 'T4', 'bf16').fits else 'does not fit'} a T4 in 16-bit")
+n70 = fit.fits_on_gpu(l70, "H100", "bf16").gpus_needed
 check('"A 70B model needs eight [GPUs]."', n70 == 8,
       f"a 70B model in bf16 is {accounting.to_gb(w70):.0f} GB: {n70} x 80 GB GPUs hold its weights. Eight are a common "
       f"serving choice for speed and batch size, not a memory requirement; in int4 "
@@ -563,15 +581,32 @@ check('"A 70B model needs eight [GPUs]."', n70 == 8,
 check('"Dense 70B in FP16: ~140 GB VRAM. Mixtral 8x7B (47B total, 13B active): ~94 GB VRAM"', round(accounting.to_gb(w70), -1) == 140
       and round(accounting.to_gb(accounting.weight_bytes(PRESETS["Mixtral-8x7B"], "bf16"))) in (93, 94),
       f"{accounting.to_gb(w70):.1f} GB and {accounting.to_gb(accounting.weight_bytes(PRESETS['Mixtral-8x7B'], 'bf16')):.1f} GB of weights")
-f2 = accounting.fits_on_gpu(l70, "A100-80GB", "bf16", n_gpus=2)
+f2 = fit.fits_on_gpu(l70, "A100-80GB", "bf16", n_gpus=2)
 check('"A Dense 70B model barely fits on two A100 80GB GPUs"', f2.fits and f2.headroom_bytes < 0.15 * f2.available_bytes,
       f"{accounting.to_gb(f2.needed_bytes):.0f} GB of weights in {accounting.to_gb(f2.available_bytes):.0f} GB: "
       f"{accounting.to_gb(f2.headroom_bytes):.0f} GB left for KV cache and activations")
-mxf = accounting.fits_on_gpu(PRESETS["Mixtral-8x7B"], "A100-80GB", "bf16")
+mxf = fit.fits_on_gpu(PRESETS["Mixtral-8x7B"], "A100-80GB", "bf16")
 check('"a MoE model with 13B active parameters can run on a single card"', mxf.fits,
       f"Mixtral-8x7B must hold all {mx_p.total / 1e9:.1f}B parameters: {accounting.to_gb(mxf.needed_bytes):.0f} GB in bf16 needs "
       f"{mxf.gpus_needed} x 80 GB; one card only in fp8/int4 or on an H200 "
-      f"({'fits' if accounting.fits_on_gpu(PRESETS['Mixtral-8x7B'], 'H200', 'bf16').fits else 'does not fit'} in bf16)")
+      f"({'fits' if fit.fits_on_gpu(PRESETS['Mixtral-8x7B'], 'H200', 'bf16').fits else 'does not fit'} in bf16)")
+moe_names = [name for name, c in PRESETS.items() if c.is_moe]
+top_ks = {name: PRESETS[name].top_k for name in moe_names}
+check('"a router assigns each input token to a small number of experts (typically 2–4)" (a glossary)',
+      sum(2 <= k <= 4 for k in top_ks.values()) > len(top_ks) / 2,
+      "routed experts per token in the MoE presets (config.json, num_experts_per_tok): "
+      + ", ".join(f"{n} {k}" for n, k in top_ks.items())
+      + "; Mixtral uses 2, every fine-grained MoE here uses 8 (DeepSeek-V3 plus one shared expert)")
+shares = {name: counts[name].active / counts[name].total for name in moe_names}
+check('"Parameters activated: subset (e.g., 10-20%)" (an explainer)',
+      sum(0.10 <= s <= 0.20 for s in shares.values()) > len(shares) / 2,
+      "active / total in the presets: " + ", ".join(f"{n} {s:.1%}" for n, s in shares.items())
+      + f"; from {min(shares.values()):.1%} to {max(shares.values()):.1%}: the fraction is a design choice, not a constant")
+v4_total, v4_active = 1.6e12, 49e9  # DeepSeek's model card: https://huggingface.co/deepseek-ai/DeepSeek-V4-Pro
+check('"DeepSeek-V4-Pro ... 1.6T total parameters, 49B active, ~3.1% sparsity" (a blog post)',
+      round(100 * v4_active / v4_total, 1) == 3.1,
+      f"DeepSeek's model card states 1.6T parameters, 49B activated; 49 / 1600 = {v4_active / v4_total:.2%}. "
+      "The course has no V4 preset, so these two counts are cited, not recomputed")
 check('"A 70B dense model performs 70B parameter worth of computation per token"', True,
       f"forward ≈ 2N = {2 * accounting.matmul_params_per_token(l70) / 1e9:.0f} GFLOP per token at short context, "
       "plus the attention term that grows with the context")
@@ -703,7 +738,7 @@ print("-> close to proportional on this run" if r2 > 0.9 else
 # | `dmcourse.count_params(config)` | `total`, `active`, `active_without_embedding`, `non_embedding`, and the breakdown |
 # | `accounting.forward_flops_per_token(config, context)`, `training_flops_per_token` | ~2N and ~6N plus the attention term |
 # | `accounting.weight_bytes`, `kv_cache_bytes_per_token`, `kv_cache_bytes`, `to_gb`, `to_gib` | bytes, in both units |
-# | `accounting.fits_on_gpu(config, gpu, dtype, ...)`, `hardware.gpus()` | does it fit (datasheet memory) |
+# | `fit.fits_on_gpu(config, gpu, dtype, ...)`, `hardware.gpus()` | does it fit (datasheet memory) |
 #
 # Practise all of it in
 # [Exercise 1](https://colab.research.google.com/github/dmcourse/dmcourse/blob/main/exercises/ex01_dense/ex01_dense.ipynb)

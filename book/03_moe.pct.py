@@ -1,8 +1,9 @@
 # %% tags=["remove-cell"]
 # Setup: makes `dmcourse` importable (Colab or a fresh environment); safe to re-run.
-import importlib.util, subprocess, sys
-if importlib.util.find_spec("dmcourse") is None:
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "dmcourse @ git+https://github.com/dmcourse/dmcourse.git@main"], check=True)
+import importlib.util, os, subprocess, sys
+if importlib.util.find_spec("dmcourse") is None:  # $DMCOURSE_INSTALL: another pip target (wheel, path)
+    target = os.environ.get("DMCOURSE_INSTALL") or "dmcourse @ git+https://github.com/dmcourse/dmcourse.git@main"
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", target], check=True)
 
 # %% [markdown]
 # # The Mixture-of-Experts layer
@@ -119,7 +120,7 @@ print("row sums of (c):", w_c.sum(-1))
 # smaller by the probability mass of the dropped experts (the printed row sums), which scales each
 # token's MoE output down by a token-dependent factor.
 #
-# All three run only `k` experts per token. The source text this course was commissioned from
+# All three run only `k` experts per token. A widely shared blog post on dense vs MoE inference
 # claims that "if you softmaxed first, every expert would get some weight and you would lose the
 # computational savings". That is wrong: softmax-then-top-k (b, c) keeps exactly `k` experts too;
 # the choice between (a)/(b) and (c) changes the *weights*, not the sparsity.
@@ -137,6 +138,49 @@ for r, w in ((r_a, w_a), (r_b, w_b), (r_c, w_c)):
     torch.testing.assert_close(r.weights, w)
 print("inline (a), (b), (c) == dmcourse.routing.topk_softmax / softmax_topk")
 print(r_a.indices.dtype, tuple(r_a.indices.shape), tuple(r_a.weights.shape), tuple(r_a.scores.shape))
+
+# %% [markdown]
+# ### Which rule lets the router learn, at top-1?
+#
+# The router is trained by the gradient of the loss through the weights `w`. With `k = 1`, (a) and
+# (b) give every token `w = exp(l_i) / exp(l_i) = 1`: the weight no longer depends on the logits, so
+# the task loss sends the router *no* gradient, and only a balancing loss (next chapter) moves it. (c)
+# keeps `w = p_i`, the chosen expert's softmax probability, which depends on every logit. The cell
+# backpropagates a task loss (squared error against a random target) through the toy layer, for
+# each rule at `k = 1` and `k = 2`, and prints the size of the gradient that reaches `W_r`:
+
+# %%
+target = torch.randn(T, d_model)
+rules = {
+    "(a) mask, then softmax": routing.topk_softmax,
+    "(b) softmax, top-k, renormalise": lambda l, kk: routing.softmax_topk(l, kk, renormalize=True),
+    "(c) softmax, top-k (Switch)": routing.softmax_topk,
+    "sigmoid, normalised (DeepSeek-V3)": routing.sigmoid_topk,
+}
+router_grad = {}
+for name, rule in rules.items():
+    for kk in (1, 2):
+        w_r = w_router.clone().requires_grad_(True)
+        r_g = rule(x @ w_r.T, kk)
+        y = moe.dispatch_sorted(x, r_g, w_gate, w_up, w_down)
+        F.mse_loss(y, target).backward()
+        router_grad[name, kk] = w_r.grad.norm().item()
+        print(f"{name:34s} top-{kk}: |dL/dW_r| = {router_grad[name, kk]:.2e}")
+dead = [name for name in rules if router_grad[name, 1] < 1e-6 * router_grad["(c) softmax, top-k (Switch)", 1]]
+print("at top-1 the task loss cannot reach the router under:", ", ".join(dead) or "none of the rules")
+print("at top-2 every rule passes a gradient:", all(router_grad[name, 2] > 0 for name in rules))
+print("dmcourse.MoE(..., top_k=1) uses the rule", repr(dmcourse.MoE(d_model, d_ff, E, 1).router.method),
+      "and top_k=2 the rule", repr(dmcourse.MoE(d_model, d_ff, E, 2).router.method))
+
+# %% [markdown]
+# That is why [Switch Transformer](https://arxiv.org/abs/2101.03961) (§2.1) gates its single expert
+# by the router probability `p_i` rather than by 1: Shazeer et al. had conjectured that routing to
+# `k > 1` experts was needed for the router to get non-trivial gradients, and scaling the one
+# expert's output by `p_i` is what keeps the router differentiable with `k = 1`. `dmcourse` follows
+# it: `MoE` and `Router` pick (c) for `top_k = 1` and (a) for `top_k >= 2`
+# (`dmcourse.routing.default_router`), and refuse a top-1 rule whose weight is a constant unless
+# asked for it (`allow_constant_gate=True`, as when copying a trained Mixtral block for inference).
+# Gradients of order `1e-8` or less in the table are float32 rounding of `w = p / p`, not a signal.
 
 # %% [markdown]
 # ## Sigmoid scoring (DeepSeek-V3)
@@ -184,10 +228,13 @@ print("weights sum to routed_scaling_factor:", r_grp.weights.sum(-1))
 # ## Noisy top-k
 #
 # [Shazeer et al. (2017)](https://arxiv.org/abs/1701.06538) add Gaussian noise to the logits
-# during training, with a learned per-expert standard deviation `softplus(x @ W_noise.T)`, then
-# take top-k and a softmax over the kept ones. The noise makes the router try experts it would not
+# during training, with a learned standard deviation `softplus(x @ W_noise.T)` (eq. 4): one value per
+# token *and* expert, since it is computed from the token `x`, so the router can learn to explore
+# more for some tokens than for others. Then top-k and a softmax over the kept ones. The noise makes the router try experts it would not
 # otherwise pick, which helps balance the load early in training; at inference it is switched off.
-# How often does noise of a given size change a token's choice?
+# How often does noise of a given size change a token's choice? (The cell uses one fixed std for
+# every token to isolate the size; `dmcourse.routing.Router(..., "noisy")` computes the per-token std,
+# and `tests/test_routing.py` checks that it varies with the token.)
 
 # %%
 many = torch.randn(2000, 8) * 1.0      # logits of 2000 tokens over 8 experts
@@ -209,7 +256,8 @@ print("inline noisy top-k == dmcourse.routing.noisy_topk")
 
 # %% [markdown]
 # `dmcourse.routing.Router` wraps all of these as a module holding `W_r` (and the selection bias
-# or the noise weights): `Router(d_model, E, k, "softmax" | "softmax_topk" | "sigmoid" | "noisy")`.
+# or the noise weights): `Router(d_model, E, k, "softmax" | "softmax_topk" | "sigmoid" | "noisy")`;
+# without a rule it picks `default_router(k)`, Switch gating for `k = 1` and (a) otherwise.
 #
 # ## Dispatch and combine, three ways
 #
@@ -313,7 +361,10 @@ print("inline sorted == reference == dmcourse.moe.dispatch_sorted")
 # The sorted layout is what a **grouped GEMM** wants: one kernel that multiplies consecutive
 # row-blocks of one matrix by a different weight matrix each, given the block ends (`offsets`).
 # PyTorch exposes it as `torch.nn.functional.grouped_mm` (torch 2.10+; `torch._grouped_mm`
-# before), on CUDA GPUs of compute capability 8.0+ and, in recent versions, on CPUs. No Python loop
+# before), on some CUDA GPUs and, in recent versions, on CPUs. Which ones is not something to
+# assume: the course uses it where its runtime probe, `dmcourse.moe.grouped_mm_supported`, says
+# yes (the probe runs one small grouped GEMM with uneven and empty groups and checks the result;
+# the cell below prints its answer for this device). No Python loop
 # over experts, and no host synchronisation: the offsets stay on the device.
 
 # %%
@@ -341,7 +392,8 @@ torch.testing.assert_close(moe.dispatch_grouped(x, r, w_gate, w_up, w_down), ref
 print("dmcourse.moe.dispatch_grouped == reference")
 
 # %% [markdown]
-# Where grouped GEMM is missing (an older torch, a GPU below compute capability 8.0),
+# Where the probe says no (an older torch, a device or dtype without a working kernel; the probe
+# is not even tried on GPUs below compute capability 8.0, which this course has not tested),
 # `dmcourse.moe.dispatch_grouped` falls back to the sorted dispatch, which computes the same thing.
 #
 # ### The edge cases
@@ -517,9 +569,9 @@ for name in ("Mixtral-8x7B", "Mixtral-8x22B", "Qwen3-30B-A3B", "Qwen3-235B-A22B"
 # SwiGLU of width `k * d_ff` (plus the tiny router). Does it also take the same *time*? Timing
 # both on this device over a range of token counts. The layer is large enough that its weights do
 # not fit in a CPU's last-level cache (otherwise repeated calls would read the dense layer's weights
-# from cache and flatter it). Both do their matmuls with `dmcourse.moe.linear` (on a GPU,
-# where that is cuBLAS, the MoE layer uses the grouped GEMM) — the kernel choice is the subject of
-# the next section — so that what differs is only the sparsity:
+# from cache and flatter it). Both do their matmuls through the same function,
+# `dmcourse.matmul.linear` (on a GPU the MoE layer uses the grouped GEMM instead), so that what
+# differs is only the sparsity:
 
 # %%
 d_model_t, d_ff_t, E_t, k_t = 1024, 2816, 8, 2   # the benchmark's layer (below)
@@ -531,6 +583,9 @@ dense_layer = dmcourse.ffn.SwiGLU(d_model_t, k_t * d_ff_t, dtype=dtype, device=d
 dense_w = (dense_layer.w_gate.weight, dense_layer.w_up.weight, dense_layer.w_down.weight)
 times = {"moe": [], "dense": []}
 touched = []
+threads = torch.get_num_threads()
+if device.type == "cpu":
+    torch.set_num_threads(1)  # one core, as in chapters 2 and 5: a core busy elsewhere stalls every multi-threaded call
 with torch.inference_mode():
     x_warm = torch.randn(token_counts[-1], d_model_t, device=device, dtype=dtype)
     for _ in range(3):  # warm up both layers at full size first (allocations, kernel choice)
@@ -543,10 +598,22 @@ with torch.inference_mode():
         times["moe"].append(min(r[0] for r in rounds))
         times["dense"].append(min(r[1] for r in rounds))
         touched.append(int((moe_layer.last_routing.tokens_per_expert() > 0).sum()))
+torch.set_num_threads(threads)
 print(f"{'tokens':>6s} {'MoE ms':>8s} {'dense ms':>9s} {'MoE/dense':>9s} {'experts touched':>15s} {'expected':>8s}")
 for n, tm, td, u in zip(token_counts, times["moe"], times["dense"], touched):
     print(f"{n:6d} {tm * 1e3:8.3f} {td * 1e3:9.3f} {tm / td:9.2f} {u:15d} {roofline.expected_experts_touched(E_t, k_t, n):8.1f}")
-print(f"device: {info.summary()}, {TODAY}")
+print(f"device: {info.summary()}{', 1 thread' if device.type == 'cpu' else ''}, {TODAY}")
+for n, tm, td, u in zip(token_counts, times["moe"], times["dense"], touched):
+    if n <= 16:  # decode: the weight bytes read should set the ratio
+        ratio, bytes_ratio = tm / td, u / k_t
+        verdict = ("about the ratio of weight bytes read, as the text predicts" if 0.5 <= ratio / bytes_ratio <= 2
+                   else "far from the ratio of weight bytes read: " +
+                   ("routing overheads or the kernel dominate here" if ratio > bytes_ratio else
+                    "reading weights no longer sets the dense layer's time here (arithmetic or overheads do)"))
+        print(f"{n:5d} tokens: MoE/dense {ratio:.2f} vs experts touched / k = {bytes_ratio:.2f} -> {verdict}")
+big = times["moe"][-1] / times["dense"][-1]
+print(f"{token_counts[-1]:5d} tokens: MoE/dense {big:.2f} -> " +
+      ("back near 1: in prefill sparsity costs little" if big < 1.5 else "still well above 1 on this device"))
 
 # %%
 fig, (ax, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
@@ -567,23 +634,22 @@ ax2.legend(loc="center right")
 plot.stamp(ax2, info.name)
 plt.show()
 
-
 # %% [markdown]
 # Read the ratio column (right panel) against the "experts touched" column. With few tokens, a forward is
 # limited by reading the weights, not by arithmetic: the dense layer reads its `k * d_ff` worth of
 # weights, the MoE layer reads every expert that at least one token chose — already more than `k`
 # experts from a handful of tokens on (the expected count, `E (1 - (1 - k/E)^n)`, is printed next
-# to the measured one). So in the *decode* regime an MoE layer costs more than the dense layer of
-# equal FLOPs, by about the ratio of experts touched to `k` (the dashed line), plus the cost of
-# routing. With many tokens the matmuls become large enough to be limited by arithmetic and the
-# ratio falls back towards 1; the ratio printed for the largest token count is what sparsity costs
+# to the measured one). So in the *decode* regime an MoE layer should cost more than the dense layer
+# of equal FLOPs, by about the ratio of experts touched to `k` (the dashed line), plus the cost of
+# routing; the lines under the table say whether this run shows it. With many tokens the matmuls
+# become large enough to be limited by arithmetic and the ratio should fall back towards 1; the ratio printed for the largest token count is what sparsity costs
 # on this device in the *prefill* regime (each expert's matmuls there still see only `k / E` of
 # the rows the dense layer's see; the benchmark below, with more tokens, comes closer to a real
 # prefill). The [roofline chapter](05_roofline.ipynb) turns this into a model.
 #
 # ## The benchmark: how fast is this layer?
 #
-# `benchmarks/moe_dispatch.py` times the full-size layer of the issue that commissioned this
+# `benchmarks/moe_dispatch.py` times a full-size layer chosen for this
 # chapter (d_model 1024, expert d_ff 2816, 8 experts, top-2; 4096 tokens, fp32, 2 threads on a CPU;
 # 16384 tokens, bf16 on a GPU) with each dispatch strategy, against `transformers`' Mixtral block
 # (its default eager loop, and the `grouped_mm` implementation a full `transformers` model picks)
@@ -605,82 +671,69 @@ plt.show()
 # would otherwise find part of them left in the cache by the previous one, which in a real model the
 # other layers' weights would have evicted.
 #
-# Decode needs its own kernel. With a few tokens per expert, `x @ w.T` is a matrix-vector product in
-# disguise: two FLOPs per weight per token, so its time is the time to read the weights once. The GEMM
-# kernels torch ships for CPUs are built for many rows; with a few rows they read the weights well
-# below the memory bandwidth (the row `moe sorted, oneDNN`). So for float32 with 1 to
-# `dmcourse.stream.MAX_ROWS` rows (the number is printed with the table below), `dmcourse.moe.linear`
-# calls `dmcourse.stream.linear_stream`: about 120 lines of C (`dmcourse/csrc/stream.c`, built with
-# the machine's C compiler the first time it is needed, as on Colab) that load each 16-float vector of
-# a weight row once and multiply it into every token's row while it sits in a register, the threads
-# splitting the weight rows between them. Where no compiler is found, `dmcourse.stream.status()` says
-# so and the layer uses oneDNN: same arithmetic, slower.
+# Every expert matmul of the layer goes through one function, `dmcourse.matmul.linear(x, w)`, which
+# computes `x @ w.T` — that is, `F.linear(x, w)`. On a GPU it *is* `F.linear` (cuBLAS). On a CPU, when
+# no gradient is needed, torch ships more than one kernel for it (Intel MKL behind `F.linear`, oneDNN
+# behind the op `torch.compile` emits for CPU linear layers), and which is fastest depends on the
+# machine and on the number of rows. So the layer does not decide: the first call measures the
+# candidates on this machine (a probe of a few seconds, per regime: 1, 2–4, 5–16, 17–64 rows per
+# expert, and prefill), caches the ranking per machine, and `dmcourse.matmul.status()` prints it (below).
+# The rows `moe sorted, F.linear` and `moe sorted, oneDNN` force one kernel, to separate the kernel
+# from the dispatch. How the course measures kernels, and the opt-in C decode kernel the benchmark also
+# offers the probe, are in the [roofline chapter](05_roofline.ipynb#measuring-cpu-kernels).
 #
-# One row needs a word: `moe sorted, F.linear`. `dmcourse.moe` does its expert matmuls with
-# `dmcourse.moe.linear`, which on a CPU (when no gradient is needed) calls oneDNN's matmul — the
-# kernel `torch.compile` uses for CPU linear layers — instead of `F.linear`, which calls Intel MKL.
-# With few rows per expert, MKL copies (packs) the whole weight matrix on every call, and on AMD
-# CPUs it runs well below the chip's arithmetic peak; oneDNN does neither. Same fp32
-# arithmetic (the tests check it), but the row with plain `F.linear` shows how much of the speed
-# comes from the kernel rather than the dispatch. The decode table's floor uses the matmul
-# throughput of `torch.matmul`, as the roofline chapter measures it; the JSON record also holds
-# the same square GEMM through `dmcourse.moe.linear` (oneDNN, more than twice as fast here), and the
-# last line below also compares the times with the floor that uses it. That stricter floor only
-# differs at 64 tokens, where the arithmetic, not the bytes, sets the floor. The dense rows show the same: `dense SwiGLU` is `dmcourse.ffn.SwiGLU`
-# (three `nn.Linear`), `dense SwiGLU, same kernel` does its matmuls with `dmcourse.moe.linear`.
-# On a GPU both paths use cuBLAS.
+# Each record also holds a **profile** of the sorted dispatch at 4096 tokens, step by step (routing,
+# sort, gather, the expert GEMMs, the activation, rows back to token order, combine), with the share of the time
+# spent outside the expert GEMMs, and the **targets** the course holds the layer to: prefill no slower
+# than `transformers`' block and within 1.1x of the dense SwiGLU with the same kernel; decode within
+# 1.5x of the floor. Where a target is missed, the record says why. Each record is labelled with the
+# machine it was measured on: a conclusion drawn from one CPU is not a conclusion about yours.
+#
 
-# %%
-def show_benchmark(path):
-    rec = json.loads(Path(path).read_text())
+# %% tags=["dmcourse-record"]
+from dmcourse import records
+
+
+def show_benchmark(rec):
     st, p = rec["settings"], rec["prefill_s"]
+    print(f"=== record measured on {rec.get('cpu_model') or rec['device']}, {rec['date'][:10]} ===")
     print(f"device: {rec['device']}, {rec['dtype']}, threads: {rec['threads']}, torch {rec['torch']}, measured {rec['date']}")
     print(f"command: {rec['command']}")
+    if rec.get("matmul_choice"):
+        print("kernel chosen by that machine's probe, by rows per expert: "
+              + ", ".join(f"{b}: {k}" for b, k in rec["matmul_choice"].items()))
     print(f"prefill: {st['tokens']} tokens, d_model {st['d_model']}, expert d_ff {st['d_ff']}, "
           f"{st['n_experts']} experts, top-{st['top_k']}")
     print(f"{'':28s} {'ms':>8s} {'/ tf eager':>10s} {'/ tf grouped_mm':>15s} {'/ dense':>8s}")
     for name, t in sorted(p.items(), key=lambda kv: kv[1]):
         print(f"{name:28s} {t * 1e3:8.1f} {t / p['transformers eager']:10.2f} "
               f"{t / p['transformers grouped_mm']:15.2f} {t / p['dense SwiGLU']:8.2f}")
-    best = min((t, n) for n, t in p.items() if n.startswith("moe"))
-    print(f"best MoE strategy ({best[1]}): {best[0] / p['transformers eager']:.2f}x transformers eager, "
-          f"{best[0] / p['transformers grouped_mm']:.2f}x transformers grouped_mm, "
-          f"{best[0] / p['dense SwiGLU']:.2f}x the dense SwiGLU, {best[0] / p['dense SwiGLU, same kernel']:.2f}x "
-          "the dense SwiGLU with the same kernel")
+    if rec.get("profile"):
+        steps = rec["profile"]["steps_s"]
+        total = sum(v for k, v in steps.items() if k != "layer")
+        print("profile of moe sorted: " + ", ".join(f"{k} {v / total:.0%}" for k, v in steps.items() if k != "layer")
+              + f"; outside the expert GEMMs: {rec['profile']['non_gemm_share']:.0%}")
     c = rec["ceilings"]
     print(f"\ndecode floor: bandwidth = the fastest of copy, torch.sum and stream.read_sum, measured with "
           f"each row's calls (column GB/s); matmul {c['matmul_FLOPps'] / 1e9:.0f} GFLOP/s with torch.matmul "
-          f"({c['matmul_linear_FLOPps'] / 1e9:.0f} GFLOP/s with dmcourse.moe.linear)")
-    print(f"decode kernel, for expert matmuls of 1 to {rec.get('decode_kernel_max_rows')} rows: {rec.get('decode_kernel')}")
+          f"({c['matmul_linear_FLOPps'] / 1e9:.0f} GFLOP/s with dmcourse.matmul.linear)")
     names = list(rec["decode"][0]["times_s"])
     print(f"{'tokens':>6s} {'experts':>7s} {'GB/s':>5s} {'floor ms':>8s} " + " ".join(f"{n:>24s}" for n in names))
     for row in rec["decode"]:
         cells = " ".join(f"{v * 1e3:8.2f} ms = {v / row['floor_s']:4.2f}x".rjust(24) for v in row["times_s"].values())
-        best_row = min(v for n, v in row["times_s"].items() if n.startswith("moe"))
         print(f"{row['tokens']:6d} {row['experts_touched']:7d} {max(row['bandwidths_Bps'].values()) / 1e9:5.1f} "
-              f"{row['floor_s'] * 1e3:8.2f} {cells}   best MoE: {best_row / row['floor_s']:.2f}x the floor")
-    best_dec, strict, only, onednn = [], [], [], []
-    for row in rec["decode"]:
-        t = min(v for n, v in row["times_s"].items() if n.startswith("moe"))
-        best_dec.append(t / row["floor_s"])
-        strict.append(t / row["floor_s_linear_ceiling"])
-        only.append(row["times_s"]["expert matmuls only"] / row["floor_s"])
-        onednn.append(row["times_s"]["moe sorted, oneDNN"] / row["times_s"]["moe sorted"])
-    kernel = all(o - 1 >= 0.5 * (b - 1) for o, b in zip(only, best_dec))
-    print(f"in decode the fastest MoE strategy stays {min(best_dec):.2f}x to {max(best_dec):.2f}x above the floor of "
-          f"the table ({min(strict):.2f}x to {max(strict):.2f}x above the floor with oneDNN's matmul throughput); "
-          f"the expert matmuls alone are {min(only):.2f}x to {max(only):.2f}x above the table's floor, so "
-          + ("most of the gap is the matmul kernel, not routing and dispatch" if kernel
-             else "routing and dispatch account for much of the gap"))
-    print(f"the decode kernel: the sorted MoE with oneDNN instead takes {min(onednn):.2f}x to {max(onednn):.2f}x as long")
+              f"{row['floor_s'] * 1e3:8.2f} {cells}")
+    for t in rec.get("targets", []):
+        print(f"target {t['target']}: {t['value']:.2f} (limit {t['limit']:.2f}) "
+              + ("met" if t["met"] else f"MISSED: {t['why']}"))
 
-records = sorted(Path("data").glob("moe_dispatch_*.json"))
-for path in records:
-    show_benchmark(path)
+print("this machine:", dmcourse.matmul.status(), sep="\n")
+print()
+for rec in records.load("moe_dispatch"):  # shipped in the package: dmcourse/data/records/
+    show_benchmark(rec)
     print()
-if not records:
-    print("no recorded benchmark next to this notebook (book/data/moe_dispatch_*.json); "
-          "run python benchmarks/moe_dispatch.py")
+print("GPU records (python -m dmcourse.gpucheck):")
+print(records.gpu_summary("moe"))
 
 # %% [markdown]
 # ## Summary
@@ -688,6 +741,9 @@ if not records:
 # * An MoE layer is `E` ordinary dense FFNs and a linear router; sparsity is in which experts a
 #   token uses, not in the matrices.
 # * Mask-then-softmax equals softmax-top-k-renormalise; without renormalisation the weights differ.
+#   At top-1 that difference decides whether the router learns: renormalised, the weight is the
+#   constant 1 and the task loss sends the router no gradient; Switch's un-renormalised probability
+#   keeps it trainable, and is the course's default for `k = 1`.
 #   DeepSeek-V3 uses sigmoid scores normalised over the chosen experts, with a selection-only bias.
 # * Dispatch: a loop over experts, sort-by-expert with an inverse permutation, or a grouped GEMM
 #   on the sorted layout — all equal, including for empty experts, one token, `k = 1` and `k = E`.

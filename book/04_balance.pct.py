@@ -1,8 +1,9 @@
 # %% tags=["remove-cell"]
 # Setup: makes `dmcourse` importable (Colab or a fresh environment); safe to re-run.
-import importlib.util, subprocess, sys
-if importlib.util.find_spec("dmcourse") is None:
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "dmcourse @ git+https://github.com/dmcourse/dmcourse.git@main"], check=True)
+import importlib.util, os, subprocess, sys
+if importlib.util.find_spec("dmcourse") is None:  # $DMCOURSE_INSTALL: another pip target (wheel, path)
+    target = os.environ.get("DMCOURSE_INSTALL") or "dmcourse @ git+https://github.com/dmcourse/dmcourse.git@main"
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", target], check=True)
 
 # %% [markdown]
 # # Routing collapse and load balancing
@@ -37,7 +38,7 @@ import matplotlib.pyplot as plt
 import torch
 
 import dmcourse
-from dmcourse import balance, plot, routing
+from dmcourse import balance, capacity, moe_train, plot, routing, toy
 from dmcourse import train as T
 
 plot.use_style()
@@ -58,7 +59,7 @@ print(f"{STEPS} steps of {BATCH} sequences x {SEQ} tokens = {BATCH * SEQ} tokens
 # %% [markdown]
 # ## A task on which experts can specialise
 #
-# `dmcourse.train.MixtureTask` is a regression problem made of 8 sub-tasks. Every token belongs to
+# `dmcourse.toy.MixtureTask` is a regression problem made of 8 sub-tasks. Every token belongs to
 # one of 8 **clusters**: its input `x` (16 numbers) lies near that cluster's centre, and its target
 # (8 numbers) is that cluster's own random teacher network applied to the offset from the centre,
 # plus (with weight `shared`) one teacher common to all clusters. A router that recognises the
@@ -71,7 +72,7 @@ print(f"{STEPS} steps of {BATCH} sequences x {SEQ} tokens = {BATCH * SEQ} tokens
 # To a fresh router all tokens then look alike:
 
 # %%
-task = T.MixtureTask(shared=0.5)
+task = toy.MixtureTask(shared=0.5)
 print(task)
 gen = torch.Generator().manual_seed(0)
 sample = task.sample(BATCH, SEQ, gen)
@@ -86,7 +87,7 @@ print(f"mean cosine similarity between two tokens' inputs: {cos.mean():.2f} "
       f"(after removing the mean input: {cos_c.mean():.2f})")
 
 # %% [markdown]
-# The model (`dmcourse.train.toy_moe`) embeds the 16 inputs into `d_model = 32`, applies two
+# The model (`dmcourse.toy.toy_moe`) embeds the 16 inputs into `d_model = 32`, applies two
 # residual blocks `h + MoE(RMSNorm(h))` and a linear head. Each MoE layer is the course's
 # `dmcourse.moe.MoE` with 8 SwiGLU experts of hidden size 16 and top-2 routing, so a token uses
 # as many FFN parameters as a dense SwiGLU of hidden size 32 (`toy_dense`), the dense baseline of
@@ -94,9 +95,9 @@ print(f"mean cosine similarity between two tokens' inputs: {cos.mean():.2f} "
 
 # %%
 BASE = dict(d_model=32, n_layers=2, n_experts=8, top_k=2, d_ff=16)
-moe_model = T.toy_moe(task, **BASE)
-dense_model = T.toy_dense(task, d_model=32, n_layers=2, d_ff=32)
-moe0 = T.moe_layers(moe_model)[0]
+moe_model = toy.toy_moe(task, **BASE)
+dense_model = toy.toy_dense(task, d_model=32, n_layers=2, d_ff=32)
+moe0 = moe_train.moe_layers(moe_model)[0]
 print(moe0)
 print(f"MoE layer: {moe0.n_params():,} parameters, {moe0.n_active_params():,} used per token")
 print(f"dense FFN: {sum(p.numel() for p in dense_model.ffns[0].parameters()):,} parameters, all used per token")
@@ -123,18 +124,18 @@ print(f"dense FFN: {sum(p.numel() for p in dense_model.ffns[0].parameters()):,} 
 # %%
 RESULTS: dict[str, dict] = {}
 TRAIN_SECONDS = 0.0
-STATS = T.routing_stats_hook()
+STATS = moe_train.routing_stats_hook()
 
 
-def run(name, balancing=T.Balancing(), *, seed=0, dense=False, **arch):
+def run(name, balancing=moe_train.Balancing(), *, seed=0, dense=False, **arch):
     """Train one configuration from seed `seed`, evaluate it, store it in RESULTS[name]."""
     global TRAIN_SECONDS
     arch = {**BASE, **arch}
     dmcourse.seed_everything(seed)
     if dense:
-        model, loss_fn, hooks = T.toy_dense(task, d_model=32, n_layers=2, d_ff=32), T.task_loss_fn(), []
+        model, loss_fn, hooks = toy.toy_dense(task, d_model=32, n_layers=2, d_ff=32), T.task_loss_fn(), []
     else:
-        model, loss_fn, hooks = T.toy_moe(task, **arch), T.moe_loss_fn(balancing), balancing.hooks() + [STATS]
+        model, loss_fn, hooks = toy.toy_moe(task, **arch), moe_train.moe_loss_fn(balancing), balancing.hooks() + [STATS]
     model.to(device)
     init = copy.deepcopy(model.state_dict())
     config = T.TrainConfig(steps=STEPS, lr=3e-3, log_every=LOG_EVERY, seed=seed, amp_dtype=AMP)
@@ -144,7 +145,7 @@ def run(name, balancing=T.Balancing(), *, seed=0, dense=False, **arch):
     TRAIN_SECONDS += seconds
     ev = T.evaluate(model, task.batch_fn(BATCH, SEQ), loss_fn, hooks=[] if dense else [STATS])
     if not dense:
-        with T.capacity_limited(model, 1.25):
+        with moe_train.capacity_limited(model, 1.25):
             capped = T.evaluate(model, task.batch_fn(BATCH, SEQ), loss_fn, hooks=[STATS])
         ev["drop@1.25"], ev["task@1.25"] = capped["drop_rate"], capped["task"]
     RESULTS[name] = dict(model=model, history=history, eval=ev, arch=arch, dense=dense,
@@ -218,7 +219,7 @@ def eval_routings(name, batch=None):
     batch = batch or task.sample(BATCH, SEQ, torch.Generator().manual_seed(12345)).to(device)
     with torch.no_grad():
         model(batch.x)
-    return batch, [m.last_routing for m in T.moe_layers(model)]
+    return batch, [m.last_routing for m in moe_train.moe_layers(model)]
 
 
 for name in ["Switch top-1, none", "Mixtral top-2, none"]:
@@ -256,7 +257,7 @@ for name in ["Switch top-1, none", "Mixtral top-2, none"]:
 def expert_drift(name, layer=0):
     """Relative change of each expert's weights since initialisation: (E,)."""
     res = RESULTS[name]
-    moe = T.moe_layers(res["model"])[layer]
+    moe = moe_train.moe_layers(res["model"])[layer]
     prefix = f"ffns.{layer}."
     moved, start = torch.zeros(moe.n_experts), torch.zeros(moe.n_experts)
     for w in ("w_gate", "w_up", "w_down"):
@@ -284,7 +285,7 @@ if busy.any() and idle.any():
           f"experts with < 1% moved {drift[idle].mean():.2f}")
 
 # %% [markdown]
-# The source text this course was commissioned from says that without intervention "a feedback
+# A widely shared blog post on dense vs MoE inference says that without intervention "a feedback
 # loop collapses almost all tokens onto one or two 'star' experts while the rest atrophy". The
 # cell below checks that against the two runs above.
 
@@ -389,11 +390,47 @@ except ImportError:
 # with; its default coefficients, printed above from its config classes, are 0.001 for Mixtral and
 # Qwen3-MoE and 0.01 for OLMoE):
 
+# %% [markdown]
+# **Two `transformers` pitfalls.** `MixtralForCausalLM` (and the other MoE models built the same
+# way) computes the aux loss only when the forward is called with `output_router_logits=True`, and
+# adds it to the returned loss only when `labels` are passed too; the flag defaults to the config's
+# `output_router_logits`, which is `false` in
+# [Mixtral-8x7B's released config](https://huggingface.co/mistralai/Mixtral-8x7B-v0.1/blob/main/config.json).
+# Fine-tune it with the defaults and nothing balances its routers. And the coefficient: that config
+# sets `router_aux_loss_coef` to 0.02, not the class default printed above (read from the installed
+# `transformers` in the cell below), so a model built from `MixtralConfig()` is not trained like the
+# released one. The cell checks both on a tiny random Mixtral:
+
 # %%
-run("Switch top-1, aux 0.01", T.Balancing(aux_alpha=0.01, aux_convention="switch"), router="softmax_topk", top_k=1)
+try:
+    from transformers import MixtralConfig, MixtralForCausalLM
+
+    default = MixtralConfig()
+    print(f"MixtralConfig() defaults: router_aux_loss_coef = {default.router_aux_loss_coef:g}, "
+          f"output_router_logits = {default.output_router_logits}")
+    tiny_cfg = MixtralConfig(vocab_size=64, hidden_size=32, intermediate_size=32, num_hidden_layers=2,
+                             num_attention_heads=4, num_key_value_heads=2, num_local_experts=8,
+                             num_experts_per_tok=2, router_aux_loss_coef=0.02)
+    torch.manual_seed(0)
+    tiny = MixtralForCausalLM(tiny_cfg).eval()
+    ids = torch.randint(0, 64, (2, 16))
+    with torch.no_grad():
+        plain = tiny(ids, labels=ids)
+        with_aux = tiny(ids, labels=ids, output_router_logits=True)
+        no_labels = tiny(ids, output_router_logits=True)
+    print(f"loss with labels only: {float(plain.loss):.4f} (aux_loss: {plain.aux_loss})")
+    print(f"with output_router_logits=True: {float(with_aux.loss):.4f} = {float(plain.loss):.4f} + "
+          f"{tiny_cfg.router_aux_loss_coef:g} x aux {float(with_aux.aux_loss):.4f}")
+    assert torch.allclose(with_aux.loss, plain.loss + tiny_cfg.router_aux_loss_coef * with_aux.aux_loss)
+    print(f"without labels: loss {no_labels.loss}, aux_loss {float(no_labels.aux_loss):.4f} computed but added to nothing")
+except ImportError:
+    print("transformers is not installed: see the text above")
+
+# %%
+run("Switch top-1, aux 0.01", moe_train.Balancing(aux_alpha=0.01, aux_convention="switch"), router="softmax_topk", top_k=1)
 ALPHAS = [0.001, 0.01, 0.1, 1.0]
 for alpha in ALPHAS:
-    run(f"Mixtral top-2, aux {alpha:g}", T.Balancing(aux_alpha=alpha, aux_convention="hf"), router="softmax")
+    run(f"Mixtral top-2, aux {alpha:g}", moe_train.Balancing(aux_alpha=alpha, aux_convention="hf"), router="softmax")
 
 # %%
 names = ["Mixtral top-2, none"] + [f"Mixtral top-2, aux {a:g}" for a in ALPHAS]
@@ -469,7 +506,7 @@ plt.show()
 # 0.001.
 
 # %%
-run("Mixtral top-2, aux 0.01 + z 0.001", T.Balancing(aux_alpha=0.01, aux_convention="hf", z_coef=1e-3), router="softmax")
+run("Mixtral top-2, aux 0.01 + z 0.001", moe_train.Balancing(aux_alpha=0.01, aux_convention="hf", z_coef=1e-3), router="softmax")
 
 fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.4))
 for name, color in [("Mixtral top-2, aux 0.01", plot.COLORS["moe"]),
@@ -504,10 +541,21 @@ for name in ["Mixtral top-2, aux 0.01", "Mixtral top-2, aux 0.01 + z 0.001"]:
 #
 # $$C = \Big\lceil \text{capacity factor} \cdot \frac{T \cdot k}{E} \Big\rceil$$
 #
-# slots for a batch of `T` tokens (`dmcourse.balance.expert_capacity`); capacity factor 1 is exactly
-# the fair share. Assignments beyond an expert's `C` are **dropped**: the token skips that expert
-# and only the residual connection carries it to the next layer. *Which* assignments drop is a
-# choice of order (`dmcourse.balance.capacity_mask`):
+# slots for a batch of `T` tokens (`dmcourse.capacity.expert_capacity`); capacity factor 1 is exactly
+# the fair share. Assignments beyond an expert's `C` are **dropped**: the token loses that expert's
+# term of `y_t = sum_j w_j Expert_j(x_t)`, and nothing else. With top-2, a token whose second choice
+# drops still gets its first expert's output (with its weight, not renormalised); only a token whose
+# *all* `k` assignments drop leaves the layer with nothing added, carried to the next layer by the
+# residual connection alone. (`tests/test_capacity_drop.py` checks both on `dmcourse.moe.MoE`.)
+#
+# **Per batch or per sequence?** `T` is whatever set of tokens shares the slots. Here it is every
+# token of one forward, the batch flattened, because that is what an expert's buffer holds when the
+# layer runs once per batch: a sequence heavy on one expert can then use slots that other sequences
+# left free. `transformers`' Switch Transformers router counts per *sequence*
+# (`expert_capacity` slots per sequence: its cumulative sum runs along each sequence), and GShard per
+# "group" of tokens. Counting per sequence is stricter when sequences are not individually balanced,
+# as here (each uses 2 of the 8 clusters); the cell after the next prints both.
+# *Which* assignments drop is a choice of order (`dmcourse.capacity.capacity_mask`):
 #
 # * `"position"`: first come, first served in token order (Switch; `transformers`'
 #   `SwitchTransformersTop1Router` does this with a cumulative sum over the sequence; its
@@ -533,16 +581,27 @@ def my_capacity_keep(indices, n_experts, capacity):
 
 batch, routings = eval_routings("Mixtral top-2, none")
 r0 = routings[0]
-cap = balance.expert_capacity(r0.n_tokens, 8, 2, 1.0)
-keep = balance.capacity_mask(r0.indices, 8, cap, order="position")
+cap = capacity.expert_capacity(r0.n_tokens, 8, 2, 1.0)
+keep = capacity.capacity_mask(r0.indices, 8, cap, order="position")
 assert torch.equal(keep.cpu(), my_capacity_keep(r0.indices.cpu(), 8, cap))
 print(f"T = {r0.n_tokens} tokens, k = 2, E = 8, capacity factor 1 -> C = {cap} slots per expert; "
-      f"collapsed model, layer 0: {balance.drop_rate(keep):.0%} of assignments dropped")
+      f"collapsed model, layer 0: {capacity.drop_rate(keep):.0%} of assignments dropped")
+
+# %%
+per_token = (~keep).sum(-1)  # dropped assignments of each token: 0, 1 or 2
+print(f"capacity factor 1, collapsed model, layer 0: {capacity.drop_rate(keep):.0%} of assignments dropped; "
+      f"{float((per_token == 1).float().mean()):.0%} of tokens lose one of their 2 experts (the other still "
+      f"contributes), {float((per_token == 2).float().mean()):.0%} lose both and ride the residual alone")
+seq_cap = capacity.expert_capacity(SEQ, 8, 2, 1.0)  # the same factor, counted per sequence of SEQ tokens
+keep_seq = torch.cat([capacity.capacity_mask(rows, 8, seq_cap) for rows in r0.indices.view(BATCH, SEQ, 2)])
+print(f"counted per sequence ({seq_cap} slots per expert per sequence of {SEQ} tokens) instead of per batch "
+      f"({cap} per batch of {r0.n_tokens}): {capacity.drop_rate(keep_seq):.0%} dropped instead of "
+      f"{capacity.drop_rate(keep):.0%}")
 
 # %%
 fig, axes = plt.subplots(1, 2, figsize=(10, 3.4), sharey=True)
 for ax, order in zip(axes, ["position", "score"]):
-    k_mask = balance.capacity_mask(r0.indices, 8, cap, order=order, weights=r0.weights)
+    k_mask = capacity.capacity_mask(r0.indices, 8, cap, order=order, weights=r0.weights)
     dropped = (~k_mask).sum(-1).view(BATCH, SEQ).cpu()
     im = ax.imshow(dropped, aspect="auto", cmap="Reds", vmin=0, vmax=2, interpolation="nearest")
     ax.set(title=f'order="{order}"', xlabel="position in sequence")
@@ -564,7 +623,7 @@ COMPARE = ["Mixtral top-2, none", "Mixtral top-2, aux 0.01"]
 fig, ax = plt.subplots(figsize=(6.4, 3.6))
 for name, color in zip(COMPARE, [plot.COLORS["moe"], plot.COLORS["dense"]]):
     _, rs = eval_routings(name)
-    rates = [sum(balance.drop_rate(balance.capacity_mask(r.indices, 8, balance.expert_capacity(r.n_tokens, 8, 2, cf)))
+    rates = [sum(capacity.drop_rate(capacity.capacity_mask(r.indices, 8, capacity.expert_capacity(r.n_tokens, 8, 2, cf)))
                  for r in rs) / len(rs) for cf in CFS]
     ax.plot(CFS, rates, "o-", color=color, label=name)
 ax.set(xlabel="capacity factor", ylabel="share of assignments dropped", title="drop rate vs capacity factor (held out)")
@@ -576,8 +635,8 @@ for name in COMPARE:
     model = RESULTS[name]["model"]
     row = []
     for cf in [1.0, 1.25, 2.0]:
-        with T.capacity_limited(model, cf):
-            ev = T.evaluate(model, task.batch_fn(BATCH, SEQ), T.moe_loss_fn(), hooks=[STATS])
+        with moe_train.capacity_limited(model, cf):
+            ev = T.evaluate(model, task.batch_fn(BATCH, SEQ), moe_train.moe_loss_fn(), hooks=[STATS])
         row.append(f"CF {cf:g}: {ev['task']:.3f} ({ev['drop_rate']:.0%} dropped)")
     print(f"{name}: task loss dropless {RESULTS[name]['eval']['task']:.3f} | " + " | ".join(row))
 
@@ -593,7 +652,9 @@ for name in COMPARE:
 # ([MegaBlocks](https://arxiv.org/abs/2211.15841), and the MoE layers of `transformers` and of this
 # course) do. Dropless does not make imbalance free: when experts run in parallel, on different
 # GPUs or as blocks of one kernel, the step waits for the busiest expert, so its time grows with
-# max/mean load ([the expert-parallel chapter](08_parallel.ipynb) measures this).
+# max/mean load ([the expert-parallel chapter](08_parallel.ipynb) measures this). DeepSeek-V3 is
+# dropless too: its report (§2.1.2, "No Token-Dropping") says it drops no tokens in training, thanks
+# to its balancing, and none in inference, thanks to how it deploys the experts.
 #
 # ## 5. Auxiliary-loss-free balancing (DeepSeek-V3)
 #
@@ -606,8 +667,9 @@ for name in COMPARE:
 #   attractive, idle ones more).
 #
 # The bias gets no gradient and never enters the output, so the task gradient is the one the
-# unbiased router would see for those experts. The paper uses `gamma = 0.001` over trillions of
-# tokens; our runs are a few hundred steps, so we use `gamma = 0.01`. Inline, one update and the
+# unbiased router would see for those experts. The paper (§4.2) uses `gamma = 0.001` for the first
+# 14.3T training tokens and `gamma = 0` for the last 500B: the bias is frozen for the end of
+# training. Our runs are a few hundred steps, so we use `gamma = 0.01` throughout. Inline, one update and the
 # biased selection (`dmcourse.routing.sigmoid_topk` is the course's router):
 
 # %%
@@ -638,8 +700,8 @@ assert torch.equal(chosen, ours.indices) and torch.allclose(w, ours.weights)
 # %%
 SIG = dict(router="sigmoid")
 run("DeepSeek sigmoid, none", **SIG)
-run("DeepSeek sigmoid, bias 0.01", T.Balancing(bias_gamma=0.01), **SIG)
-run("DeepSeek sigmoid, bias 0.01 + seq 1e-4", T.Balancing(bias_gamma=0.01, seq_alpha=1e-4), **SIG)
+run("DeepSeek sigmoid, bias 0.01", moe_train.Balancing(bias_gamma=0.01), **SIG)
+run("DeepSeek sigmoid, bias 0.01 + seq 1e-4", moe_train.Balancing(bias_gamma=0.01, seq_alpha=1e-4), **SIG)
 
 fig, axes = plt.subplots(1, 3, figsize=(12, 3.4))
 for ax, name in zip(axes[:2], ["DeepSeek sigmoid, none", "DeepSeek sigmoid, bias 0.01"]):
@@ -669,7 +731,7 @@ for name in ["DeepSeek sigmoid, none", "DeepSeek sigmoid, bias 0.01"]:
 
 # %%
 batch, rs = eval_routings("DeepSeek sigmoid, bias 0.01")
-for layer, (m, r) in enumerate(zip(T.moe_layers(RESULTS["DeepSeek sigmoid, bias 0.01"]["model"]), rs)):
+for layer, (m, r) in enumerate(zip(moe_train.moe_layers(RESULTS["DeepSeek sigmoid, bias 0.01"]["model"]), rs)):
     unbiased = routing.sigmoid_topk(r.logits, 2)
     changed = (r.indices.sort(-1).values != unbiased.indices.sort(-1).values).any(-1).float().mean()
     s = r.scores.gather(1, r.indices)
@@ -744,7 +806,13 @@ print(f"after {len(dual)} updates: total score {primal[-1]:.1f}, max load / C {r
 # DeepSeek-V3 keeps a small "complementary" loss against imbalance *within one sequence* (§2.1.2): per sequence
 # of `S` tokens, `sum_i f_i P_i` with `f_i = N / (k S) * count_i` and `P_i` the mean over the
 # sequence of the scores normalised per token, `s_ti / sum_j s_tj`; averaged over sequences and
-# multiplied by `alpha = 0.0001`. It is 1 when every sequence spreads its tokens evenly.
+# multiplied by `alpha = 0.0001`. It is 1 when every sequence spreads its tokens evenly. Which
+# experts `count_i` counts is a convention: the paper's eq. 18 counts the top-k of the *unbiased*
+# scores `s` (`dmcourse.balance.unbiased_topk`), while the experts actually used are the top-k of
+# `s + b`. `dmcourse.balance.sequence_wise_balance_loss` counts exactly the `indices` it is given, and
+# the course's trainer (`dmcourse.moe_train.moe_loss_fn`) gives it the experts actually chosen. The two
+# differ only for the tokens whose choice the bias changed (printed above); the cell below prints
+# the loss both ways.
 
 # %%
 def my_seq_loss(scores, indices):
@@ -763,6 +831,10 @@ assert torch.allclose(my_seq_loss(sc, ix), balance.sequence_wise_balance_loss(sc
 for name in ["DeepSeek sigmoid, none", "DeepSeek sigmoid, bias 0.01", "DeepSeek sigmoid, bias 0.01 + seq 1e-4"]:
     ev = RESULTS[name]["eval"]
     print(f"{name}: sequence-wise loss {ev['seq']:.2f} (1 = every sequence balanced), task loss {ev['task']:.3f}")
+paper_ix = balance.unbiased_topk(sc, 2)
+print(f"bias 0.01 run, layer 0, one held-out batch: {float(balance.sequence_wise_balance_loss(sc, ix)):.3f} counting "
+      f"the experts chosen (s + b, the trainer's convention), {float(balance.sequence_wise_balance_loss(sc, paper_ix)):.3f} "
+      "counting the unbiased top-k (the paper's)")
 
 # %% [markdown]
 # Our sequences are unbalanced by construction (each uses 2 of the 8 clusters), so a router that
@@ -771,7 +843,7 @@ for name in ["DeepSeek sigmoid, none", "DeepSeek sigmoid, bias 0.01", "DeepSeek 
 # specialisation we want. One more run shows the price of a large coefficient:
 
 # %%
-run("DeepSeek sigmoid, bias 0.01 + seq 0.1", T.Balancing(bias_gamma=0.01, seq_alpha=0.1), **SIG)
+run("DeepSeek sigmoid, bias 0.01 + seq 0.1", moe_train.Balancing(bias_gamma=0.01, seq_alpha=0.1), **SIG)
 for name in ["DeepSeek sigmoid, bias 0.01 + seq 1e-4", "DeepSeek sigmoid, bias 0.01 + seq 0.1"]:
     ev = RESULTS[name]["eval"]
     print(f"{name}: sequence-wise loss {ev['seq']:.2f}, task loss {ev['task']:.3f}")
@@ -795,10 +867,10 @@ for name in ["DeepSeek sigmoid, bias 0.01 + seq 1e-4", "DeepSeek sigmoid, bias 0
 FINE = dict(router="sigmoid", n_experts=16, top_k=4, d_ff=8)
 FINE_SHARED = dict(router="sigmoid", n_experts=15, top_k=3, d_ff=8, n_shared_experts=1)
 for label, arch in [("8 x 16, top-2", BASE), ("16 x 8, top-4", FINE), ("1 shared + 15 x 8, top-3", FINE_SHARED)]:
-    m = T.moe_layers(T.toy_moe(task, **{**BASE, **arch}))[0]
+    m = moe_train.moe_layers(toy.toy_moe(task, **{**BASE, **arch}))[0]
     print(f"{label:>26}: {m.n_params():,} parameters, {m.n_active_params():,} active per token")
-run("fine-grained 16 x 8 top-4, bias 0.01", T.Balancing(bias_gamma=0.01), **FINE)
-run("shared + fine 1 + 15 x 8 top-3, bias 0.01", T.Balancing(bias_gamma=0.01), **FINE_SHARED);
+run("fine-grained 16 x 8 top-4, bias 0.01", moe_train.Balancing(bias_gamma=0.01), **FINE)
+run("shared + fine 1 + 15 x 8 top-3, bias 0.01", moe_train.Balancing(bias_gamma=0.01), **FINE_SHARED);
 
 # %% [markdown]
 # The source text motivates fine-grained experts by counting combinations: "With 8 active out of
@@ -825,10 +897,10 @@ print(f"our layers: C(8, 2) = {math.comb(8, 2)}, C(16, 4) = {math.comb(16, 4)}, 
 
 # %%
 SEED_CHECK = {
-    "Mixtral top-2, none": (T.Balancing(), dict(router="softmax")),
-    "Mixtral top-2, aux 0.01": (T.Balancing(aux_alpha=0.01, aux_convention="hf"), dict(router="softmax")),
-    "DeepSeek sigmoid, bias 0.01": (T.Balancing(bias_gamma=0.01), SIG),
-    "shared + fine 1 + 15 x 8 top-3, bias 0.01": (T.Balancing(bias_gamma=0.01), FINE_SHARED),
+    "Mixtral top-2, none": (moe_train.Balancing(), dict(router="softmax")),
+    "Mixtral top-2, aux 0.01": (moe_train.Balancing(aux_alpha=0.01, aux_convention="hf"), dict(router="softmax")),
+    "DeepSeek sigmoid, bias 0.01": (moe_train.Balancing(bias_gamma=0.01), SIG),
+    "shared + fine 1 + 15 x 8 top-3, bias 0.01": (moe_train.Balancing(bias_gamma=0.01), FINE_SHARED),
 }
 diffs = {}
 for name, (bal, arch) in SEED_CHECK.items():
@@ -953,3 +1025,6 @@ print(f"   differences below the seed spread ({spread:.3f}) are not evidence eit
 # [Exercise 3](https://colab.research.google.com/github/dmcourse/dmcourse/blob/main/exercises/ex03_balance/ex03_balance.ipynb)
 # (`exercises/ex03_balance`) asks you to write the aux loss, the z-loss, capacity-limited assignment
 # and one bias step yourself.
+# [Exercise 6](https://colab.research.google.com/github/dmcourse/dmcourse/blob/main/exercises/ex06_router/ex06_router.ipynb)
+# (`exercises/ex06_router`) has you train a router that learns and balances: the Switch top-1 gate,
+# the aux-loss term inside a training loop, and the bias balancer, on this chapter's toy task.

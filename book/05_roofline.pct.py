@@ -1,8 +1,9 @@
 # %% tags=["remove-cell"]
 # Setup: makes `dmcourse` importable (Colab or a fresh environment); safe to re-run.
-import importlib.util, subprocess, sys
-if importlib.util.find_spec("dmcourse") is None:
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "dmcourse @ git+https://github.com/dmcourse/dmcourse.git@main"], check=True)
+import importlib.util, os, subprocess, sys
+if importlib.util.find_spec("dmcourse") is None:  # $DMCOURSE_INSTALL: another pip target (wheel, path)
+    target = os.environ.get("DMCOURSE_INSTALL") or "dmcourse @ git+https://github.com/dmcourse/dmcourse.git@main"
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", target], check=True)
 
 # %% [markdown]
 # # Rooflines on your own device
@@ -26,7 +27,8 @@ import matplotlib.pyplot as plt
 import torch
 
 import dmcourse
-from dmcourse import accounting, configs, plot
+from dmcourse import accounting, configs, fit, plot
+from dmcourse import measure as ms
 from dmcourse import roofline as rl
 from dmcourse import roofline_plot as rp
 from dmcourse.ffn import swiglu
@@ -67,7 +69,7 @@ print(f"compute dtype {PRECISION}: {S:g} bytes per element")
 # of them so that the data of one call has been evicted by the next calls.
 
 # %%
-llc = measure.last_level_cache_bytes(device)
+llc = ms.last_level_cache_bytes(device)
 print(f"last-level cache of this device: {llc / 2**20:.0f} MiB")
 
 
@@ -89,24 +91,24 @@ def my_copy_bandwidth(buffer_bytes: int, n_sets: int) -> float:
 
 
 small = max(llc // 16, 2**20)
-big = measure.default_buffer_bytes(device)
+big = ms.default_buffer_bytes(device)
 cached = my_copy_bandwidth(small, 1)
-from_memory = my_copy_bandwidth(big, measure.rotation_count(2 * big, device))
+from_memory = my_copy_bandwidth(big, ms.rotation_count(2 * big, device))
 print(f"copy of {small / 2**20:5.1f} MiB, one buffer (fits in cache): {cached / 1e9:8.1f} GB/s")
 print(f"copy of {big / 2**20:5.1f} MiB, rotating buffers          : {from_memory / 1e9:8.1f} GB/s")
 print(f"the cached copy looks {cached / from_memory:.1f}x faster than memory")
 
 # %% [markdown]
 # How much faster the cached copy looks depends on the machine (the cell printed it for
-# yours); only the second number is the memory's. `dmcourse.roofline.measure_bandwidth` is the
+# yours); only the second number is the memory's. `dmcourse.measure.measure_bandwidth` is the
 # same measurement, with the buffer sized from the cache (twice the last-level cache, at least
 # 16 MiB on a CPU and 256 MiB on a GPU) and enough buffers to overflow it. It also has a
 # **read-only** variant, a reduction `src.sum()` that reads every byte once and writes nothing:
 # the traffic of reading weights, which is what inference mostly does.
 
 # %%
-copy = measure.measure_bandwidth(device, kind="copy")
-read = measure.measure_bandwidth(device, kind="read")
+copy = ms.measure_bandwidth(device, kind="copy")
+read = ms.measure_bandwidth(device, kind="read")
 assert copy.work == 2 * copy.settings["buffer_bytes"], "a copy counts the bytes read plus the bytes written"
 assert read.work == read.settings["buffer_bytes"], "a reduction only reads"
 print(copy, "| buffers:", copy.settings["buffer_bytes"] // 2**20, "MiB x", copy.settings["rotating_sets"])
@@ -139,8 +141,8 @@ mine = 2 * n**3 / t.median_s
 print(f"inline: {n} x {n} fp32 matmul, {t.median_s * 1e3:.2f} ms -> {mine / 1e12:.3f} TFLOP/s")
 del a, b
 
-precisions = measure.available_precisions(device)
-matmul = {p: measure.measure_matmul(device, precision=p) for p in precisions}
+precisions = ms.available_precisions(device)
+matmul = {p: ms.measure_matmul(device, precision=p) for p in precisions}
 for p, m in matmul.items():
     print(f"{m}  (size {m.settings['size']})")
 assert matmul["fp32"].work == 2 * matmul["fp32"].settings["size"] ** 3
@@ -188,22 +190,17 @@ print(f"lowest ridge among the datasheet GPUs: {low:.0f} FLOP/byte; this device:
 # to be compute-bound in 16 bit. Keep that number in mind: we will see that a decode step of a
 # language model does about one FLOP per byte.
 #
-# **Measured GPUs.** `python -m dmcourse.roofline --out my_gpu.json` measures the current device
+# **Measured GPUs.** `python -m dmcourse.records --out my_gpu.json` measures the current device
 # and writes a JSON record (device, date, versions, command, figures). Records shipped with the
 # course in `dmcourse/data/` are shown here beside your device:
 
-# %%
-records = rl.shipped_records()
-if records:
-    for r in records:
-        bw = max(r["figures"]["bandwidth_bytes_per_s"].values())
-        peaks = ", ".join(f"{k} {v / 1e12:.0f}" for k, v in r["figures"]["matmul_flops_per_s"].items())
-        print(f"{r['device']} (measured {r['date'][:10]}, torch {r['versions']['torch']}): "
-              f"{bw / 1e12:.2f} TB/s, TFLOP/s: {peaks}  [{r['command']}]")
-else:
-    print("No GPU measurement has been recorded for the course yet: the GPU lines in this chapter "
-          "are datasheet figures, labelled as such. Run `python -m dmcourse.roofline` on a GPU and add "
-          "the record to dmcourse/data/ to show it here.")
+# %% tags=["dmcourse-record"]
+from dmcourse.records import gpu_summary, shipped_records
+
+records = shipped_records()  # GPU roofline records shipped in the package (the explorer below adds them)
+print(gpu_summary("roofline"))  # each one labelled with its device and date, or that none is shipped
+print("(your device's measured ceilings are in the table above; `python -m dmcourse.gpucheck` on a GPU "
+      "writes a record to dmcourse/data/records/ that shows here)")
 
 
 # %% [markdown]
@@ -268,7 +265,7 @@ for label, (peak, bw, precision) in {f"{info.name} ({PRECISION}, measured)": (PE
 # ## A GEMM sweep: from memory-bound to compute-bound
 #
 # Now measure it. Keep one weight matrix $K\times N$ and grow the number of tokens $M$. Each
-# GEMM is timed with `measure.time_gemm`, which rotates through copies of the operands large enough
+# GEMM is timed with `ms.time_gemm`, which rotates through copies of the operands large enough
 # together to overflow the cache, so the weights come from memory every call, as they would in a
 # model too large for the cache.
 
@@ -277,7 +274,7 @@ K = N = 2048 if not GPU else 8192
 Ms = [2**i for i in range(0, 11 if not GPU else 15)]
 sweep = []
 for m in Ms:
-    t = measure.time_gemm(m, K, N, device=device, precision=PRECISION, warmup=1, repeats=7)
+    t = ms.time_gemm(m, K, N, device=device, precision=PRECISION, warmup=1, repeats=7)
     flops, nbytes = rl.gemm_flops(m, K, N), rl.gemm_bytes(m, K, N, S)
     sweep.append(dict(m=m, t=t.median_s, intensity=flops / nbytes, achieved=flops / t.median_s,
                       predicted=rl.roofline_time(flops, nbytes, PEAK, BANDWIDTH)))
@@ -340,7 +337,7 @@ if best > 1.05 * PEAK:
 # %%
 D_MODEL, D_FF = (1024, 4096) if not GPU else (4096, 14336)
 ffn_bytes = 3 * D_MODEL * D_FF * S
-n_sets = measure.rotation_count(int(ffn_bytes), device)
+n_sets = ms.rotation_count(int(ffn_bytes), device)
 gen = torch.Generator(device=device).manual_seed(0)
 ffn_sets = [tuple(torch.randn(shape, device=device, dtype=dtype, generator=gen) * 0.02
                   for shape in [(D_FF, D_MODEL), (D_FF, D_MODEL), (D_MODEL, D_FF)]) for _ in range(n_sets)]
@@ -350,7 +347,7 @@ tokens_list = [1, 4, 16, 64, 256, 1024] + ([4096] if GPU else [])
 ffn_rows = []
 for T in tokens_list:
     x = torch.randn(T, D_MODEL, device=device, dtype=dtype)
-    t = measure.time_rotating(lambda wg, wu, wd: swiglu(x, wg, wu, wd), ffn_sets, device=device, warmup=1, repeats=7)
+    t = ms.time_rotating(lambda wg, wu, wd: swiglu(x, wg, wu, wd), ffn_sets, device=device, warmup=1, repeats=7)
     cost = rl.swiglu_cost(T, D_MODEL, D_FF, S)
     ffn_rows.append(dict(T=T, t=t.median_s, predicted=cost.time_s(PEAK, BANDWIDTH), intensity=cost.intensity))
 print(f"{'tokens':>7}{'per call':>12}{'per token':>12}{'predicted/token':>17}{'ratio':>7}{'intensity':>10}")
@@ -438,7 +435,10 @@ plt.show()
 #
 # `rl.decode_step_for_config` counts the MoE from `dmcourse.accounting`; the two dense models
 # are `rl.decode_step` with the MoE's active and total counts. Times are predicted for a
-# datasheet H100 (bf16), weights only (no KV cache, so attention does not blur the picture).
+# datasheet H100 (bf16), weights only (no KV cache, so attention does not blur the picture), on one
+# **ideal H100 with capacity ignored**: neither MoE's weights fit one 80 GB card (the cell prints
+# how many H100s each model's weights need). On n ideal GPUs every step takes 1/n of the time
+# printed, so the *ratios* between the models do not depend on the count.
 
 # %%
 h100_peak, h100_bw, _ = DATASHEET["H100"]
@@ -461,7 +461,7 @@ for ax, name in zip(axes, ["Mixtral-8x7B", "DeepSeek-V3"]):
         ax.loglog(steps_b, [s.time_s(h100_peak, h100_bw) * 1e3 for s in steps], "o-", ms=3,
                   color=colors[label], label=label)
     ax.set(xlabel="batch size B", ylabel="predicted time per decode step (ms)",
-           title=f"{name} (E={cfg.n_experts}, k={cfg.top_k}) on H100 (datasheet)")
+           title=f"{name} (E={cfg.n_experts}, k={cfg.top_k}), one ideal H100\n(datasheet roof, capacity ignored)")
     ax.legend(fontsize=8)
     summary[name] = (cfg, models)
 fig.tight_layout()
@@ -469,6 +469,8 @@ plt.show()
 
 for name, (cfg, models) in summary.items():
     moe, act, tot = models["MoE"], models["dense, equal active"], models["dense, equal total"]
+    print(f"{name}: its bf16 weights alone need {fit.fits_on_gpu(cfg, 'H100', 'bf16').gpus_needed} x H100 "
+          "(80 GB datasheet); the times below are for one ideal H100, capacity ignored")
     print(f"{name}: GB read per step at B=1: MoE {moe[0].weight_bytes / 1e9:.1f}, dense equal active "
           f"{act[0].weight_bytes / 1e9:.1f}, dense equal total {tot[0].weight_bytes / 1e9:.1f}")
     for i, B in enumerate(steps_b):
@@ -497,7 +499,7 @@ for name, (cfg, models) in summary.items():
 #
 # So the MoE never beats the dense model of equal active size in this model (it can at best tie
 # it), and never loses to the dense model of equal total size; how much it saves depends on the
-# batch. The source text the course was commissioned from says that large batches ("batch size
+# batch. A widely shared blog post on dense vs MoE inference says that large batches ("batch size
 # 32+") are compute-bound, where "MoE shines": the next cell checks that claim with the numbers above.
 
 # %%
@@ -522,8 +524,9 @@ for name, (cfg, models) in summary.items():
 # Now the same comparison measured, one layer at a time, on this device: a `dmcourse.moe.MoE`
 # layer with 8 experts and top-2 against SwiGLU FFNs of equal active size (hidden size $2\times$
 # the expert's) and equal total size ($8\times$), for growing batches. All three do their matmuls
-# with the same function, `dmcourse.moe.linear` (on a CPU: the decode kernel for a few rows,
-# oneDNN for more; `F.linear` on a GPU; [the MoE chapter](03_moe.ipynb) explains both), so that
+# with the same function, `dmcourse.moe.linear` (`dmcourse.matmul.linear`: on a CPU the kernel this
+# machine measured fastest for the number of rows, `F.linear` on a GPU; see
+# [Measuring CPU kernels](#measuring-cpu-kernels) below), so that
 # only the layer differs; the compute
 # roof of this section is the faster of that kernel's and `torch.matmul`'s square GEMM (both
 # printed). The prediction on the same plot is `rl.moe_cost` / `rl.swiglu_cost` under these roofs.
@@ -532,7 +535,7 @@ for name, (cfg, models) in summary.items():
 from dmcourse.moe import expert_swiglu, linear as moe_linear
 
 SIZE = matmul[PRECISION].settings["size"]
-linear_gemm = measure.measure_matmul(device, precision=PRECISION, size=SIZE, matmul=moe_linear)
+linear_gemm = ms.measure_matmul(device, precision=PRECISION, size=SIZE, matmul=moe_linear)
 PEAK_LAYERS = max(PEAK, linear_gemm.value)
 print(f"square {SIZE} GEMM, {PRECISION}: dmcourse.moe.linear {linear_gemm.value / 1e12:.3f} TFLOP/s, "
       f"torch.matmul {PEAK / 1e12:.3f} TFLOP/s; compute roof of this section {PEAK_LAYERS / 1e12:.3f} TFLOP/s")
@@ -541,11 +544,11 @@ E, TOPK = 8, 2
 DM, DFF = (512, 1024) if not GPU else (2048, 4096)
 expert_bytes = 3 * DM * DFF * S
 moe_copies = [MoE(DM, DFF, E, TOPK, dtype=dtype, device=device).eval()
-              for _ in range(measure.rotation_count(int(E * expert_bytes), device))]
+              for _ in range(ms.rotation_count(int(E * expert_bytes), device))]
 
 
 def dense_sets(d_ff):
-    count = measure.rotation_count(int(3 * DM * d_ff * S), device)
+    count = ms.rotation_count(int(3 * DM * d_ff * S), device)
     return [tuple(torch.randn(shape, device=device, dtype=dtype) * 0.02
                   for shape in [(d_ff, DM), (d_ff, DM), (DM, d_ff)]) for _ in range(count)]
 
@@ -556,10 +559,10 @@ measured = {"MoE": [], "dense, equal active": [], "dense, equal total": []}
 predicted = {key: [] for key in measured}
 for B in batch_list:
     x = torch.randn(B, DM, device=device, dtype=dtype)
-    measured["MoE"].append(measure.time_rotating(lambda layer: layer(x), [(m,) for m in moe_copies],
+    measured["MoE"].append(ms.time_rotating(lambda layer: layer(x), [(m,) for m in moe_copies],
                                             device=device, warmup=1, repeats=5).median_s)
     for key, sets in (("dense, equal active", dense_active), ("dense, equal total", dense_total)):
-        measured[key].append(measure.time_rotating(lambda wg, wu, wd: expert_swiglu(x, wg, wu, wd), sets,
+        measured[key].append(ms.time_rotating(lambda wg, wu, wd: expert_swiglu(x, wg, wu, wd), sets,
                                               device=device, warmup=1, repeats=5).median_s)
     predicted["MoE"].append(rl.moe_cost(B, DM, DFF, E, TOPK, S).time_s(PEAK_LAYERS, BANDWIDTH))
     predicted["dense, equal active"].append(rl.swiglu_cost(B, DM, TOPK * DFF, S).time_s(PEAK_LAYERS, BANDWIDTH))
@@ -602,8 +605,8 @@ print(f"MoE / equal-total: {measured['MoE'][first] / measured['dense, equal tota
 # experts but is still memory-bound. Against the dense FFN of equal active size it cannot win in
 # the model: same FLOPs, at least as many bytes, plus routing. (All three layers use the
 # same matmul function, which picks its kernel by the number of rows; on a CPU, where the dense
-# layer gets more than `dmcourse.stream.MAX_ROWS` rows but each expert, seeing about $Bk/E$ tokens,
-# gets fewer, the two run different kernels. Elsewhere a win is something the model leaves out, such as
+# layer gets $B$ rows but each expert, seeing about $Bk/E$ tokens, gets fewer, the two can run
+# different kernels. Elsewhere a win is something the model leaves out, such as
 # small per-expert matrices staying in the cache, or noise: run the cell again and see whether it
 # persists.) A real
 # MoE layer also pays for what the roofline leaves out: the router, sorting tokens by expert, one
@@ -646,7 +649,7 @@ print(f"\nmeasured on {info.name}, {PRECISION}, {TODAY}: ratios from {ratios[0]:
 # memory- or compute-bound and how long it should take at best. The static page shows, instead,
 # the datasheet rooflines with dense decode steps at growing batch size placed on the H100's.
 
-# %%
+# %% tags=["remove-output"]
 roofs = {f"{info.name} (measured)": (PEAK, BANDWIDTH)}
 roofs.update({f"{name} {v[2]} (datasheet)": (v[0], v[1]) for name, v in DATASHEET.items()})
 for r in records:
@@ -674,13 +677,13 @@ plt.show()
 #
 # | helper | what it does |
 # |---|---|
-# | `measure.measure_bandwidth(device, kind="copy" / "read")` | memory bandwidth (bytes/s), rotating buffers larger than the cache |
-# | `measure.measure_matmul(device, precision=...)`, `measure.available_precisions` | matmul throughput (FLOP/s) per precision |
-# | `measure.time_gemm`, `measure.time_rotating` | timing with operands rotated out of the cache |
+# | `ms.measure_bandwidth(device, kind="copy" / "read")` | memory bandwidth (bytes/s), rotating buffers larger than the cache |
+# | `ms.measure_matmul(device, precision=...)`, `ms.available_precisions` | matmul throughput (FLOP/s) per precision |
+# | `ms.time_gemm`, `ms.time_rotating` | timing with operands rotated out of the cache |
 # | `rl.gemm_intensity`, `rl.attainable_flops`, `rl.ridge_point`, `rl.critical_batch_size` | the roofline model |
 # | `rl.expected_experts_touched`, `rl.decode_step`, `rl.decode_step_for_config`, `rl.decode_critical_batch` | decode steps of dense and MoE models |
 # | `rl.swiglu_cost`, `rl.moe_cost` | FLOPs and bytes of one FFN / MoE layer call |
-# | `python -m dmcourse.roofline --out FILE` | measure this device and write a JSON record |
+# | `python -m dmcourse.records --out FILE` | measure this device and write a JSON record |
 # | `dmcourse.roofline_plot` | roofline figures and the interactive explorer |
 #
 # Practise it in [Exercise 4](https://colab.research.google.com/github/dmcourse/dmcourse/blob/main/exercises/ex04_roofline/ex04_roofline.ipynb)
@@ -688,3 +691,57 @@ plt.show()
 # a decode-step time prediction and the experts a batch touches.
 #
 # Next: what these times mean in money, in the [inference-economics chapter](06_economics.ipynb).
+
+# %% [markdown]
+# ## Measuring CPU kernels
+#
+# How the course measures a kernel on a CPU, used by [the MoE chapter's](03_moe.ipynb) benchmark
+# (`benchmarks/moe_dispatch.py`) and by the kernel choice of its layer:
+#
+# * **Interleave, then take medians.** On a shared machine a neighbour's burst slows whatever runs at
+#   that moment. Compared variants are timed one call at a time in round-robin, so a busy moment hits
+#   all alike, and ratios are of medians measured in the same run.
+# * **Operands out of the cache.** Before every timed decode call the benchmark reads twice the
+#   last-level cache: its strategies share one set of weights, and a call would otherwise find part of
+#   them left in the cache by the one before (in a real model the other layers evict them).
+#   `rl.time_rotating` does the same by cycling through copies larger than the cache.
+# * **A floor for each call.** A decode call's floor is `max(bytes of the experts touched /
+#   bandwidth, FLOPs / matmul throughput)`. The bandwidth is measured in the same rounds as the
+#   calls (a cloud VM's drifts by tens of percent within minutes) as the fastest of three probes: a
+#   copy (bytes read plus written), a read-only `torch.sum`, and `dmcourse.stream.read_sum`, a
+#   read-only loop in C. The throughput is a large square `torch.matmul`, as in this chapter.
+#   The time of the expert matmuls alone on pre-sorted tokens separates the kernel's distance from
+#   the floor from what routing, dispatch and combine add.
+# * **Choose by measuring, where it runs.** `dmcourse.matmul.linear(x, w)` is `x @ w.T`. On a CPU,
+#   without gradients, its first call times the kernels torch ships (MKL behind `F.linear`, oneDNN)
+#   on one expert for 1, 2–4, 5–16, 17–64 rows and for prefill, scoring each by its fastest call, and
+#   caches the ranking per machine (CPU model and flags, torch version, threads).
+#   `DMCOURSE_MATMUL=F.linear` or `with dmcourse.matmul.use("onednn"):` overrides it;
+#   `dmcourse.matmul.reprobe()` measures again (e.g. if other programs loaded the machine the first time).
+# * **The C decode kernel, an exhibit.** With a few rows, `x @ w.T` is a matrix-vector product in
+#   disguise: its time is the time to read `w` once, and GEMM kernels built for many rows read it
+#   below the bandwidth. `dmcourse.stream.linear_stream` (about 120 lines of C in
+#   `dmcourse/csrc/stream.c`, compiled at first use) loads each 16-float vector of a weight row once
+#   and multiplies it into every row of `x` while it sits in a register, the threads splitting the
+#   weight rows. It is opt-in (`DMCOURSE_KERNEL=1` or `dmcourse.stream.enable()`), and even then the
+#   probe offers it only where it was built with OpenMP threads, and uses it only for the row counts
+#   where it measured faster. The cell below times it against the probe's choice on this device.
+#
+
+# %%
+from dmcourse import matmul as seam, stream
+
+with torch.inference_mode():
+    print(seam.status())  # the probe ran at this chapter's first MoE call without gradients (CPU)
+    if device.type == "cpu" and stream.available():
+        w_sets = [(torch.randn(2816, 1024),) for _ in range(rl.rotation_count(2816 * 1024 * 4, device))]
+        print(f"\none 1024 -> 2816 projection, fp32, weights rotated out of the cache ({info.name}, {TODAY}):")
+        for rows in (1, 4, 16):
+            x_rows = torch.randn(rows, 1024)
+            t_c = rl.time_rotating(lambda w: stream.linear_stream(x_rows, w), w_sets, device=device, repeats=9).median_s
+            t_seam = rl.time_rotating(lambda w: seam.linear(x_rows, w), w_sets, device=device, repeats=9).median_s
+            print(f"{rows:3d} rows: C kernel {t_c * 1e3:.2f} ms ({2816 * 1024 * 4 / t_c / 1e9:.1f} GB/s), "
+                  f"{seam.kernel_for(x_rows, w_sets[0][0])} {t_seam * 1e3:.2f} ms: C kernel / chosen = {t_c / t_seam:.2f}")
+    else:
+        print("the C decode kernel:", stream.status() if device.type == "cpu" else "CPU only")
+

@@ -1,8 +1,9 @@
 # %% tags=["remove-cell"]
 # Setup: makes `dmcourse` importable (Colab or a fresh environment); safe to re-run.
-import importlib.util, subprocess, sys
-if importlib.util.find_spec("dmcourse") is None:
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "dmcourse @ git+https://github.com/dmcourse/dmcourse.git@main"], check=True)
+import importlib.util, os, subprocess, sys
+if importlib.util.find_spec("dmcourse") is None:  # $DMCOURSE_INSTALL: another pip target (wheel, path)
+    target = os.environ.get("DMCOURSE_INSTALL") or "dmcourse @ git+https://github.com/dmcourse/dmcourse.git@main"
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", target], check=True)
 
 # %% [markdown]
 # # Inference economics and the decision: dense or MoE?
@@ -33,7 +34,9 @@ import torch
 from IPython.display import HTML, display
 
 import dmcourse
-from dmcourse import accounting, hardware, parallel, plot, widgets
+from dmcourse import accounting, comm, hardware, plot, widgets
+from dmcourse import calculator as calc
+from dmcourse import dense_equivalent as deq
 from dmcourse import economics as ec
 from dmcourse import roofline as rl
 
@@ -84,7 +87,7 @@ show_table(["model"] + [f"{d} (GB)" for d in DTYPES] + ["bf16, active only (GB)"
 # **All experts must be resident.** A token's router may pick any expert, and the next token may
 # pick any other: the weights of *every* expert must be in GPU memory, even though each token
 # multiplies by only `top_k` of them. The last column is what a token actually uses; the bf16
-# column is what must be stored. The texts this course was commissioned from say "Dense 70B in
+# column is what must be stored. A widely shared blog post on dense vs MoE inference says "Dense 70B in
 # FP16: ~140 GB VRAM. Mixtral 8x7B (47B total, 13B active): ~94 GB". Computed:
 
 # %%
@@ -112,8 +115,8 @@ print(f"1 GiB = {accounting.GiB / accounting.GB:.4f} GB: the same bytes read {1 
 # $$\text{KV bytes per token} = 2 \times n_\text{layers} \times n_\text{kv heads} \times d_\text{head} \times \text{bytes}.$$
 #
 # DeepSeek-V3's multi-head latent attention (MLA) caches instead one compressed latent vector
-# (`kv_lora_rank`) and one shared rotary key (`qk_rope_head_dim`) per layer, and expands them per
-# head on the fly. Inline for Llama-3-70B and DeepSeek-V3, then `accounting.kv_cache_bytes_per_token`
+# (`kv_lora_rank`) and one shared rotary key (`qk_rope_head_dim`) per layer, which every head reads
+# directly in the absorbed form of MLA (chapter 2; the form this chapter costs). Inline for Llama-3-70B and DeepSeek-V3, then `accounting.kv_cache_bytes_per_token`
 # for all:
 
 # %%
@@ -301,29 +304,50 @@ print(f"on {2 * n_gpus} GPUs: step {ideal.step_time_s * 1e3:.2f} ms, ${ideal.usd
 # not change — only the latency does. What breaks this in practice is communication between GPUs
 # (see [below](econ-ep)) and kernels that run less efficiently on smaller slices.
 #
-# Now four models — a small dense model, a dense 70B, Mixtral-8x7B and
-# DeepSeek-V3 — over batch sizes from 1 to 16384, with no context (weights only, left) and with 4096
-# tokens of context per sequence (right). Solid lines are memory-bound, dashed compute-bound.
+# Now four models — a small dense model, a dense 70B, Mixtral-8x7B and DeepSeek-V3 — over batch
+# sizes from 1 to 16384, with no context (weights only, left) and with 4096 tokens of context per
+# sequence (right). **Capacity is part of the picture.** Each model is costed on a stated number
+# of H100s: the smallest power of two whose datasheet memory holds its weights and one sequence of
+# 4096 tokens (printed below). Its curve is drawn only up to the largest batch whose weights, KV
+# cache and activations fit those GPUs (`ec.max_batch`, marked |). Beyond that, a thin dotted line
+# continues it under **ideal scaling, capacity ignored**: the cost on as many GPUs as that batch
+# needs (the table prints how many), with no communication. Solid: memory-bound, dashed:
+# compute-bound.
 
 # %%
 BATCHES = [2**i for i in range(15)]
+CTXS = (0, 4096)
 FIG_MODELS = {"Llama-3-8B": "#5b8fd1", "Llama-3-70B": plot.COLORS["dense"], "Mixtral-8x7B": plot.COLORS["moe"],
               "DeepSeek-V3": "#8c2d3a"}
+# the stated GPUs: the smallest power of two that holds the weights and one sequence of 4096 tokens
+N_GPUS = {name: 1 << (ec.gpus_needed(name, GPU, batch=1, context=4096) - 1).bit_length() for name in FIG_MODELS}
+CAP = {(name, ctx): ec.max_batch(name, GPU, n_gpus=N_GPUS[name], context=ctx) for name in FIG_MODELS for ctx in CTXS}
+for name, n in N_GPUS.items():
+    print(f"{name:13s} on {n:2d} x {GPU} ({n * hardware.gpu(GPU).memory_gb:,.0f} GB datasheet): largest batch that fits "
+          + ", ".join(f"{CAP[name, ctx]:,} at context {ctx}" for ctx in CTXS))
 curves = {}
 fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
-for ax, ctx in zip(axes, (0, 4096)):
+for ax, ctx in zip(axes, CTXS):
     for name, color in FIG_MODELS.items():
-        rows = [ec.decode_cost(name, GPU, b, context=ctx, n_gpus=1, usd_per_gpu_hour=ASSUMED_USD_PER_GPU_HOUR)
-                for b in BATCHES]
-        curves[name, ctx] = rows
+        cap, crit = CAP[name, ctx], ec.critical_batch(name, GPU, context=ctx)
+        # the curve reaches the cap, and its memory-bound part reaches the critical batch
+        drawn = sorted(set(BATCHES) | {b for b in (cap, crit - 1, crit) if 1 <= b < BATCHES[-1]})
+        drawn = [int(b) for b in drawn]
+        rows = [ec.decode_cost(name, GPU, b, context=ctx, n_gpus=N_GPUS[name], usd_per_gpu_hour=ASSUMED_USD_PER_GPU_HOUR)
+                for b in drawn]
+        curves[name, ctx] = [r for r in rows if r.batch in BATCHES]
+        fit = [(b, r.gpu_seconds_per_token * 1e6, r.bound) for b, r in zip(drawn, rows) if r.fits]
         for bound, style in (("memory", "-"), ("compute", "--")):
-            pts = [(b, r.gpu_seconds_per_token * 1e6) for b, r in zip(BATCHES, rows) if r.bound == bound]
+            pts = [(b, y) for b, y, bd in fit if bd == bound]
             if pts:
-                ax.loglog(*zip(*pts), style, color=color, label=name if bound == "memory" else None)
-        crit = ec.critical_batch(name, GPU, context=ctx)
+                ax.loglog(*zip(*pts), style, color=color, label=f"{name}, {N_GPUS[name]} GPU(s)" if bound == "memory" else None)
+        over = [(b, r.gpu_seconds_per_token * 1e6) for b, r in zip(drawn, rows) if not r.fits]
+        if over:
+            ax.loglog(*zip(*([fit[-1][:2]] + over)), ":", color=color, lw=1)
+            ax.plot([fit[-1][0]], [fit[-1][1]], "|", color=color, ms=12, mew=2)
         if crit < BATCHES[-1]:
-            r = ec.decode_cost(name, GPU, int(crit), context=ctx, n_gpus=1)
-            ax.plot([crit], [r.gpu_seconds_per_token * 1e6], "o", color=color, ms=5)
+            r = ec.decode_cost(name, GPU, int(crit), context=ctx, n_gpus=N_GPUS[name])
+            ax.plot([crit], [r.gpu_seconds_per_token * 1e6], "o", color=color, ms=5, mfc=color if r.fits else "white")
     ax.axvspan(1, 8, color=plot.COLORS["accent"], alpha=0.15, lw=0)
     ax.text(1.2, 0.93, "interactive\n(small batch)", transform=ax.get_xaxis_transform(), fontsize=8, va="top")
     ax.set(xlabel="batch (sequences per decode step)", title=f"{GPU} datasheet roofline, bf16, context {ctx}")
@@ -332,7 +356,8 @@ sec = axes[1].secondary_yaxis("right", functions=(lambda s: s * ASSUMED_USD_PER_
                                                    lambda u: u * 3600 / ASSUMED_USD_PER_GPU_HOUR))
 sec.set_ylabel(f"\\$ per million tokens (assumed \\${ASSUMED_USD_PER_GPU_HOUR:g}/GPU-h)", fontsize=8)
 axes[0].legend(loc="lower left", fontsize=8)
-fig.text(0.5, -0.02, "solid: memory-bound, dashed: compute-bound, dot: critical batch. Model, not measurement.",
+fig.text(0.5, -0.02, "solid: memory-bound, dashed: compute-bound, |: largest batch that fits the stated GPUs, "
+         "dotted: ideal scaling, capacity ignored; dot: critical batch (hollow: beyond capacity). Model, not measurement.",
          ha="center", fontsize=8, color=plot.COLORS["datasheet"])
 fig.tight_layout()
 plt.show()
@@ -340,16 +365,29 @@ plt.show()
 # %%
 show_rows = []
 for name in FIG_MODELS:
-    for ctx in (0, 4096):
+    for ctx in CTXS:
         rows = curves[name, ctx]
-        cells = [f"${r.usd_per_million_tokens:,.3f} ({r.bound[:3]})" for b, r in zip(BATCHES, rows) if b in (1, 32, 256, 4096)]
+        cells = [f"${r.usd_per_million_tokens:,.3f} ({r.bound[:3]})" + ("" if r.fits else f" *{r.memory.gpus_needed}")
+                 for b, r in zip(BATCHES, rows) if b in (1, 32, 256, 4096)]
         crit = ec.critical_batch(name, GPU, context=ctx)
-        show_rows.append([name, ctx] + cells + ["never" if math.isinf(crit) else f"{crit:,.0f}"])
-show_table(["model", "context", "batch 1", "batch 32", "batch 256", "batch 4096", "critical batch"], show_rows)
-print(f"$ per million tokens at the assumed ${ASSUMED_USD_PER_GPU_HOUR:g}/GPU-hour; mem = memory-bound, com = compute-bound")
-big = {name: curves[name, 4096][-1].usd_per_million_tokens for name in ("DeepSeek-V3", "Llama-3-8B")}
-print(f"largest batch of the figure ({BATCHES[-1]:,}), context 4096: DeepSeek-V3 ${big['DeepSeek-V3']:.3f}, "
-      f"Llama-3-8B ${big['Llama-3-8B']:.3f} per million tokens")
+        show_rows.append([name, ctx, N_GPUS[name], f"{CAP[name, ctx]:,}"] + cells
+                         + ["never" if math.isinf(crit) else f"{crit:,.0f}"])
+show_table(["model", "context", "GPUs", "largest batch that fits", "batch 1", "batch 32", "batch 256", "batch 4096",
+            "critical batch"], show_rows)
+print(f"$ per million tokens at the assumed ${ASSUMED_USD_PER_GPU_HOUR:g}/GPU-hour; mem = memory-bound, com = compute-bound;")
+print(f"*N: does not fit the stated GPUs -- the cost under ideal scaling on the N x {GPU} that batch needs (capacity ignored)")
+
+at_cap = {name: ec.decode_cost(name, GPU, CAP[name, 4096], context=4096, n_gpus=N_GPUS[name],
+                               usd_per_gpu_hour=ASSUMED_USD_PER_GPU_HOUR) for name in ("DeepSeek-V3", "Llama-3-8B")}
+ds, l8 = at_cap["DeepSeek-V3"], at_cap["Llama-3-8B"]
+ratio = ds.usd_per_million_tokens / l8.usd_per_million_tokens
+print(f"context 4096, each at the largest batch that fits its GPUs: DeepSeek-V3 {ds.batch:,} sequences on {ds.n_gpus} x {GPU} "
+      f"${ds.usd_per_million_tokens:.3f}, Llama-3-8B {l8.batch} sequences on {l8.n_gpus} x {GPU} ${l8.usd_per_million_tokens:.3f} "
+      f"per million tokens: DeepSeek-V3 costs {ratio:.2f}x the 8B model")
+big = {name: curves[name, 4096][-1] for name in ("DeepSeek-V3", "Llama-3-8B")}
+print(f"largest batch of the figure ({BATCHES[-1]:,}), context 4096, ideal scaling, capacity ignored: "
+      + ", ".join(f"{name} ${r.usd_per_million_tokens:.3f} on the {r.memory.gpus_needed} x {GPU} it needs"
+                  for name, r in big.items()))
 
 # %% [markdown]
 # How to read the figure and the table:
@@ -364,13 +402,21 @@ print(f"largest batch of the figure ({BATCHES[-1]:,}), context 4096: DeepSeek-V3
 #   reach it much later than the dense models: their bytes are those of nearly all experts, their
 #   FLOPs those of the active ones. The table prints each critical batch.
 # * **With a real context (right), the KV cache changes the picture.** Each sequence reads its
-#   own cache every step; that read does not amortise over the batch, and attention does few
+#   own cache every step; that read does not amortise over the batch, and GQA attention does few
 #   FLOPs per cached byte, so a GQA model (Llama, Mixtral) stays memory-bound at any batch (the
 #   table's "never"). At large batch, the cost per token approaches `KV bytes per sequence /
-#   bandwidth`: the cache, not the parameter count, sets the price. DeepSeek-V3's compressed latent
-#   cache, the smallest per token of the four, is what brings a 671B-parameter model down to the
-#   8B model's cost per token at large batches, and below it at the figure's largest batch (printed
-#   under the table).
+#   bandwidth`: the cache, not the parameter count, sets the price.
+# * **The cache also fills the memory.** At 4096 tokens of context the stated GPUs hold only the
+#   batches of the "largest batch that fits" column: for the dense models and Mixtral a few dozen
+#   to a few hundred sequences, far from any critical batch. Larger batches need more GPUs (the
+#   table's `*N`); under ideal scaling that leaves the cost per token unchanged, but the GPU count
+#   grows with the batch, and real deployments pay for the communication between them.
+# * **DeepSeek-V3** reads its compressed latent cache in the absorbed form of MLA, at a few hundred
+#   FLOPs per cached byte (chapter 2), so even at this context it has a finite critical batch
+#   (printed in the table; the dot is hollow where that batch does not fit the stated GPUs). The
+#   two lines under the table compare it with the 8B model, first each at the largest batch its
+#   own GPUs hold, then at the figure's largest batch with capacity ignored: they print which of
+#   the two costs less per token, by how much, and on how many GPUs.
 #
 # (econ-flop-advantage)=
 # ### When does the MoE's FLOP advantage appear?
@@ -386,6 +432,25 @@ print(f"largest batch of the figure ({BATCHES[-1]:,}), context 4096: DeepSeek-V3
 #   its cost per token stops falling, and the MoE's *FLOP* advantage begins to show;
 # * `moe_critical`: the MoE's own critical batch: from here the MoE is compute-bound too and the
 #   FLOP advantage is complete (cost ratio = total / active).
+
+# %% [markdown]
+# **Which form of MLA.** The DeepSeek-V3 numbers above use the absorbed form with the compressed
+# latent cache, as DeepSeek serves it (chapter 2 derives both forms). Costing the explicit form
+# instead — its per-head FLOPs *and* its decompressed per-head cache — at 4096 tokens of context:
+
+# %%
+for form in accounting.MLA_FORMS:
+    crit = ec.critical_batch("DeepSeek-V3", GPU, context=4096, mla_form=form)
+    r = ec.decode_cost("DeepSeek-V3", GPU, 32, context=4096, mla_form=form, usd_per_gpu_hour=ASSUMED_USD_PER_GPU_HOUR)
+    print(f"{form:8s} MLA: critical batch at context 4096 {'never' if math.isinf(crit) else f'{crit:,.0f}'}; "
+          f"32 sequences of 4096 tokens: {GB(r.memory.kv_cache_bytes):,.0f} GB of cache, {r.n_gpus} x {GPU}, "
+          f"${r.usd_per_million_tokens:.2f} per million tokens ({r.bound}-bound)")
+
+# %% [markdown]
+# The explicit form caches every head's keys and values, so its cache is many times larger and
+# is read at about one FLOP per byte: the step stays memory-bound at any batch, and the same
+# workload needs more GPUs and costs more per token (printed). A model that counted the explicit
+# form's FLOPs against the compressed cache's bytes would describe neither implementation.
 
 # %%
 E, k = mixtral.n_experts, mixtral.top_k
@@ -413,7 +478,7 @@ for ax, name in zip(axes, ("Mixtral-8x7B", "DeepSeek-V3")):
         ax.axvline(r[key], color=plot.COLORS["datasheet"], ls=style, lw=1)
         ax.text(r[key], 0.98, f" {key}", rotation=90, va="top", fontsize=7, transform=ax.get_xaxis_transform())
     ax.axhline(1, color="k", lw=0.6)
-    ax.set(xlabel="batch", title=f"{name}: cost of a dense twin / cost of the MoE", yscale="log")
+    ax.set(xlabel="batch", title=f"{name}: dense twin / MoE cost\n(ideal scaling, capacity ignored)", yscale="log")
 axes[0].set_ylabel("cost ratio (> 1: the MoE is cheaper)")
 axes[0].legend(fontsize=8, loc="lower left")
 fig.tight_layout()
@@ -425,6 +490,8 @@ for name in ("Mixtral-8x7B", "DeepSeek-V3"):
     act = [ec.decode_cost(name, GPU, b, n_gpus=1, twin="equal_active").step_time_s / ec.decode_cost(name, GPU, b, n_gpus=1).step_time_s
            for b in ratio_b]
     print(f"{name}: equal-active twin / MoE cost at batch 1: {act[0]:.2f}, at most {max(act):.2f} over batches 1 to {ratio_b[-1]:,}")
+    print(f"    (capacity ignored: batch {ratio_b[-1]:,} at context 0 needs {ec.gpus_needed(name, GPU, batch=ratio_b[-1])} x {GPU} "
+          f"for the MoE, {ec.gpus_needed(name, GPU, batch=1)} at batch 1; per-token costs do not depend on the count under ideal scaling)")
 
 # %% [markdown]
 # Against the **equal-total** twin the MoE wins twice: at small batch (it reads only the touched
@@ -445,11 +512,11 @@ for name in ("Mixtral-8x7B", "DeepSeek-V3"):
 # ## Dense-equivalent rules of thumb
 #
 # Three rules are quoted for "what dense model an MoE is equivalent to". Their provenance, as far
-# as this course could trace it (`ec.RULES`):
+# as this course could trace it (`deq.RULES`, module `dmcourse.dense_equivalent`):
 
 # %%
 show_table(["rule", "formula", "what it claims", "provenance", "what is traceable"],
-           [[r.name, r.formula, r.claims, r.provenance, r.traceable] for r in ec.RULES.values()])
+           [[r.name, r.formula, r.claims, r.provenance, r.traceable] for r in deq.RULES.values()])
 
 # %% [markdown]
 # In words: the **geometric-mean rule** is folklore. It is widely repeated as coming from a talk
@@ -473,20 +540,20 @@ CASES = {  # name: (total, active, routed experts, experts per token), published
 for name, (total, active, n_exp, k_exp) in CASES.items():
     pub = CFG[name].published
     assert (pub.total, pub.active) == (total, active), "the presets carry the published figures"
-rows = [[name] + [f"{r.fn(*case) / 1e9:,.1f}B" for r in ec.RULES.values()] + [f"{case[1] / 1e9:g}B", f"{case[0] / 1e9:g}B"]
+rows = [[name] + [f"{r.fn(*case) / 1e9:,.1f}B" for r in deq.RULES.values()] + [f"{case[1] / 1e9:g}B", f"{case[0] / 1e9:g}B"]
         for name, case in CASES.items()]
-show_table(["model"] + list(ec.RULES) + ["active", "total"], rows)
+show_table(["model"] + list(deq.RULES) + ["active", "total"], rows)
 
-mx22 = ec.quoted_epoch_rule(141e9, 8, 2)
-gpt4 = ec.quoted_epoch_rule(1.76e12, 8, 2)
-gpt4_16 = ec.quoted_epoch_rule(1.76e12, 16, 2)
+mx22 = deq.quoted_epoch_rule(141e9, 8, 2)
+gpt4 = deq.quoted_epoch_rule(1.76e12, 8, 2)
+gpt4_16 = deq.quoted_epoch_rule(1.76e12, 16, 2)
 print(f'blog: "Mixtral 8x22B (141B total, 8 experts, 2 active) -> ~90B": the formula gives {mx22 / 1e9:.1f}B: '
       f"{'follows' if abs(mx22 / 90e9 - 1) < 0.05 else 'does not follow'}")
 print(f'blog: "GPT-4 (~1.76T total, 8 experts, 2 active) -> ~950B": the formula gives {gpt4 / 1e9:,.0f}B: '
       f"{'follows' if abs(gpt4 / 950e9 - 1) < 0.05 else 'does not follow'} "
       f"(with 16 experts, another rumoured configuration: {gpt4_16 / 1e9:,.0f}B)")
-print(f"DeepSeek-V3 counting its shared expert as a ninth active one: {ec.quoted_epoch_rule(671e9, 256, 9) / 1e9:.0f}B "
-      f"instead of {ec.quoted_epoch_rule(671e9, 256, 8) / 1e9:.0f}B")
+print(f"DeepSeek-V3 counting its shared expert as a ninth active one: {deq.quoted_epoch_rule(671e9, 256, 9) / 1e9:.0f}B "
+      f"instead of {deq.quoted_epoch_rule(671e9, 256, 8) / 1e9:.0f}B")
 
 # %% [markdown]
 # The Mixtral-8x22B figure follows from the formula; the GPT-4 figure does not follow from the
@@ -498,15 +565,15 @@ print(f"DeepSeek-V3 counting its shared expert as a ninth active one: {ec.quoted
 #
 # **Testing the rules against the roofline.** The roofline gives its own dense equivalent: the
 # size of the dense model whose decode step takes the same time at the same batch,
-# `ec.roofline_dense_equivalent`. It is not one number but a function of the batch:
+# `deq.roofline_dense_equivalent`. It is not one number but a function of the batch:
 
 # %%
 eq_b = sorted(set(int(2 ** (i / 4)) for i in range(0, 4 * 16 + 1)))
 fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
 for ax, (name, case) in zip(axes, CASES.items()):
-    eq = [ec.roofline_dense_equivalent(name, b, GPU) / 1e9 for b in eq_b]
+    eq = [deq.roofline_dense_equivalent(name, b, GPU) / 1e9 for b in eq_b]
     ax.semilogx(eq_b, eq, "-", color=plot.COLORS["moe"], lw=2, label="roofline dense equivalent")
-    for (rule_name, rule), style in zip(ec.RULES.items(), (":", "--", "-.")):
+    for (rule_name, rule), style in zip(deq.RULES.items(), (":", "--", "-.")):
         ax.axhline(rule.fn(*case) / 1e9, color=plot.COLORS["dense"], ls=style, lw=1, label=rule_name)
     ax.axhline(case[1] / 1e9, color=plot.COLORS["datasheet"], lw=0.8, label="active / total (published)")
     ax.axhline(case[0] / 1e9, color=plot.COLORS["datasheet"], lw=0.8)
@@ -517,9 +584,9 @@ plt.show()
 
 rows = []
 for name, case in CASES.items():
-    lo, hi = ec.roofline_dense_equivalent(name, 1, GPU), max(ec.roofline_dense_equivalent(name, b, GPU) for b in eq_b)
-    for rule_name, rule in ec.RULES.items():
-        rising, falling = ec.dense_equivalent_batches(name, rule.fn(*case), GPU)
+    lo, hi = deq.roofline_dense_equivalent(name, 1, GPU), max(deq.roofline_dense_equivalent(name, b, GPU) for b in eq_b)
+    for rule_name, rule in deq.RULES.items():
+        rising, falling = deq.dense_equivalent_batches(name, rule.fn(*case), GPU)
         where = "never" if rising is None else f"batch {rising} (rising), {falling if falling else 'never'} (falling)"
         rows.append([name, rule_name, f"{rule.fn(*case) / 1e9:,.1f}B", f"{lo / 1e9:,.1f}B .. {hi / 1e9:,.1f}B", where])
 show_table(["model", "rule", "rule says", "roofline equivalent, batch 1 .. max", "roofline matches the rule at"], rows)
@@ -540,24 +607,24 @@ show_table(["model", "rule", "rule says", "roofline equivalent, batch 1 .. max",
 # every MoE layer sends each token's hidden vector to the GPUs of its `k` experts and brings the
 # results back, two all-to-alls. A dense layer split by **tensor parallelism** instead joins the
 # partial results of every GPU with an all-reduce, after attention and after the FFN. The byte
-# counts come from `dmcourse.parallel` ([the chapter on expert parallelism](08_parallel.ipynb)
+# counts come from `dmcourse.comm` ([the chapter on expert parallelism](08_parallel.ipynb)
 # builds and measures both); below, per token and per layer, in bf16, on 8 GPUs, and the time for a batch of 256 tokens
-# on NVLink and on InfiniBand (datasheet link figures from `parallel.LINKS`):
+# on NVLink and on InfiniBand (datasheet link figures from `comm.LINKS`):
 
 # %%
 P, BATCH_TOKENS = 8, 256
-links = {name.split(" (")[0]: link.bytes_per_s for name, link in parallel.LINKS.items() if "PCIe" not in name}
+links = {name.split(" (")[0]: link.bytes_per_s for name, link in comm.LINKS.items() if "PCIe" not in name}
 rows = []
 for name in ("Mixtral-8x7B", "DeepSeek-V3", "Llama-3-70B"):
     cfg = CFG[name]
     if cfg.is_moe:
         # each GPU owns BATCH_TOKENS / P tokens; copies bound for its own experts stay home: (P-1)/P travel
-        per_token = parallel.bytes_per_token(cfg.top_k, cfg.d_model, torch.bfloat16) * (P - 1) / P
+        per_token = comm.bytes_per_token(cfg.top_k, cfg.d_model, torch.bfloat16) * (P - 1) / P
         per_gpu_step = per_token * BATCH_TOKENS / P * cfg.n_moe_layers
         scheme = f"expert parallel, all-to-all x 2, {cfg.n_moe_layers} MoE layers"
     else:
         # every GPU sees every token: an all-reduce of d_model after attention and after the FFN
-        per_token = 2 * parallel.allreduce_bytes(cfg.d_model, P, torch.bfloat16)
+        per_token = 2 * comm.allreduce_bytes(cfg.d_model, P, torch.bfloat16)
         per_gpu_step = per_token * BATCH_TOKENS * cfg.n_layers
         scheme = f"tensor parallel, all-reduce x 2, {cfg.n_layers} layers"
     step = ec.decode_cost(name, GPU, BATCH_TOKENS, n_gpus=P).step_time_s
@@ -568,7 +635,7 @@ for name in ("Mixtral-8x7B", "DeepSeek-V3", "Llama-3-70B"):
 show_table(["model", "scheme", "KiB per token per layer (sent)", f"MB per GPU per step of {BATCH_TOKENS}",
             f"roofline step on {P} x {GPU} (ms)"] + [f"{n} ms (% of step)" for n in links], rows)
 nv, ib = links.values()
-print(f"NVLink / InfiniBand per GPU (datasheet, parallel.LINKS): {nv / ib:.0f}x")
+print(f"NVLink / InfiniBand per GPU (datasheet, comm.LINKS): {nv / ib:.0f}x")
 
 # %% [markdown]
 # Per token and layer, an all-to-all of `k` copies of the hidden vector is of the same order as a
@@ -611,12 +678,18 @@ print(f"NVLink / InfiniBand per GPU (datasheet, parallel.LINKS): {nv / ib:.0f}x"
 # In a live notebook (Jupyter, or Colab: rocket icon above), the cell below is an interactive
 # calculator: pick a model (a preset, or *custom* to type a shape of your own), a GPU, the weight
 # dtype, the batch and the context, and your price per GPU-hour; it shows the memory, the GPUs
-# needed, the time and cost per token and the bound. It is a thin layer on `ec.estimate`, a pure
+# needed, the time and cost per token and the bound. It is a thin layer on `calc.estimate` (`dmcourse.calculator`), a pure
 # function you can call yourself. The price field starts at `widgets.DEFAULT_ASSUMED_USD_PER_GPU_HOUR`,
 # an assumption, not a quote.
 
-# %%
+# %% tags=["remove-output"]
 widgets.calculator(usd_per_gpu_hour=ASSUMED_USD_PER_GPU_HOUR, model="Mixtral-8x7B", gpu=GPU)
+
+# %% tags=["dmcourse-record"]
+from dmcourse import records
+
+# GPUs measured for the course (python -m dmcourse.gpucheck), beside the datasheet figures used here
+print(records.gpu_summary("economics"))
 
 # %% [markdown]
 # A static page cannot run widgets, so here is what the calculator shows for two settings: Mixtral-8x7B
@@ -624,7 +697,7 @@ widgets.calculator(usd_per_gpu_hour=ASSUMED_USD_PER_GPU_HOUR, model="Mixtral-8x7
 
 # %%
 for name, gpu, dtype in (("Mixtral-8x7B", "H100", "bf16"), ("DeepSeek-V3", "H200", "fp8")):
-    est = ec.estimate(name, gpu, dtype=dtype, batch=32, context=4096, usd_per_gpu_hour=ASSUMED_USD_PER_GPU_HOUR)
+    est = calc.estimate(name, gpu, dtype=dtype, batch=32, context=4096, usd_per_gpu_hour=ASSUMED_USD_PER_GPU_HOUR)
     display(HTML(widgets.estimate_html(est)))
     widgets.plot_estimate(est)
     plt.show()
@@ -637,11 +710,11 @@ for name, gpu, dtype in (("Mixtral-8x7B", "H100", "bf16"), ("DeepSeek-V3", "H200
 # | `ec.serving_memory(model, gpu, dtype, batch=, context=)`, `ec.gpus_needed` | weights (all experts) + KV cache + activations, GPUs needed (datasheet memory) |
 # | `ec.activation_bytes(model, tokens)` | estimated live activations at inference |
 # | `ec.decode_cost(model, gpu, batch, context=, usd_per_gpu_hour=, twin=)` | roofline time of a decode step, GPU-seconds and $ per token, bound; dense twins |
-# | `ec.critical_batch`, `ec.regime_batches` | where decode turns compute-bound; where an MoE's advantages appear |
-# | `ec.RULES`, `ec.roofline_dense_equivalent`, `ec.dense_equivalent_batches` | the rules of thumb with provenance, and the roofline's own answer |
-# | `ec.estimate(...)`, `widgets.calculator()`, `widgets.plot_estimate` | the calculator: pure function, widget, static figure |
+# | `ec.critical_batch`, `ec.regime_batches`, `ec.max_batch` | where decode turns compute-bound; where an MoE's advantages appear |
+# | `deq.RULES`, `deq.roofline_dense_equivalent`, `deq.dense_equivalent_batches` | the rules of thumb with provenance, and the roofline's own answer |
+# | `calc.estimate(...)` (says whether the setting fits), `widgets.calculator()`, `widgets.plot_estimate` | the calculator: pure function, widget, static figure |
 #
 # Practise it in [exercise 5](https://colab.research.google.com/github/dmcourse/dmcourse/blob/main/exercises/ex05_economics/ex05_economics.ipynb)
 # (memory, GPUs needed, cost per token and the dense-or-MoE choice, written yourself). Next:
-# training MoEs, and the paths between dense and sparse (upcycling, dense training with sparse
-# inference).
+# [serving an MoE](09_serving.ipynb): speculative decoding, quantised, offloaded and hot experts,
+# each through the same experts-touched decode model.

@@ -1,8 +1,9 @@
 # %% tags=["remove-cell"]
 # Setup: makes `dmcourse` importable (Colab or a fresh environment); safe to re-run.
-import importlib.util, subprocess, sys
-if importlib.util.find_spec("dmcourse") is None:
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "dmcourse @ git+https://github.com/dmcourse/dmcourse.git@main"], check=True)
+import importlib.util, os, subprocess, sys
+if importlib.util.find_spec("dmcourse") is None:  # $DMCOURSE_INSTALL: another pip target (wheel, path)
+    target = os.environ.get("DMCOURSE_INSTALL") or "dmcourse @ git+https://github.com/dmcourse/dmcourse.git@main"
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", target], check=True)
 
 # %% [markdown]
 # # Beyond one device: expert parallelism on torch.distributed
@@ -38,7 +39,7 @@ import matplotlib.pyplot as plt
 import torch
 
 import dmcourse
-from dmcourse import accounting, configs, hardware, launch, moe, parallel, plot, routing
+from dmcourse import accounting, comm, configs, hardware, launch, moe, parallel, plot, routing
 from dmcourse.ffn import swiglu
 
 plot.use_style()
@@ -165,17 +166,17 @@ print(f"{world} partial outputs, summed, == the dense SwiGLU")
 # and `s` bytes per number:
 #
 # * EP sends the token's `k` copies out and `k` results back: `2·k·d·s` bytes
-#   (`parallel.bytes_per_token`), of which a fraction `(p−1)/p` leaves the rank when routing is
+#   (`comm.bytes_per_token`), of which a fraction `(p−1)/p` leaves the rank when routing is
 #   uniform;
 # * TP all-reduces the token's `d`-vector; a ring all-reduce makes each of the `p` ranks send
-#   `2·(p−1)/p·d·s` (`parallel.allreduce_bytes`), so `2·(p−1)·d·s` in total per token.
+#   `2·(p−1)/p·d·s` (`comm.allreduce_bytes`), so `2·(p−1)·d·s` in total per token.
 
 # %%
 for name in ("Mixtral-8x7B", "Qwen3-235B-A22B", "DeepSeek-V3"):
     cfg = configs.load_preset(name)
     for p in (8, 64):
-        ep = parallel.bytes_per_token(cfg.top_k, cfg.d_model, torch.bfloat16) * (p - 1) / p
-        tp = p * parallel.allreduce_bytes(cfg.d_model, p, torch.bfloat16)
+        ep = comm.bytes_per_token(cfg.top_k, cfg.d_model, torch.bfloat16) * (p - 1) / p
+        tp = p * comm.allreduce_bytes(cfg.d_model, p, torch.bfloat16)
         print(f"{name:>16}, p={p:2d}: EP {ep / 1e3:7.1f} kB, TP {tp / 1e3:7.1f} kB per token and layer "
               f"(k={cfg.top_k}, d={cfg.d_model}, bf16): EP/TP = {ep / tp:.2f}")
 
@@ -183,13 +184,21 @@ for name in ("Mixtral-8x7B", "Qwen3-235B-A22B", "DeepSeek-V3"):
 # The ratio is `k/p`: EP moves less when a token visits fewer experts than there are ranks. What
 # the bytes cost depends on which link they cross; that is the subject of the rest of the chapter.
 #
+# **What happens to attention.** The two byte counts above are for the FFN only, and the schemes
+# treat the rest of the layer differently. Tensor parallelism splits attention too (by heads) and
+# pays a second all-reduce per layer for it. Expert parallelism splits only the experts: attention,
+# norms, the router, shared experts, dense layers and the embeddings are **replicated** on every
+# rank, and each rank runs them on its own tokens — attention is *data-parallel*, with no
+# communication at all (each sequence's KV cache lives on the rank that serves it). The price is
+# memory: every rank stores a full copy of the non-expert weights. For DeepSeek-V3 in bf16, per GPU:
+#
 # ## The launcher
 #
 # Collectives need one process per rank, all running at once; a notebook is one process. So
 # `dmcourse.launch` starts them: `launch.run(tasks, nproc)` runs `python -m dmcourse.launch` in a
 # subprocess, which starts `nproc` ranks with `torch.multiprocessing`, gives each an initialised
 # process group (`gloo` on CPU, NCCL when there is a GPU per rank), runs the named measurements
-# (`parallel.TASKS`) on every rank, and prints their results as JSON, which `run` returns. The same
+# (`dmcourse.ep_tasks.TASKS`) on every rank, and prints their results as JSON, which `run` returns. The same
 # command runs under `torchrun`. Starting processes costs seconds, so each launch runs several
 # measurements.
 #
@@ -197,6 +206,28 @@ for name in ("Mixtral-8x7B", "Qwen3-235B-A22B", "DeepSeek-V3"):
 # a deadline, every rank destroys its process group on the way out, and when a rank fails the
 # others are stopped and its traceback is raised here. A deliberate failure (rank 1 raises while
 # rank 0 waits in an all-reduce):
+
+# %%
+pc = accounting.count_params(ds)
+replicated = pc.total - pc.experts  # attention, dense FFNs, shared experts, routers, norms, embedding, head
+print(f"{ds.name}: routed experts {pc.experts / 1e9:.1f}B, replicated under EP {replicated / 1e9:.1f}B "
+      f"(attention {pc.attention / 1e9:.1f}B, shared experts {pc.shared_experts / 1e9:.1f}B, "
+      f"dense FFNs {pc.dense_ffn / 1e9:.1f}B, embedding + head {(pc.embedding + pc.lm_head) / 1e9:.1f}B)")
+for p in (8, 32, 64):
+    ep_gpu = accounting.weight_bytes(replicated, "bf16") + accounting.weight_bytes(pc.experts, "bf16") / p
+    sharded_gpu = accounting.weight_bytes(pc.total, "bf16") / p
+    print(f"p={p:2d}: EP {accounting.to_gb(ep_gpu):5.1f} GB of weights per GPU "
+          f"(of which {accounting.to_gb(accounting.weight_bytes(replicated, 'bf16')):.1f} GB replicated) vs "
+          f"{accounting.to_gb(sharded_gpu):5.1f} GB if everything were split p ways: x{ep_gpu / sharded_gpu:.1f}, "
+          f"{accounting.to_gb(ep_gpu) / h100.memory_gb:.0%} of an {h100.name}'s {h100.memory_gb:.0f} GB (datasheet)")
+
+# %% [markdown]
+# The replicated share is a few percent of the parameters, but it does not shrink with `p`, so the
+# more GPUs, the larger its part of each GPU's weights (the factor printed), and it is memory the
+# KV cache cannot use. Deployments therefore mix the schemes; DeepSeek-V3's own serving setup runs
+# attention with 4-way tensor parallelism inside data-parallel groups and the experts with expert
+# parallelism over 32 (prefill) or 320 (decode) GPUs
+# ([DeepSeek-V3 report](https://arxiv.org/abs/2412.19437), section 3.4).
 
 # %%
 t0 = time.perf_counter()
@@ -286,7 +317,7 @@ print("tensor-parallel SwiGLU vs dense, 4 ranks, worst:", f"{max(max(r.values())
 for name in ("Mixtral-8x7B", "Qwen3-235B-A22B", "DeepSeek-V3"):
     cfg = configs.load_preset(name)
     n_moe = (cfg.n_layers - cfg.first_k_dense) // cfg.moe_layer_freq
-    per_layer = parallel.bytes_per_token(cfg.top_k, cfg.d_model, torch.bfloat16)
+    per_layer = comm.bytes_per_token(cfg.top_k, cfg.d_model, torch.bfloat16)
     print(f"{name:>16}: 2 x k={cfg.top_k} x d={cfg.d_model} x 2 B = {per_layer / 1e3:6.1f} kB per MoE layer, "
           f"x {n_moe} MoE layers = {per_layer * n_moe / 1e6:5.2f} MB per token, forward (bf16)")
 
@@ -354,7 +385,7 @@ print(f"measured on {where}, {runs[4]['meta']['date']}")
 # The `imbalance` task (2 ranks) measures four routers, all DeepSeek-V3-style sigmoid routers:
 #
 # * `uniform`: a random router, roughly balanced;
-# * `skewed`: the same router made to prefer low expert ids for every token (`parallel.skew_router_`),
+# * `skewed`: the same router made to prefer low expert ids for every token (`dmcourse.ep_tasks.skew_router_`),
 #   as a collapsing router does — here rank 0 holds the favourites;
 # * `aux_loss`: the skewed router after some SGD steps on DeepSeek-V3's sequence-wise balance loss
 #   alone (`dmcourse.balance.sequence_wise_balance_loss`; real training adds it, with a small
@@ -487,9 +518,9 @@ ib_rows = {}  # rows per token that cross between nodes
 for name, kw in (("unlimited", {}), (f"M = {M} nodes", {"n_groups": n_nodes, "topk_groups": M})):
     idx = routing.sigmoid_topk(logits, ds.top_k, **kw).indices
     for dedup in (False, True):
-        crossed = sum(parallel.cross_node_rows(idx[home == h], h, per_node, dedup) for h in range(n_nodes))
+        crossed = sum(comm.cross_node_rows(idx[home == h], h, per_node, dedup) for h in range(n_nodes))
         ib_rows[name, dedup] = crossed / idx.shape[0]
-    print(f"{name:>12}: {parallel.nodes_per_token(idx, per_node).float().mean():.2f} nodes per token; crossings "
+    print(f"{name:>12}: {comm.nodes_per_token(idx, per_node).float().mean():.2f} nodes per token; crossings "
           f"per token: {ib_rows[name, False]:.2f} one copy per expert, {ib_rows[name, True]:.2f} one copy per node "
           f"(k={ds.top_k}, {ds.n_experts} experts, {n_nodes} nodes, random router)")
 
@@ -497,14 +528,14 @@ for name, kw in (("unlimited", {}), (f"M = {M} nodes", {"n_groups": n_nodes, "to
 # ## A model of communication time
 #
 # The simplest useful model: a transfer of `b` bytes takes `latency + b / bandwidth`. Fitting it to
-# the all-to-all measurements (`parallel.fit_link`, least squares on the relative error, since the
+# the all-to-all measurements (`comm.fit_link`, least squares on the relative error, since the
 # sizes span decades) gives this machine's two numbers:
 
 # %%
 fits = {}
 for nproc in (2, 4):
     rows = runs[nproc]["results"]["alltoall"][0]["sizes"]
-    fits[nproc] = parallel.fit_link([r["offrank_bytes"] for r in rows], [r["alltoall_s"] for r in rows])
+    fits[nproc] = comm.fit_link([r["offrank_bytes"] for r in rows], [r["alltoall_s"] for r in rows])
     lat, bw = fits[nproc]
     print(f"{nproc} ranks: latency {lat * 1e6:7.1f} us, bandwidth {bw / 1e9:5.2f} GB/s per rank "
           f"(fit to {len(rows)} sizes; measured on {runs[nproc]['meta']['summary']}, {runs[nproc]['meta']['date']})")
@@ -514,7 +545,7 @@ for nproc in (2, 4):
 # receives at once, so the per-direction figure is the one that bounds it):
 
 # %%
-for link in parallel.LINKS.values():
+for link in comm.LINKS.values():
     print(f"{link.name:>24}: {link.bytes_per_s / 1e9:5.0f} GB/s each way -- {link.datasheet} ({link.source})")
 
 # %% [markdown]
@@ -534,10 +565,10 @@ rows = runs[4]["results"]["alltoall"][0]["sizes"]
 b = [r["offrank_bytes"] for r in rows]
 ax.loglog(b, [r["alltoall_s"] for r in rows], "o", color=plot.COLORS["measured"], label="measured, 4 ranks")
 lat, bw = fits[4]
-ax.loglog(b, [parallel.comm_time_s(x, bw, lat) for x in b], "-", color=plot.COLORS["measured"],
+ax.loglog(b, [comm.comm_time_s(x, bw, lat) for x in b], "-", color=plot.COLORS["measured"],
           label=f"model: {lat * 1e6:.0f} us + bytes / {bw / 1e9:.2f} GB/s")
-for (name, link), ls in zip(parallel.LINKS.items(), (":", "-.", "--")):
-    ax.loglog(b, [parallel.comm_time_s(x, link.bytes_per_s) for x in b], ls, color=plot.COLORS["datasheet"],
+for (name, link), ls in zip(comm.LINKS.items(), (":", "-.", "--")):
+    ax.loglog(b, [comm.comm_time_s(x, link.bytes_per_s) for x in b], ls, color=plot.COLORS["datasheet"],
               label=f"{name} (datasheet)")
 ax.set(xlabel="bytes leaving each rank", ylabel="all-to-all time (s)",
        title="communication time: measured and modelled")
@@ -545,10 +576,10 @@ ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))  # outside: cl
 plot.stamp(ax, RUN_ON)
 fig.tight_layout()
 plt.show()
-worst = max(abs(parallel.comm_time_s(r["offrank_bytes"], bw, lat) / r["alltoall_s"] - 1) for r in rows)
+worst = max(abs(comm.comm_time_s(r["offrank_bytes"], bw, lat) / r["alltoall_s"] - 1) for r in rows)
 print(f"the fitted model is within {worst:.0%} of every 4-rank measurement (measured on {RUN_ON}); "
       f"this machine's ranks exchange at {bw / 1e9:.2f} GB/s, "
-      f"{parallel.LINKS['NVLink 4 (H100 SXM)'].bytes_per_s / bw:.0f}x below NVLink's datasheet figure")
+      f"{comm.LINKS['NVLink 4 (H100 SXM)'].bytes_per_s / bw:.0f}x below NVLink's datasheet figure")
 
 # %% [markdown]
 # ### What the model predicts for a DeepSeek-V3 layer
@@ -576,10 +607,10 @@ print(f"(on 8 GPUs each would hold {expert_bytes / 8 / 1e9:.0f} GB of experts, m
       f"{h100.memory_gb:.0f} GB: the one-node row is the best case, not a real deployment)")
 ratios = {}
 for name, rows_per_token, link in cases:
-    comm = 2 * parallel.comm_time_s(T * rows_per_token * row, parallel.LINKS[link].bytes_per_s)
-    ratios[name] = comm / compute_s
+    comm_s = 2 * comm.comm_time_s(T * rows_per_token * row, comm.LINKS[link].bytes_per_s)
+    ratios[name] = comm_s / compute_s
     print(f"{name:>34}: {rows_per_token:.2f} rows per token each way over {link} -> "
-          f"{comm * 1e3:6.2f} ms (dispatch + combine) = {comm / compute_s:.2f}x the expert compute")
+          f"{comm_s * 1e3:6.2f} ms (dispatch + combine) = {comm_s / compute_s:.2f}x the expert compute")
 first, last = ratios[cases[1][0]], ratios[cases[-1][0]]
 print(f"across nodes, one copy per node and the node limit take the exchange from {first:.1f}x to {last:.1f}x "
       f"the expert compute; inside a node it is {ratios[cases[0][0]]:.1f}x")
@@ -611,6 +642,11 @@ print(f"across nodes, one copy per node and the node limit take the exchange fro
 # | `parallel.TensorParallelSwiGLU` | a dense SwiGLU split over `d_ff`, one all-reduce |
 # | `launch.run(tasks, nproc, params=...)` | run measurements on `nproc` ranks from a notebook; JSON results back |
 # | `python -m dmcourse.launch TASK --nproc N` | the same from a shell, or under `torchrun` |
-# | `parallel.bytes_per_token`, `allreduce_bytes` | bytes per token for EP and TP |
-# | `parallel.cross_node_rows`, `nodes_per_token` | traffic between nodes, with and without one copy per node |
-# | `parallel.comm_time_s`, `fit_link`, `LINKS` | the latency + bandwidth model and datasheet link figures |
+# | `comm.bytes_per_token`, `allreduce_bytes` | bytes per token for EP and TP |
+# | `comm.cross_node_rows`, `nodes_per_token` | traffic between nodes, with and without one copy per node |
+# | `comm.comm_time_s`, `fit_link`, `LINKS` | the latency + bandwidth model and datasheet link figures |
+
+# %% [markdown]
+# Practise it in [Exercise 7](https://colab.research.google.com/github/dmcourse/dmcourse/blob/main/exercises/ex07_expert_parallel/ex07_expert_parallel.ipynb) (`exercises/ex07_expert_parallel`): the send splits, the
+# permutation into rank order and the weighted combine, graded on simulated ranks, then run on real gloo
+# processes.
