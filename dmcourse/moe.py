@@ -210,7 +210,9 @@ def dispatch_grouped(
 ) -> torch.Tensor:
     """Sorted layout + one grouped GEMM per projection over all experts; x (T, d_model) -> (T, d_model).
 
-    Falls back to :func:`dispatch_sorted` where :func:`grouped_mm_supported` says no.
+    Falls back to :func:`dispatch_sorted` where :func:`grouped_mm_supported` says no, and for sizes
+    whose rows are not a multiple of 16 bytes (grouped GEMM's alignment rule; found by a Hypothesis
+    property in tests/test_properties.py).
     """
     n_tokens, _, _ = _check_inputs(x, routing, w_gate, w_up, w_down)
     if n_tokens == 0:
@@ -218,7 +220,9 @@ def dispatch_grouped(
     # grouped_mm has no autocast rule: under autocast, compute in autocast's dtype as F.linear would
     autocast = torch.is_autocast_enabled(x.device.type)
     dtype = torch.get_autocast_dtype(x.device.type) if autocast else x.dtype
-    if not grouped_mm_supported(x.device, dtype):
+    # grouped_mm needs rows of 16-byte multiples (d_model and d_ff of 4 floats, 8 halves): else sorted
+    row_ok = all(n * torch.empty((), dtype=dtype).element_size() % 16 == 0 for n in w_gate.shape[1:])
+    if not row_ok or not grouped_mm_supported(x.device, dtype):
         return dispatch_sorted(x, routing, w_gate, w_up, w_down)
     if autocast:
         w_gate, w_up, w_down = (w.to(dtype) for w in (w_gate, w_up, w_down))
