@@ -704,7 +704,7 @@ plt.show()
 # * **Operands out of the cache.** Before every timed decode call the benchmark reads twice the
 #   last-level cache: its strategies share one set of weights, and a call would otherwise find part of
 #   them left in the cache by the one before (in a real model the other layers evict them).
-#   `rl.time_rotating` does the same by cycling through copies larger than the cache.
+#   `ms.time_rotating` does the same by cycling through copies larger than the cache.
 # * **A floor for each call.** A decode call's floor is `max(bytes of the experts touched /
 #   bandwidth, FLOPs / matmul throughput)`. The bandwidth is measured in the same rounds as the
 #   calls (a cloud VM's drifts by tens of percent within minutes) as the fastest of three probes: a
@@ -734,12 +734,12 @@ from dmcourse import matmul as seam, stream
 with torch.inference_mode():
     print(seam.status())  # the probe ran at this chapter's first MoE call without gradients (CPU)
     if device.type == "cpu" and stream.available():
-        w_sets = [(torch.randn(2816, 1024),) for _ in range(rl.rotation_count(2816 * 1024 * 4, device))]
+        w_sets = [(torch.randn(2816, 1024),) for _ in range(ms.rotation_count(2816 * 1024 * 4, device))]
         print(f"\none 1024 -> 2816 projection, fp32, weights rotated out of the cache ({info.name}, {TODAY}):")
         for rows in (1, 4, 16):
             x_rows = torch.randn(rows, 1024)
-            t_c = rl.time_rotating(lambda w: stream.linear_stream(x_rows, w), w_sets, device=device, repeats=9).median_s
-            t_seam = rl.time_rotating(lambda w: seam.linear(x_rows, w), w_sets, device=device, repeats=9).median_s
+            t_c = ms.time_rotating(lambda w: stream.linear_stream(x_rows, w), w_sets, device=device, repeats=9).median_s
+            t_seam = ms.time_rotating(lambda w: seam.linear(x_rows, w), w_sets, device=device, repeats=9).median_s
             print(f"{rows:3d} rows: C kernel {t_c * 1e3:.2f} ms ({2816 * 1024 * 4 / t_c / 1e9:.1f} GB/s), "
                   f"{seam.kernel_for(x_rows, w_sets[0][0])} {t_seam * 1e3:.2f} ms: C kernel / chosen = {t_c / t_seam:.2f}")
     else:

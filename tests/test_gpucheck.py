@@ -227,14 +227,17 @@ def test_without_grouped_mm_the_grouped_dispatch_equals_sorted(monkeypatch) -> N
 
 
 def test_without_onednn_linear_the_moe_uses_f_linear(monkeypatch) -> None:
-    from dmcourse import moe, stream
+    """A torch without oneDNN's linear op (or a build without it): the seam's probe never offers it,
+    and the MoE's matmuls are F.linear."""
+    from dmcourse import matmul
 
     monkeypatch.setattr(torch.ops, "mkldnn", types.SimpleNamespace(), raising=False)
-    moe._onednn_linear_works.cache_clear()
+    matmul.onednn_works.cache_clear()
     try:
-        assert moe._onednn_linear_works(torch.float32) is False
+        assert matmul.onednn_works(torch.float32) is False
+        assert "onednn" not in matmul.candidates(torch.float32)
         x, w = torch.randn(64, 16), torch.randn(8, 16)
-        with torch.no_grad(), stream.off():
-            torch.testing.assert_close(moe.linear(x, w), F.linear(x, w))
+        with torch.no_grad():
+            torch.testing.assert_close(matmul.linear(x, w), F.linear(x, w))
     finally:
-        moe._onednn_linear_works.cache_clear()
+        matmul.onednn_works.cache_clear()
