@@ -42,6 +42,27 @@ def assignments() -> list[str]:
     return sorted(p.name for p in (ROOT / "solutions").iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
+def tracked_files() -> list[str]:
+    """The files git tracks (what `pip install git+<repo>` sees of the working tree)."""
+    out = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    return [rel for rel in out.split() if (ROOT / rel).is_file()]
+
+
+def build_wheel(dest: Path, env: dict[str, str] | None = None) -> tuple[Path, list[str]]:
+    """Copy the tracked tree to ``dest/src`` and build dmcourse's wheel from it into ``dest/dist``
+    (no dependencies, no build isolation: offline, as CI runs). Returns (wheel, tracked files)."""
+    tracked = tracked_files()
+    for rel in tracked:
+        (dest / "src" / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / rel, dest / "src" / rel)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(dest / "dist"),
+         str(dest / "src")],
+        check=True, timeout=600, env=env,
+    )  # fmt: skip
+    return next((dest / "dist").glob("dmcourse-*.whl")), tracked
+
+
 @pytest.fixture(scope="session")
 def built_book() -> Path:
     """_build/html from `make book`; built here (once) when a developer runs pytest alone."""

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from conftest import ROOT, toc_files
+from conftest import ROOT, build_wheel, toc_files
 
 sys.path.insert(0, str(ROOT / "tools"))
 import notebooks as nbtool
@@ -64,16 +64,6 @@ def shard(paths: list[Path], spec: str | None = None) -> list[Path]:
 WIDGET_CALLS = ("calculator(", "explorer(", "interact(", "ipywidgets")
 
 
-def _tracked_copy(dest: Path) -> Path:
-    """The tracked files of the working tree (what `pip install git+<repo>` would see)."""
-    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
-    for rel in tracked:
-        if (ROOT / rel).is_file():
-            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / rel, dest / rel)
-    return dest
-
-
 def _overlay(dest: Path) -> Path:
     """A folder of links to this environment's site-packages, without dmcourse and without .pth files
     (the editable install's finder is one): the packages Colab preinstalls, and no dmcourse."""
@@ -96,25 +86,7 @@ def _clean_env(**extra: str) -> dict[str, str]:
 def colab(tmp_path_factory) -> dict:
     """A fresh venv with the wheel installed by a notebook's setup cell; its kernelspec; its paths."""
     base = tmp_path_factory.mktemp("colab")
-    src = _tracked_copy(base / "src")
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "wheel",
-            "-q",
-            "--no-deps",
-            "--no-build-isolation",
-            "-w",
-            str(base / "dist"),
-            str(src),
-        ],
-        check=True,
-        timeout=600,
-        env=_clean_env(),
-    )
-    wheel = next((base / "dist").glob("dmcourse-*.whl"))
+    wheel, _ = build_wheel(base, env=_clean_env())
     venv = base / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=300)
     python = venv / "bin" / "python"

@@ -2,40 +2,16 @@
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-import sys
 import zipfile
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, build_wheel
 
 
 @pytest.mark.slow
 def test_wheel_carries_every_package_file(tmp_path: Path) -> None:
-    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
-    src = tmp_path / "src"  # a copy of the tracked tree, as `pip install git+<repo>` sees it
-    for rel in tracked:
-        (src / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(ROOT / rel, src / rel)
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "wheel",
-            "-q",
-            "--no-deps",
-            "--no-build-isolation",
-            "-w",
-            str(tmp_path),
-            str(src),
-        ],
-        check=True,
-        timeout=300,
-    )
-    wheel = next(tmp_path.glob("dmcourse-*.whl"))
+    wheel, tracked = build_wheel(tmp_path)  # from a copy of the tracked tree, as `pip install git+<repo>` sees it
     names = set(zipfile.ZipFile(wheel).namelist())
     expected = {p for p in tracked if p.startswith("dmcourse/")}
     missing = sorted(expected - names)
