@@ -63,6 +63,27 @@ def build_wheel(dest: Path, env: dict[str, str] | None = None) -> tuple[Path, li
     return next((dest / "dist").glob("dmcourse-*.whl")), tracked
 
 
+def run_benchmark(script: str, *args: str, timeout: int = 600) -> str:
+    """Run ``benchmarks/<script>`` with ``args`` from the repository root; its stdout (fails the
+    test, showing stderr's end, when it exits non-zero)."""
+    proc = subprocess.run(
+        [sys.executable, f"benchmarks/{script}", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout
+    )
+    assert proc.returncode == 0, f"benchmarks/{script} exited {proc.returncode}:\n{proc.stderr[-2000:]}"
+    return proc.stdout
+
+
+def table_rows(stdout: str) -> list[list[str]]:
+    """The data rows of the tables a script printed: rows whose first cell is a whole number,
+    Markdown (``| 1 | 2.0 |``) or whitespace-separated (``1 2.0``), as lists of stripped cells."""
+    rows = []
+    for line in stdout.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")] if line.startswith("|") else line.split()
+        if cells and cells[0].isdigit():
+            rows.append(cells)
+    return rows
+
+
 @pytest.fixture(scope="session")
 def built_book() -> Path:
     """_build/html from `make book`; built here (once) when a developer runs pytest alone."""

@@ -5,35 +5,16 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import subprocess
-import sys
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, run_benchmark, table_rows
 
 from dmcourse import stream
 
 
 def test_moe_dispatch_quick_run_records_every_floor(tmp_path):
     out = tmp_path / "record.json"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "benchmarks/moe_dispatch.py",
-            "--quick",
-            "--rounds",
-            "1",
-            "--repeats",
-            "1",
-            "--json",
-            str(out),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    stdout = run_benchmark("moe_dispatch.py", "--quick", "--rounds", "1", "--repeats", "1", "--json", str(out))
     rec = json.loads(out.read_text())
     assert [row["tokens"] for row in rec["decode"]] == [1, 4, 16, 64]
     for row in rec["decode"]:
@@ -47,9 +28,9 @@ def test_moe_dispatch_quick_run_records_every_floor(tmp_path):
         assert abs(row["floor_s"] - expected) <= 1e-9 * expected
         # a faster compute ceiling can only lower the floor; the copy bandwidth alone can only raise it
         assert row["floor_s_linear_ceiling"] <= row["floor_s"] <= row["floor_s_copy_bandwidth"]
-    assert "decode kernel" in proc.stdout and "best/floor" in proc.stdout
+    assert "decode kernel" in stdout and "best/floor" in stdout
     assert set(rec["prefill_s"]) >= {"moe sorted", "moe grouped", "moe loop", "transformers eager", "dense SwiGLU"}
-    assert rec["cpu_model"] and f"CPU model: {rec['cpu_model']}" in proc.stdout
+    assert rec["cpu_model"] and f"CPU model: {rec['cpu_model']}" in stdout
     assert set(rec["matmul_choice"]) == {"1", "2-4", "5-16", "17-64", "prefill"}
     steps = rec["profile"]["steps_s"]
     assert {
@@ -63,12 +44,12 @@ def test_moe_dispatch_quick_run_records_every_floor(tmp_path):
         "combine",
         "layer",
     } <= set(steps)
-    assert 0 < rec["profile"]["non_gemm_share"] < 1 and "outside the expert GEMMs" in proc.stdout
+    assert 0 < rec["profile"]["non_gemm_share"] < 1 and "outside the expert GEMMs" in stdout
     assert [t["target"] for t in rec["targets"]][:2] == [
         "prefill / transformers eager",
         "prefill / dense SwiGLU, same kernel",
     ]
-    assert len(rec["targets"]) == 6 and "targets (issue 21)" in proc.stdout
+    assert len(rec["targets"]) == 6 and "targets (issue 21)" in stdout
     for t in rec["targets"]:
         assert t["met"] == (t["value"] <= t["limit"]) and bool(t["why"]) != t["met"], t
 
@@ -114,50 +95,23 @@ def test_targets_say_why_a_target_is_missed():
 
 @pytest.mark.skipif(not stream.available(), reason=f"kernel {stream.status()}")
 def test_stream_rows_prints_a_row_per_count():
-    proc = subprocess.run(
-        [sys.executable, "benchmarks/stream_rows.py", "--rows", "1", "3", "--repeats", "1"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    rows = [line.split() for line in proc.stdout.splitlines() if line.split() and line.split()[0].isdigit()]
-    assert [r[0] for r in rows] == ["1", "3"] and all(float(v) > 0 for r in rows for v in r[1:]), proc.stdout
+    out = run_benchmark("stream_rows.py", "--rows", "1", "3", "--repeats", "1")
+    rows = table_rows(out)
+    assert [r[0] for r in rows] == ["1", "3"] and all(float(v) > 0 for r in rows for v in r[1:]), out
 
 
 def test_ex08_speed_ratios_prints_a_row_per_trial():
-    proc = subprocess.run(
-        [sys.executable, "benchmarks/ex08_speed_ratios.py", "--trials", "2"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    rows = [
-        line.strip("|").split("|") for line in proc.stdout.splitlines() if line.startswith("| ") and line[2].isdigit()
-    ]
-    assert [r[0].strip() for r in rows] == ["0", "1"], proc.stdout
-    assert all(float(v) > 0 for r in rows for v in r[1:]), proc.stdout
-    assert all(float(r[5]) > 1 for r in rows), (
-        f"the solution's dispatch is not faster than the per-token loop:\n{proc.stdout}"
-    )
+    out = run_benchmark("ex08_speed_ratios.py", "--trials", "2")
+    rows = table_rows(out)
+    assert [r[0] for r in rows] == ["0", "1"], out
+    assert all(float(v) > 0 for r in rows for v in r[1:]), out
+    assert all(float(r[5]) > 1 for r in rows), f"the solution's dispatch is not faster than the per-token loop:\n{out}"
 
 
 @pytest.mark.slow
 def test_ex06_seed_outcomes_prints_a_row_per_seed():
-    proc = subprocess.run(
-        [sys.executable, "benchmarks/ex06_seed_outcomes.py", "--seeds", "0"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    rows = [
-        line.strip("|").split("|") for line in proc.stdout.splitlines() if line.startswith("| ") and line[2].isdigit()
-    ]
-    assert len(rows) == 1 and rows[0][0].strip() == "0", proc.stdout
+    out = run_benchmark("ex06_seed_outcomes.py", "--seeds", "0")
+    rows = table_rows(out)
+    assert len(rows) == 1 and rows[0][0] == "0", out
     none_ratio, aux_ratio = float(rows[0][2]), float(rows[0][4])
-    assert none_ratio > aux_ratio, f"the aux loss should balance the solution's router:\n{proc.stdout}"
+    assert none_ratio > aux_ratio, f"the aux loss should balance the solution's router:\n{out}"
