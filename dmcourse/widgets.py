@@ -14,6 +14,7 @@ only when :func:`calculator` is called.
 
 from __future__ import annotations
 
+import dataclasses
 import html
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -63,18 +64,7 @@ def custom_config(
     SwiGLU FFNs; ``n_experts = 0``: dense (``top_k`` and ``d_ff_expert`` ignored); else every layer
     is an MoE layer with ``n_experts`` experts of width ``d_ff_expert``, ``top_k`` per token.
     Invalid values raise ``ValueError`` (from ModelConfig), naming the field."""
-    if not n_experts:
-        # dense: top_k and d_ff_expert are ignored, the MoE fields keep ModelConfig's defaults
-        return ModelConfig(
-            name=name,
-            vocab_size=vocab_size,
-            d_model=d_model,
-            n_layers=n_layers,
-            n_heads=n_heads,
-            n_kv_heads=n_kv_heads,
-            d_ff=d_ff,
-        )
-    return ModelConfig(
+    dense = ModelConfig(
         name=name,
         vocab_size=vocab_size,
         d_model=d_model,
@@ -82,10 +72,10 @@ def custom_config(
         n_heads=n_heads,
         n_kv_heads=n_kv_heads,
         d_ff=d_ff,
-        n_experts=n_experts,
-        top_k=top_k,
-        d_ff_expert=d_ff_expert,
     )
+    if not n_experts:  # dense: top_k and d_ff_expert are ignored, the MoE fields keep ModelConfig's defaults
+        return dense
+    return dataclasses.replace(dense, n_experts=n_experts, top_k=top_k, d_ff_expert=d_ff_expert)
 
 
 def model_for(choice: str, custom: Mapping[str, int] | None = None) -> ModelConfig:
