@@ -328,7 +328,7 @@ def weight_bytes(config_or_params: ModelConfig | int | float, dtype: str = "bf16
         if which not in ("total", "active", "active_without_embedding", "total_with_mtp", "non_embedding"):
             raise ValueError(f"which must name a ParamCount figure such as 'total' or 'active', got {which!r}")
         n = getattr(p, which)
-    elif is_real(config_or_params) and config_or_params >= 0:  # type: ignore[operator]
+    elif is_real(config_or_params) and config_or_params >= 0:
         n = config_or_params
     else:
         raise ValueError(f"expected a ModelConfig or a non-negative parameter count, got {config_or_params!r}")

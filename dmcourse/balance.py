@@ -70,16 +70,16 @@ AUX_CONVENTIONS: tuple[str, ...] = ("switch", "hf", "divide_by_k")
 
 def _flat_logits(name: str, logits: object) -> torch.Tensor:
     """(..., E) floating logits -> (T, E), after checking them."""
-    check_shape(name, logits, (..., None, None), "(..., tokens, n_experts)", dtype="floating")
-    if logits.shape[-1] < 1:  # type: ignore[union-attr]
-        raise ValueError(f"{name} has no expert column: shape {tuple(logits.shape)}")  # type: ignore[union-attr]
-    return logits.reshape(-1, logits.shape[-1])  # type: ignore[union-attr]
+    t = check_shape(name, logits, (..., None, None), "(..., tokens, n_experts)", dtype="floating")
+    if t.shape[-1] < 1:
+        raise ValueError(f"{name} has no expert column: shape {tuple(t.shape)}")
+    return t.reshape(-1, t.shape[-1])
 
 
 def _flat_indices(indices: object, n_experts: int, name: str = "indices") -> torch.Tensor:
     """(..., k) integer expert ids in [0, n_experts) -> (T, k) int64, after checking them."""
-    check_shape(name, indices, (..., None, None), "(..., tokens, k)", dtype="integer")
-    flat = indices.reshape(-1, indices.shape[-1]).long()  # type: ignore[union-attr]
+    t = check_shape(name, indices, (..., None, None), "(..., tokens, k)", dtype="integer")
+    flat = t.reshape(-1, t.shape[-1]).long()
     if flat.numel() and (int(flat.min()) < 0 or int(flat.max()) >= n_experts):
         raise ValueError(
             f"{name} holds expert ids in [{int(flat.min())}, {int(flat.max())}], expected [0, {n_experts - 1}]"

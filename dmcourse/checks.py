@@ -22,10 +22,12 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from types import EllipsisType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeGuard, TypeVar
 
 if TYPE_CHECKING:
     import torch
+
+T = TypeVar("T")
 
 
 def check_int(name: str, value: object, minimum: int = 1, maximum: int | None = None) -> int:
@@ -45,37 +47,37 @@ def check_int(name: str, value: object, minimum: int = 1, maximum: int | None = 
     return value
 
 
-def is_real(value: object) -> bool:
+def is_real(value: object) -> TypeGuard[int | float]:
     """Whether ``value`` is a finite int or float (a bool is not)."""
     return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
 
 
 def positive_float(name: str, value: object) -> float:
     """``float(value)`` if it is a finite int or float ``> 0``, else ValueError naming ``name``."""
-    if not is_real(value) or value <= 0:  # type: ignore[operator]
+    if not is_real(value) or value <= 0:
         raise ValueError(f"{name} must be a positive finite number, got {value!r}")
-    return float(value)  # type: ignore[arg-type]
+    return float(value)
 
 
 def nonnegative_float(name: str, value: object) -> float:
     """``float(value)`` if it is a finite int or float ``>= 0``, else ValueError naming ``name``."""
-    if not is_real(value) or value < 0:  # type: ignore[operator]
+    if not is_real(value) or value < 0:
         raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-    return float(value)  # type: ignore[arg-type]
+    return float(value)
 
 
 def probability(name: str, value: object, *, allow_zero: bool = True, allow_one: bool = True) -> float:
     """``float(value)`` if it lies in ``[0, 1]`` (ends excluded when ``allow_zero``/``allow_one`` are
     False), else ValueError naming ``name`` and the interval."""
-    low_ok = is_real(value) and (value >= 0 if allow_zero else value > 0)  # type: ignore[operator]
-    high_ok = is_real(value) and (value <= 1 if allow_one else value < 1)  # type: ignore[operator]
+    low_ok = is_real(value) and (value >= 0 if allow_zero else value > 0)
+    high_ok = is_real(value) and (value <= 1 if allow_one else value < 1)
     if not (low_ok and high_ok):
         interval = f"{'[' if allow_zero else '('}0, 1{']' if allow_one else ')'}"
         raise ValueError(f"{name} must be a number in {interval}, got {value!r}")
     return float(value)  # type: ignore[arg-type]
 
 
-def one_of(name: str, value: object, allowed: Sequence[object]) -> object:
+def one_of(name: str, value: T, allowed: Sequence[object]) -> T:
     """``value`` if it is one of ``allowed``, else ValueError listing them."""
     if value not in allowed:
         raise ValueError(f"{name} must be one of {tuple(allowed)}, got {value!r}")
@@ -130,7 +132,8 @@ def check_shape(
         )
         if dtype is None:
             raise ValueError(f"{name} must have shape {pattern}, got {tuple(value.shape)}")
+        article = "an" if dtype == "integer" else "a"
         raise ValueError(
-            f"{name} must be a {dtype} tensor of shape {pattern}, got {value.dtype} of shape {tuple(value.shape)}"
+            f"{name} must be {article} {dtype} tensor of shape {pattern}, got {value.dtype} of shape {tuple(value.shape)}"
         )
     return value

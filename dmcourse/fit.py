@@ -87,7 +87,7 @@ def fits_on_gpu(
     if isinstance(model, ModelConfig):
         w = weight_bytes(model, dtype)
         kv = kv_cache_bytes(model, context, batch, kv_dtype or dtype, mla_cache_compressed(mla_form))
-    elif is_real(model) and model >= 0:  # type: ignore[operator]
+    elif is_real(model) and model >= 0:
         if context:
             raise ValueError("context needs a ModelConfig (the KV cache depends on the architecture)")
         w, kv = float(model), 0.0

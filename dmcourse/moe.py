@@ -284,7 +284,7 @@ class MoE(nn.Module):
         check_int("top_k", top_k, maximum=check_int("n_experts", n_experts))
         check_int("n_shared_experts", n_shared_experts, 0)
         shared_d_ff = check_int("shared_d_ff", d_ff if shared_d_ff is None else shared_d_ff)
-        router = one_of("router", default_router(top_k) if router is None else router, ROUTERS)  # type: ignore[assignment]
+        router = one_of("router", default_router(top_k) if router is None else router, ROUTERS)
         self.d_model, self.d_ff, self.n_experts, self.top_k = d_model, d_ff, n_experts, top_k
         self.n_shared_experts, self.shared_d_ff = n_shared_experts, shared_d_ff
         self.dispatch = dispatch
@@ -308,7 +308,7 @@ class MoE(nn.Module):
 
     @dispatch.setter
     def dispatch(self, value: str) -> None:
-        self._dispatch = one_of("dispatch", value, DISPATCHES)  # type: ignore[assignment]
+        self._dispatch = one_of("dispatch", value, DISPATCHES)
 
     @torch.no_grad()
     def reset_parameters(self) -> None:

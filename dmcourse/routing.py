@@ -282,7 +282,7 @@ class Router(nn.Module):
         super().__init__()
         check_int("d_model", d_model)
         check_int("top_k", top_k, maximum=check_int("n_experts", n_experts))
-        method = one_of("router method", default_router(top_k) if method is None else method, ROUTERS)  # type: ignore[assignment]
+        method = one_of("router method", default_router(top_k) if method is None else method, ROUTERS)
         if not allow_constant_gate:
             check_router_learns(method, top_k)
         if method != "sigmoid" and (n_groups != 1 or topk_groups != 1 or scale != 1.0):
