@@ -67,7 +67,6 @@ def _moe(seed: int, d_model: int, d_ff: int, n_experts: int, k: int, **kw: Any) 
 
 
 def _per_rank(tokens: int | list[int], world_size: int) -> list[int]:
-    """``tokens`` (one count for every rank, or one per rank) -> one count >= 0 per rank."""
     per_rank = [tokens] * world_size if isinstance(tokens, int) else list(tokens)
     if len(per_rank) != world_size:
         raise ValueError(f"tokens must be an int or one count per rank ({world_size}), got {tokens!r}")
