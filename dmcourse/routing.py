@@ -183,8 +183,7 @@ def sigmoid_topk(
     scores = torch.sigmoid(logits.float())
     choice = scores
     if bias is not None:
-        if bias.shape != (n_experts,):
-            raise ValueError(f"bias must have shape (n_experts,)=({n_experts},), got {tuple(bias.shape)}")
+        check_shape("bias", bias, (n_experts,), f"(n_experts,)=({n_experts},)")
         choice = scores + bias.float()
     check_int("n_groups", n_groups)
     check_int("topk_groups", topk_groups)
@@ -299,8 +298,7 @@ class Router(nn.Module):
             self.noise_weight = nn.Parameter(torch.zeros(n_experts, d_model, dtype=dtype, device=device))
 
     def forward(self, x: torch.Tensor, generator: torch.Generator | None = None) -> Routing:
-        if x.dim() != 2 or x.shape[1] != self.d_model:
-            raise ValueError(f"router input must be (tokens, d_model={self.d_model}), got {tuple(x.shape)}")
+        check_shape("router input", x, (None, self.d_model), f"(tokens, d_model={self.d_model})")
         logits = router_logits(x, self.weight)
         if self.method == "softmax":
             return topk_softmax(logits, self.top_k)

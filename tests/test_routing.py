@@ -158,7 +158,10 @@ def test_router_sigmoid_bias_is_a_buffer_and_noise_only_in_training() -> None:
         (lambda: Router(16, 8, 2, "switch"), r"router method must be one of"),
         (lambda: Router(16, 8, 0), r"top_k must be an int in \[1, 8\], got 0"),
         (lambda: Router(16, 8, 2, "softmax", n_groups=2), r"apply to the 'sigmoid' router only"),
-        (lambda: Router(16, 8, 2)(torch.randn(3, 15)), r"router input must be \(tokens, d_model=16\)"),
+        (
+            lambda: Router(16, 8, 2)(torch.randn(3, 15)),
+            r"router input must have shape \(tokens, d_model=16\), got \(3, 15\)",
+        ),
     ],
 )
 def test_bad_arguments_raise(call, match: str) -> None:
