@@ -28,6 +28,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
+from dmcourse.checks import check_int, is_real, one_of
 from dmcourse.configs import ModelConfig
 
 GB: int = 10**9
@@ -257,9 +258,7 @@ def mla_cache_compressed(mla_form: str) -> bool:
     """Whether ``mla_form`` reads the compressed latent cache (``"absorbed"``: True) or the
     decompressed per-head one (``"explicit"``: False); the ``mla_compressed`` argument of
     :func:`kv_cache_bytes` that goes with the FLOPs of :func:`attention_flops_per_token`."""
-    if mla_form not in MLA_FORMS:
-        raise ValueError(f"mla_form must be one of {MLA_FORMS}, got {mla_form!r}")
-    return mla_form == "absorbed"
+    return one_of("mla_form", mla_form, MLA_FORMS) == "absorbed"
 
 
 def attention_dims(config: ModelConfig, mla_form: str = "absorbed") -> tuple[int, int]:
@@ -292,8 +291,7 @@ def attention_flops_per_token(config: ModelConfig, context: int, mla_form: str =
     that reads the compressed cache of :func:`kv_cache_bytes_per_token`; use ``"explicit"`` together
     with ``mla_compressed=False`` there). GQA models ignore ``mla_form``.
     """
-    if not isinstance(context, int) or isinstance(context, bool) or context < 0:
-        raise ValueError(f"context must be a non-negative int (tokens attended to), got {context!r}")
+    check_int("context", context, 0)
     c = config
     if c.sliding_window is not None:
         context = min(context, c.sliding_window)
@@ -330,9 +328,7 @@ def weight_bytes(config_or_params: ModelConfig | int | float, dtype: str = "bf16
         if which not in ("total", "active", "active_without_embedding", "total_with_mtp", "non_embedding"):
             raise ValueError(f"which must name a ParamCount figure such as 'total' or 'active', got {which!r}")
         n = getattr(p, which)
-    elif (
-        isinstance(config_or_params, (int, float)) and not isinstance(config_or_params, bool) and config_or_params >= 0
-    ):
+    elif is_real(config_or_params) and config_or_params >= 0:
         n = config_or_params
     else:
         raise ValueError(f"expected a ModelConfig or a non-negative parameter count, got {config_or_params!r}")
@@ -366,9 +362,8 @@ def kv_cache_bytes(
     A sliding window (Mistral-7B v0.1: 4096) caps what one sequence keeps at ``sliding_window``
     tokens.
     """
-    for name, value, low in (("context", context, 0), ("batch", batch, 1)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < low:
-            raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+    check_int("context", context, 0)
+    check_int("batch", batch)
     if config.sliding_window is not None:
         context = min(context, config.sliding_window)
     return batch * context * kv_cache_bytes_per_token(config, dtype, mla_compressed)

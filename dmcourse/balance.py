@@ -56,6 +56,8 @@ from dataclasses import dataclass
 
 import torch
 
+from dmcourse.checks import check_int, check_shape, nonnegative_float, one_of
+
 AUX_CONVENTIONS: tuple[str, ...] = ("switch", "hf", "divide_by_k")
 """Normalisations of ``f_i`` accepted by :func:`load_balancing_loss` (see the module docstring)."""
 
@@ -63,36 +65,21 @@ AUX_CONVENTIONS: tuple[str, ...] = ("switch", "hf", "divide_by_k")
 
 
 # ----------------------------------------------------------------------------------------------
-# argument checks
+# argument checks (the public functions check at their boundary; these helpers trust them)
 
 
-def _check_int(name: str, value: object, minimum: int = 1) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return value
+def _flat_logits(name: str, logits: object) -> torch.Tensor:
+    """(..., E) floating logits -> (T, E), after checking them."""
+    t = check_shape(name, logits, (..., None, None), "(..., tokens, n_experts)", dtype="floating")
+    if t.shape[-1] < 1:
+        raise ValueError(f"{name} has no expert column: shape {tuple(t.shape)}")
+    return t.reshape(-1, t.shape[-1])
 
 
-def _check_logits(logits: object, name: str = "router_logits") -> torch.Tensor:
-    if not isinstance(logits, torch.Tensor) or not logits.is_floating_point() or logits.dim() < 2:
-        got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
-        raise ValueError(f"{name} must be a floating tensor (..., n_experts) with >= 2 dims, got {got}")
-    if logits.shape[-1] < 1:
-        raise ValueError(f"{name} has no expert column: shape {tuple(logits.shape)}")
-    return logits.reshape(-1, logits.shape[-1])
-
-
-def _check_indices(indices: object, n_tokens: int | None, n_experts: int, name: str = "indices") -> torch.Tensor:
-    if (
-        not isinstance(indices, torch.Tensor)
-        or indices.is_floating_point()
-        or indices.is_complex()
-        or indices.dim() < 2
-    ):
-        got = tuple(indices.shape) if isinstance(indices, torch.Tensor) else type(indices).__name__
-        raise ValueError(f"{name} must be an integer tensor (..., k) of expert ids, got {got}")
-    flat = indices.reshape(-1, indices.shape[-1]).long()
-    if n_tokens is not None and flat.shape[0] != n_tokens:
-        raise ValueError(f"{name} covers {flat.shape[0]} tokens, expected {n_tokens} (one row per token)")
+def _flat_indices(indices: object, n_experts: int, name: str = "indices") -> torch.Tensor:
+    """(..., k) integer expert ids in [0, n_experts) -> (T, k) int64, after checking them."""
+    t = check_shape(name, indices, (..., None, None), "(..., tokens, k)", dtype="integer")
+    flat = t.reshape(-1, t.shape[-1]).long()
     if flat.numel() and (int(flat.min()) < 0 or int(flat.max()) >= n_experts):
         raise ValueError(
             f"{name} holds expert ids in [{int(flat.min())}, {int(flat.max())}], expected [0, {n_experts - 1}]"
@@ -113,16 +100,19 @@ def _token_mask(attention_mask: torch.Tensor | None, n_tokens: int, device: torc
     return mask
 
 
+def _counts(flat: torch.Tensor, n_experts: int, mask: torch.Tensor) -> torch.Tensor:
+    """(T, k) expert ids, (T,) token weights -> (E,) float32 assignments per expert."""
+    weights = mask.repeat_interleave(flat.shape[1])
+    return torch.zeros(n_experts, dtype=torch.float32, device=flat.device).index_add_(0, flat.reshape(-1), weights)
+
+
 def expert_counts(indices: torch.Tensor, n_experts: int, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
     """Assignments per expert: indices (..., k) expert ids -> (E,) float32, summing to ``k * n_real_tokens``.
 
     Padding tokens (``attention_mask == 0``, mask shaped like ``indices[..., 0]``) are not counted.
     """
-    _check_int("n_experts", n_experts)
-    flat = _check_indices(indices, None, n_experts)
-    mask = _token_mask(attention_mask, flat.shape[0], flat.device)
-    weights = mask.repeat_interleave(flat.shape[1])
-    return torch.zeros(n_experts, dtype=torch.float32, device=flat.device).index_add_(0, flat.reshape(-1), weights)
+    flat = _flat_indices(indices, check_int("n_experts", n_experts))
+    return _counts(flat, n_experts, _token_mask(attention_mask, flat.shape[0], flat.device))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -135,6 +125,32 @@ def _as_layers(x: torch.Tensor | Sequence[torch.Tensor]) -> list[torch.Tensor]:
     if isinstance(x, (list, tuple)) and len(x) > 0:
         return list(x)
     raise ValueError(f"expected a tensor or a non-empty tuple/list of per-layer tensors, got {type(x).__name__}")
+
+
+def _layers_and_choice(
+    router_logits: torch.Tensor | Sequence[torch.Tensor],
+    top_k: int | None,
+    indices: torch.Tensor | Sequence[torch.Tensor] | None,
+) -> tuple[list[torch.Tensor], list[torch.Tensor] | None, int]:
+    """The checked arguments of :func:`load_balancing_loss`: per-layer (T, E) logits, per-layer
+    (T, k) chosen experts (None: the top-k of the probabilities) and k."""
+    layers = [_flat_logits("router_logits", lg) for lg in _as_layers(router_logits)]
+    n_experts = layers[0].shape[1]
+    if any(lg.shape[1] != n_experts for lg in layers):
+        raise ValueError(f"every layer needs the same number of experts, got {[lg.shape[1] for lg in layers]}")
+    if indices is None:
+        if top_k is None:
+            raise ValueError("give top_k (or the selected indices)")
+        return layers, None, check_int("top_k", top_k, maximum=n_experts)
+    chosen = [_flat_indices(ix, n_experts) for ix in _as_layers(indices)]
+    if len(chosen) != len(layers):
+        raise ValueError(f"indices gives {len(chosen)} layers, router_logits {len(layers)}")
+    k = chosen[0].shape[1]
+    if top_k is not None and top_k != k:
+        raise ValueError(f"top_k={top_k!r} but indices select {k} experts per token")
+    for i, (idx, logits) in enumerate(zip(chosen, layers)):
+        check_shape(f"indices of layer {i}", idx, (logits.shape[0], k), f"(tokens={logits.shape[0]}, k={k})")
+    return layers, chosen, check_int("top_k", k, maximum=n_experts)
 
 
 def load_balancing_loss(
@@ -160,45 +176,23 @@ def load_balancing_loss(
 
     ``P_i`` is the mean softmax probability (float32), differentiable; ``f_i`` is not.
     """
-    if convention not in AUX_CONVENTIONS:
-        raise ValueError(f"convention must be one of {AUX_CONVENTIONS}, got {convention!r}")
-    layers = [_check_logits(lg) for lg in _as_layers(router_logits)]
-    n_experts = layers[0].shape[1]
-    if any(lg.shape[1] != n_experts for lg in layers):
-        raise ValueError(f"every layer needs the same number of experts, got {[lg.shape[1] for lg in layers]}")
-    chosen = None if indices is None else _as_layers(indices)
-    if chosen is not None and len(chosen) != len(layers):
-        raise ValueError(f"indices gives {len(chosen)} layers, router_logits {len(layers)}")
-    if chosen is not None:
-        k_given = chosen[0].shape[-1]
-        if top_k is not None and top_k != k_given:
-            raise ValueError(f"top_k={top_k!r} but indices select {k_given} experts per token")
-        top_k = k_given
-    if top_k is None:
-        raise ValueError("give top_k (or the selected indices)")
-    _check_int("top_k", top_k)
-    if top_k > n_experts:
-        raise ValueError(f"top_k must be <= n_experts={n_experts}, got {top_k}")
+    one_of("convention", convention, AUX_CONVENTIONS)
+    layers, chosen, top_k = _layers_and_choice(router_logits, top_k, indices)
     if convention == "switch" and top_k != 1:
         raise ValueError(
             f"the 'switch' convention is the paper's top-1 loss; with top_k={top_k} choose "
             "'hf' (k at balance) or 'divide_by_k' (1 at balance)"
         )
 
-    device = layers[0].device
+    n_experts, device = layers[0].shape[1], layers[0].device
     counts = torch.zeros(n_experts, dtype=torch.float32, device=device)
     prob_sum = torch.zeros(n_experts, dtype=torch.float32, device=device)
     n_real = torch.zeros((), dtype=torch.float32, device=device)
     for i, logits in enumerate(layers):
         probs = torch.softmax(logits.float(), dim=-1)
         mask = _token_mask(attention_mask, logits.shape[0], device)
-        if chosen is None:
-            idx = torch.topk(probs.detach(), top_k, dim=-1).indices
-        else:
-            idx = _check_indices(chosen[i], logits.shape[0], n_experts)
-            if idx.shape[1] != top_k:
-                raise ValueError(f"indices of layer {i} select {idx.shape[1]} experts per token, expected {top_k}")
-        counts = counts + expert_counts(idx, n_experts, mask)
+        idx = torch.topk(probs.detach(), top_k, dim=-1).indices if chosen is None else chosen[i]
+        counts = counts + _counts(idx, n_experts, mask)
         prob_sum = prob_sum + (probs * mask[:, None]).sum(dim=0)
         n_real = n_real + mask.sum()
     if float(n_real) == 0:
@@ -223,7 +217,7 @@ def router_z_loss(
     total = torch.zeros(())
     n_real = 0.0
     for logits in _as_layers(router_logits):
-        flat = _check_logits(logits)
+        flat = _flat_logits("router_logits", logits)
         mask = _token_mask(attention_mask, flat.shape[0], flat.device)
         z2 = torch.logsumexp(flat.float(), dim=-1) ** 2
         part = (z2 * mask).sum()
@@ -253,19 +247,13 @@ def sequence_wise_balance_loss(
     then the mean over sequences (sequences that are all padding are skipped). 1 at perfect balance.
     -> scalar float32, differentiable through ``scores``.
     """
-    if not isinstance(scores, torch.Tensor) or scores.dim() != 3 or not scores.is_floating_point():
-        got = tuple(scores.shape) if isinstance(scores, torch.Tensor) else type(scores).__name__
-        raise ValueError(f"scores must be a floating (batch, seq, n_experts) tensor, got {got}")
+    check_shape("scores", scores, (None, None, None), "(batch, seq, n_experts)", dtype="floating")
     batch, seq, n_experts = scores.shape
-    if not isinstance(indices, torch.Tensor) or indices.dim() != 3 or tuple(indices.shape[:2]) != (batch, seq):
-        got = tuple(indices.shape) if isinstance(indices, torch.Tensor) else type(indices).__name__
-        raise ValueError(f"indices must be (batch={batch}, seq={seq}, k), got {got}")
-    k = indices.shape[-1]
-    if not 1 <= k <= n_experts:
-        raise ValueError(f"indices select k={k} experts per token, expected 1 <= k <= n_experts={n_experts}")
+    check_shape("indices", indices, (batch, seq, None), f"(batch={batch}, seq={seq}, k)")
+    k = check_int("indices.shape[-1] (experts per token)", indices.shape[-1], maximum=n_experts)
     if bool((scores.detach() < 0).any()):
         raise ValueError("scores must be non-negative affinities (sigmoid or softmax outputs), not logits")
-    idx = _check_indices(indices, batch * seq, n_experts).view(batch, seq, k)
+    idx = _flat_indices(indices, n_experts).view(batch, seq, k)
     mask = _token_mask(attention_mask, batch * seq, scores.device).view(batch, seq)
     normed = scores.float() / scores.float().sum(dim=-1, keepdim=True).clamp_min(1e-20)
     one_hot = torch.zeros(batch, seq, n_experts, dtype=torch.float32, device=scores.device)
@@ -283,10 +271,8 @@ def sequence_wise_balance_loss(
 
 def unbiased_topk(scores: torch.Tensor, k: int) -> torch.Tensor:
     """The paper's experts for the sequence-wise loss: top-k of the unbiased scores, (..., E) -> (..., k) int64."""
-    if not isinstance(scores, torch.Tensor) or scores.dim() < 1 or not scores.is_floating_point():
-        raise ValueError("scores must be a floating (..., n_experts) tensor")
-    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= scores.shape[-1]:
-        raise ValueError(f"k must be an int with 1 <= k <= n_experts={scores.shape[-1]}, got {k!r}")
+    check_shape("scores", scores, (..., None), "(..., n_experts)", dtype="floating")
+    check_int("k", k, maximum=scores.shape[-1])
     return scores.detach().topk(k, dim=-1).indices
 
 
@@ -302,14 +288,9 @@ def bias_update(bias: torch.Tensor, load: torch.Tensor, gamma: float) -> torch.T
     underloaded ones up, experts exactly at the mean stay. Use the bias only to *select* experts,
     never in the gating weights (:func:`dmcourse.routing.sigmoid_topk` does this).
     """
-    if not isinstance(bias, torch.Tensor) or bias.dim() != 1:
-        raise ValueError(f"bias must be a (n_experts,) tensor, got {getattr(bias, 'shape', type(bias).__name__)}")
-    if not isinstance(load, torch.Tensor) or tuple(load.shape) != tuple(bias.shape):
-        raise ValueError(
-            f"load must have the shape of bias {tuple(bias.shape)}, got {getattr(load, 'shape', type(load).__name__)}"
-        )
-    if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not math.isfinite(gamma) or gamma < 0:
-        raise ValueError(f"gamma must be a finite number >= 0, got {gamma!r}")
+    check_shape("bias", bias, (None,), "(n_experts,)")
+    check_shape("load", load, tuple(bias.shape), f"(n_experts={bias.shape[0]},) like bias")
+    nonnegative_float("gamma", gamma)
     load = load.to(device=bias.device, dtype=torch.float32)
     return bias + (gamma * torch.sign(load.mean() - load)).to(bias.dtype)
 
@@ -357,8 +338,7 @@ class LoadStats:
 
 def load_stats_from_counts(counts: torch.Tensor) -> LoadStats:
     """:class:`LoadStats` of per-expert loads: counts (E,) non-negative, not all zero."""
-    if not isinstance(counts, torch.Tensor) or counts.dim() != 1 or counts.numel() < 1:
-        raise ValueError(f"counts must be a non-empty (n_experts,) tensor, got {getattr(counts, 'shape', counts)!r}")
+    check_shape("counts", counts, (None,), "(n_experts,)")
     c = counts.detach().double().cpu()
     if bool((c < 0).any()) or float(c.sum()) <= 0:
         raise ValueError(f"counts must be non-negative with a positive total, got {counts.tolist()}")

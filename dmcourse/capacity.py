@@ -22,7 +22,8 @@ import math
 import torch
 from torch import nn
 
-from dmcourse.balance import _check_indices, _check_int, _token_mask  # the balancing losses' input checks
+from dmcourse.balance import _flat_indices, _token_mask  # the balancing losses' input checks
+from dmcourse.checks import check_int, check_shape, one_of, positive_float
 from dmcourse.routing import Routing
 
 CAPACITY_ORDERS: tuple[str, ...] = ("position", "choice", "score")
@@ -34,18 +35,9 @@ def expert_capacity(n_tokens: int, n_experts: int, top_k: int = 1, capacity_fact
     ``capacity_factor = 1`` is exactly the balanced share; 1.25 gives 25 % slack (Switch's default
     for training). -> int >= 0 (0 only when there are no tokens).
     """
-    _check_int("n_tokens", n_tokens, 0)
-    _check_int("n_experts", n_experts)
-    _check_int("top_k", top_k)
-    if top_k > n_experts:
-        raise ValueError(f"top_k must be <= n_experts={n_experts}, got {top_k}")
-    if (
-        isinstance(capacity_factor, bool)
-        or not isinstance(capacity_factor, (int, float))
-        or not math.isfinite(capacity_factor)
-        or capacity_factor <= 0
-    ):
-        raise ValueError(f"capacity_factor must be a positive finite number, got {capacity_factor!r}")
+    check_int("n_tokens", n_tokens, 0)
+    check_int("top_k", top_k, maximum=check_int("n_experts", n_experts))
+    positive_float("capacity_factor", capacity_factor)
     # round away tiny float noise (1.25 * 96 is 120.00000000000001 in binary) before the ceiling
     return math.ceil(round(capacity_factor * n_tokens * top_k / n_experts, 9))
 
@@ -78,14 +70,10 @@ def capacity_mask(
     attention_mask: (T,) or any shape with T entries; padding tokens are never kept and use no capacity.
     Use :func:`expert_capacity` to get ``capacity`` from a capacity factor.
     """
-    _check_int("n_experts", n_experts)
-    _check_int("capacity", capacity, 0)
-    if order not in CAPACITY_ORDERS:
-        raise ValueError(f"order must be one of {CAPACITY_ORDERS}, got {order!r}")
-    if not isinstance(indices, torch.Tensor) or indices.dim() != 2:
-        got = tuple(indices.shape) if isinstance(indices, torch.Tensor) else type(indices).__name__
-        raise ValueError(f"indices must be (tokens, k), got {got}")
-    idx = _check_indices(indices, None, n_experts)
+    check_int("capacity", capacity, 0)
+    one_of("order", order, CAPACITY_ORDERS)
+    check_shape("indices", indices, (None, None), "(tokens, k)")
+    idx = _flat_indices(indices, check_int("n_experts", n_experts))
     n_tokens, k = idx.shape
     if k > 1 and bool((idx.sort(dim=1).values.diff(dim=1) == 0).any()):
         raise ValueError("indices must name distinct experts within each token's row")
@@ -94,9 +82,9 @@ def capacity_mask(
     position = torch.arange(n_tokens, device=device).repeat_interleave(k)  # token of each flat slot
     slot = torch.arange(k, device=device).repeat(n_tokens)
     if order == "score":
-        if weights is None or not isinstance(weights, torch.Tensor) or tuple(weights.shape) != (n_tokens, k):
-            shape = tuple(weights.shape) if isinstance(weights, torch.Tensor) else weights
-            raise ValueError(f"order='score' needs weights of shape (T, k)={(n_tokens, k)}, got {shape}")
+        if weights is None:
+            raise ValueError(f"order='score' needs weights of shape (T, k)={(n_tokens, k)}, got None")
+        check_shape("weights", weights, (n_tokens, k), f"(T, k)={(n_tokens, k)} for order='score'")
         # stable sorts: position, then by descending weight, then group by expert
         perm = torch.argsort(-weights.detach().float().reshape(-1), stable=True)
     elif order == "choice":
@@ -134,9 +122,8 @@ class CapacityLimitedRouter(nn.Module):
 
     def __init__(self, router: nn.Module, capacity_factor: float, order: str = "position") -> None:
         super().__init__()
-        expert_capacity(1, 1, 1, capacity_factor)  # validates capacity_factor
-        if order not in CAPACITY_ORDERS:
-            raise ValueError(f"order must be one of {CAPACITY_ORDERS}, got {order!r}")
+        positive_float("capacity_factor", capacity_factor)
+        one_of("order", order, CAPACITY_ORDERS)
         self.router, self.capacity_factor, self.order = router, float(capacity_factor), order
         self.last_keep: torch.Tensor | None = None
         self.last_drop_rate: float | None = None
@@ -159,8 +146,7 @@ class CapacityLimitedRouter(nn.Module):
 
 def drop_rate(keep: torch.Tensor, attention_mask: torch.Tensor | None = None) -> float:
     """Share of (real) assignments dropped: keep (T, k) bool -> float in [0, 1]."""
-    if not isinstance(keep, torch.Tensor) or keep.dtype != torch.bool or keep.dim() != 2:
-        raise ValueError("keep must be a (tokens, k) bool tensor from capacity_mask")
+    check_shape("keep", keep, (None, None), "(tokens, k) from capacity_mask", dtype="bool")
     mask = _token_mask(attention_mask, keep.shape[0], keep.device)[:, None].expand_as(keep)
     total = float(mask.sum())
     if total == 0:

@@ -15,22 +15,16 @@ from dataclasses import dataclass
 from dmcourse import accounting
 from dmcourse import economics as ec
 from dmcourse import roofline as rl
+from dmcourse.checks import check_int, positive_float
 from dmcourse.configs import ModelConfig
 from dmcourse.hardware import GPUSpec
-
-
-def _int(name: str, value: object, low: int) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < low:
-        raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
-    return value
 
 
 def geometric_mean_rule(total: float, active: float) -> float:
     """``sqrt(total * active)`` (parameters): the "geometric-mean rule" for the dense model an MoE
     performs like. Folklore; see :data:`RULES` for what is and is not traceable."""
-    for name, value in (("total", total), ("active", active)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-            raise ValueError(f"{name} must be a positive number of parameters, got {value!r}")
+    positive_float("total", total)
+    positive_float("active", active)
     if active > total:
         raise ValueError(f"active={active!r} exceeds total={total!r}")
     return math.sqrt(total * active)
@@ -40,10 +34,9 @@ def quoted_epoch_rule(total: float, n_experts: int, active_experts: int) -> floa
     """``total / (n_experts ** 0.44 / active_experts ** 0.63)`` (parameters), exactly as the course's
     source text quotes it and attributes it to Epoch AI ("Dense Equivalent ~ Total Params /
     (Experts^0.44 / Active_Experts^0.63)"). See :data:`RULES` for its provenance."""
-    if isinstance(total, bool) or not isinstance(total, (int, float)) or not total > 0:
-        raise ValueError(f"total must be a positive number of parameters, got {total!r}")
-    n_experts = _int("n_experts", n_experts, 1)
-    active_experts = _int("active_experts", active_experts, 1)
+    positive_float("total", total)
+    check_int("n_experts", n_experts)
+    check_int("active_experts", active_experts)
     if active_experts > n_experts:
         raise ValueError(f"active_experts={active_experts} exceeds n_experts={n_experts}")
     return total / (n_experts**0.44 / active_experts**0.63)
@@ -52,8 +45,7 @@ def quoted_epoch_rule(total: float, n_experts: int, active_experts: int) -> floa
 def half_total_rule(total: float) -> float:
     """``total / 2`` (parameters): the source text's "an 8-way sparse model has inference economics
     roughly equivalent to a dense model half its total size"."""
-    if isinstance(total, bool) or not isinstance(total, (int, float)) or not total > 0:
-        raise ValueError(f"total must be a positive number of parameters, got {total!r}")
+    positive_float("total", total)
     return total / 2
 
 
@@ -121,7 +113,7 @@ def roofline_dense_equivalent(
     total size in between, where the batch touches every expert but the step is still memory-bound.
     """
     c = ec.load_model(model)
-    batch = _int("batch", batch, 1)
+    check_int("batch", batch)
     _, peak, bandwidth = ec.roof(gpu, dtype)
     t = ec.decode_cost(c, gpu, batch, dtype=dtype, n_gpus=1).step_time_s
     return t / max(2 * batch / peak, accounting.bytes_per_param(dtype) / bandwidth)
@@ -140,9 +132,8 @@ def dense_equivalent_batches(
     below the batch-1 value has no rising crossing; one above the peak has neither).
     """
     c = ec.load_model(model)
-    if isinstance(params, bool) or not isinstance(params, (int, float)) or not params > 0:
-        raise ValueError(f"params must be a positive number of parameters, got {params!r}")
-    max_batch = _int("max_batch", max_batch, 2)
+    positive_float("params", params)
+    check_int("max_batch", max_batch, 2)
 
     def eq(b: int) -> float:
         return roofline_dense_equivalent(c, b, gpu, dtype=dtype)

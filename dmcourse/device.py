@@ -58,8 +58,10 @@ def pick_dtype(device: torch.device | str, capability: tuple[int, int] | None = 
         raise ValueError(f"no dtype rule for device type {device.type!r}: expected 'cpu' or 'cuda'")
     if capability is None:
         capability = torch.cuda.get_device_capability(device)
-    if len(capability) != 2 or not all(isinstance(v, int) and v >= 0 for v in capability):
-        raise ValueError(f"capability must be (major, minor) non-negative ints, got {capability!r}")
+    if len(capability) != 2:
+        raise ValueError(f"capability must be (major, minor), got {capability!r}")
+    for part, value in zip(("major", "minor"), capability):
+        check_int(f"capability {part}", value, 0)
     return torch.bfloat16 if tuple(capability) >= BF16_MIN_CAPABILITY else torch.float16
 
 

@@ -22,7 +22,7 @@ import torch
 import torch.distributed as dist
 
 from dmcourse.balance import bias_update, sequence_wise_balance_loss
-from dmcourse.checks import one_of
+from dmcourse.checks import check_int, one_of
 from dmcourse.comm import allreduce_bytes, cross_node_rows, dtype_bytes, nodes_per_token, offrank_bytes
 from dmcourse.ffn import swiglu
 from dmcourse.moe import MoE
@@ -68,9 +68,9 @@ def _moe(seed: int, d_model: int, d_ff: int, n_experts: int, k: int, **kw: Any) 
 
 def _per_rank(tokens: int | list[int], world_size: int) -> list[int]:
     per_rank = [tokens] * world_size if isinstance(tokens, int) else list(tokens)
-    if len(per_rank) != world_size or any(not isinstance(t, int) or t < 0 for t in per_rank):
-        raise ValueError(f"tokens must be an int or one count >= 0 per rank ({world_size}), got {tokens!r}")
-    return per_rank
+    if len(per_rank) != world_size:
+        raise ValueError(f"tokens must be an int or one count per rank ({world_size}), got {tokens!r}")
+    return [check_int(f"tokens of rank {rank}", t, 0) for rank, t in enumerate(per_rank)]
 
 
 def task_check(

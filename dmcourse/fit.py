@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from dmcourse import hardware
 from dmcourse.accounting import kv_cache_bytes, mla_cache_compressed, to_gb, weight_bytes
+from dmcourse.checks import check_int, is_real, nonnegative_float
 from dmcourse.configs import ModelConfig
 from dmcourse.hardware import GPUSpec
 
@@ -81,14 +82,12 @@ def fits_on_gpu(
     which cache an MLA model keeps (:func:`mla_cache_compressed`).
     """
     spec = hardware.gpu(gpu)
-    if not isinstance(n_gpus, int) or isinstance(n_gpus, bool) or n_gpus < 1:
-        raise ValueError(f"n_gpus must be a positive int, got {n_gpus!r}")
-    if isinstance(extra_bytes, bool) or not isinstance(extra_bytes, (int, float)) or extra_bytes < 0:
-        raise ValueError(f"extra_bytes must be a non-negative number, got {extra_bytes!r}")
+    check_int("n_gpus", n_gpus)
+    nonnegative_float("extra_bytes", extra_bytes)
     if isinstance(model, ModelConfig):
         w = weight_bytes(model, dtype)
         kv = kv_cache_bytes(model, context, batch, kv_dtype or dtype, mla_cache_compressed(mla_form))
-    elif isinstance(model, (int, float)) and not isinstance(model, bool) and model >= 0:
+    elif is_real(model) and model >= 0:
         if context:
             raise ValueError("context needs a ModelConfig (the KV cache depends on the architecture)")
         w, kv = float(model), 0.0

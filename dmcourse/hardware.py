@@ -19,6 +19,8 @@ from functools import lru_cache
 from importlib import resources
 from typing import Any
 
+from dmcourse.checks import check_int, positive_float
+
 REQUIRED_FIELDS = ("name", "memory_bytes", "source")
 
 
@@ -73,8 +75,7 @@ def parse_gpus(doc: Mapping[str, Any]) -> dict[str, GPUSpec]:
         name, mem, src = entry["name"], entry["memory_bytes"], entry["source"]
         if not isinstance(name, str) or not name:
             raise ValueError(f"gpus.json entry {i}: name must be a non-empty string, got {name!r}")
-        if not isinstance(mem, int) or isinstance(mem, bool) or mem <= 0:
-            raise ValueError(f"gpus.json {name}: memory_bytes must be a positive int, got {mem!r}")
+        check_int(f"gpus.json {name}: memory_bytes", mem)
         if not isinstance(src, str) or not src.startswith("http"):
             raise ValueError(f"gpus.json {name}: source must be a URL, got {src!r}")
         if _key(name) in {_key(n) for n in out}:
@@ -132,8 +133,7 @@ def parse_links(doc: Mapping[str, Any]) -> dict[str, LinkSpec]:
                 f"links.json entry {i} must have exactly name, bytes_per_s, datasheet, source; got {entry!r}"
             )
         rate = entry["bytes_per_s"]
-        if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not rate > 0:
-            raise ValueError(f"links.json {entry['name']!r}: bytes_per_s must be a positive number, got {rate!r}")
+        positive_float(f"links.json {entry['name']!r}: bytes_per_s", rate)
         if not str(entry["source"]).startswith("http"):
             raise ValueError(f"links.json {entry['name']!r}: source must be a URL, got {entry['source']!r}")
         if entry["name"] in out:

@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dmcourse.checks import check_int, check_shape, one_of, probability
 from dmcourse.configs import ModelConfig
 from dmcourse.ffn import SwiGLU
 from dmcourse.moe import MoE
@@ -89,8 +90,7 @@ def make_corpus(
     """Generated text of at least ``n_chars`` characters: paragraphs of 3-6 sentences, each paragraph
     on one topic drawn from ``topics`` (probabilities ``weights``, default uniform). Deterministic
     for a given ``seed``; every character is in :data:`ALPHABET`."""
-    if not isinstance(n_chars, int) or n_chars < 1:
-        raise ValueError(f"n_chars must be a positive int, got {n_chars!r}")
+    check_int("n_chars", n_chars)
     topics = list(topics)
     if not topics or any(t not in TOPICS for t in topics):
         raise ValueError(f"topics must be a non-empty subset of {TOPICS}, got {topics!r}")
@@ -136,16 +136,16 @@ class CharData:
     """A text, encoded, with a fixed split: train = first ``1 - val_fraction``, validation = the rest."""
 
     def __init__(self, text: str, val_fraction: float = 0.1) -> None:
-        if not 0 < val_fraction < 1:
-            raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction!r}")
+        probability("val_fraction", val_fraction, allow_zero=False, allow_one=False)
         ids = encode(text)
         cut = int(len(ids) * (1 - val_fraction))
         self.train, self.val = ids[:cut], ids[cut:]
 
     def sample(self, split: str, batch_size: int, seq_len: int, generator: torch.Generator | None = None) -> LMBatch:
         """``batch_size`` random windows of ``seq_len + 1`` characters of ``split`` ("train"/"val")."""
-        if split not in ("train", "val"):
-            raise ValueError(f"split must be 'train' or 'val', got {split!r}")
+        one_of("split", split, ("train", "val"))
+        check_int("batch_size", batch_size)
+        check_int("seq_len", seq_len)
         ids = self.train if split == "train" else self.val
         if len(ids) <= seq_len + 1:
             raise ValueError(f"the {split} split has {len(ids)} characters, too few for seq_len={seq_len}")
@@ -180,17 +180,11 @@ class LMConfig:
 
     def __post_init__(self) -> None:
         for f in ("vocab_size", "d_model", "n_layers", "n_heads", "d_ff", "top_k", "seq_len"):
-            v = getattr(self, f)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise ValueError(f"{f} must be a positive int, got {v!r}")
+            check_int(f, getattr(self, f))
         if self.d_model % self.n_heads:
             raise ValueError(f"d_model={self.d_model} must be divisible by n_heads={self.n_heads}")
-        if (
-            not isinstance(self.n_experts, int)
-            or self.n_experts < 0
-            or (self.n_experts and self.top_k > self.n_experts)
-        ):
-            raise ValueError(f"need n_experts >= 0 and top_k <= n_experts, got {self.n_experts}, {self.top_k}")
+        if check_int("n_experts", self.n_experts, 0):  # 0: a dense model
+            check_int("top_k", self.top_k, maximum=self.n_experts)
 
     @property
     def is_moe(self) -> bool:
@@ -272,8 +266,7 @@ class TinyLM(nn.Module):
         self.head = nn.Linear(config.d_model, config.vocab_size, bias=False)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        if ids.dim() != 2:
-            raise ValueError(f"ids must be (batch, seq), got {tuple(ids.shape)}")
+        check_shape("ids", ids, (None, None), "(batch, seq)", dtype="integer")
         h = self.embed(ids)
         for block in self.blocks:
             h = block(h)

@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dmcourse.checks import check_int, check_shape, one_of
 from dmcourse.ffn import SwiGLU
 from dmcourse.matmul import gated, linear
 from dmcourse.routing import ROUTERS, Router, Routing, default_router
@@ -63,25 +64,18 @@ def expert_swiglu(
 def _check_inputs(
     x: torch.Tensor, routing: Routing, w_gate: torch.Tensor, w_up: torch.Tensor, w_down: torch.Tensor
 ) -> tuple[int, int, int]:
-    if w_gate.dim() != 3:
-        raise ValueError(f"w_gate must be (n_experts, d_ff, d_model), got {tuple(w_gate.shape)}")
-    n_experts, d_ff, d_model = w_gate.shape
-    if tuple(w_up.shape) != (n_experts, d_ff, d_model) or tuple(w_down.shape) != (n_experts, d_model, d_ff):
-        raise ValueError(
-            f"expert weights do not match: w_gate {tuple(w_gate.shape)} = (E, d_ff, d_model) needs "
-            f"w_up {(n_experts, d_ff, d_model)} and w_down {(n_experts, d_model, d_ff)}, got "
-            f"{tuple(w_up.shape)} and {tuple(w_down.shape)}"
-        )
-    if x.dim() != 2 or x.shape[1] != d_model:
-        raise ValueError(f"x must be (tokens, d_model={d_model}), got {tuple(x.shape)}")
-    if routing.indices.shape[0] != x.shape[0] or routing.weights.shape != routing.indices.shape:
-        raise ValueError(
-            f"routing is for {routing.indices.shape[0]} tokens (indices {tuple(routing.indices.shape)}, "
-            f"weights {tuple(routing.weights.shape)}), x has {x.shape[0]}"
-        )
+    """The dispatch functions' boundary check -> (tokens, k, n_experts)."""
+    n_experts, d_ff, d_model = check_shape("w_gate", w_gate, (None, None, None), "(n_experts, d_ff, d_model)").shape
+    check_shape("w_up", w_up, (n_experts, d_ff, d_model), f"(n_experts, d_ff, d_model)={(n_experts, d_ff, d_model)}")
+    check_shape(
+        "w_down", w_down, (n_experts, d_model, d_ff), f"(n_experts, d_model, d_ff)={(n_experts, d_model, d_ff)}"
+    )
+    n_tokens = check_shape("x", x, (None, d_model), f"(tokens, d_model={d_model})").shape[0]
+    k = check_shape("routing.indices", routing.indices, (n_tokens, None), f"(tokens={n_tokens}, k)").shape[1]
+    check_shape("routing.weights", routing.weights, (n_tokens, k), f"(tokens={n_tokens}, k={k}) like its indices")
     if routing.n_experts != n_experts:
         raise ValueError(f"routing is over {routing.n_experts} experts, the weights hold {n_experts}")
-    return x.shape[0], routing.top_k, n_experts
+    return n_tokens, k, n_experts
 
 
 def dispatch_loop(
@@ -285,21 +279,12 @@ class MoE(nn.Module):
         device: torch.device | str | None = None,
     ) -> None:
         super().__init__()
-        for name, value in (("d_model", d_model), ("d_ff", d_ff), ("n_experts", n_experts)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
-        if not isinstance(top_k, int) or isinstance(top_k, bool) or not 1 <= top_k <= n_experts:
-            raise ValueError(f"top_k must be an int with 1 <= top_k <= n_experts={n_experts}, got {top_k!r}")
-        if not isinstance(n_shared_experts, int) or isinstance(n_shared_experts, bool) or n_shared_experts < 0:
-            raise ValueError(f"n_shared_experts must be an int >= 0, got {n_shared_experts!r}")
-        if shared_d_ff is None:
-            shared_d_ff = d_ff
-        if not isinstance(shared_d_ff, int) or isinstance(shared_d_ff, bool) or shared_d_ff < 1:
-            raise ValueError(f"shared_d_ff must be a positive int, got {shared_d_ff!r}")
-        if router is None:
-            router = default_router(top_k)
-        if router not in ROUTERS:
-            raise ValueError(f"router must be one of {ROUTERS}, got {router!r}")
+        check_int("d_model", d_model)
+        check_int("d_ff", d_ff)
+        check_int("top_k", top_k, maximum=check_int("n_experts", n_experts))
+        check_int("n_shared_experts", n_shared_experts, 0)
+        shared_d_ff = check_int("shared_d_ff", d_ff if shared_d_ff is None else shared_d_ff)
+        router = one_of("router", default_router(top_k) if router is None else router, ROUTERS)
         self.d_model, self.d_ff, self.n_experts, self.top_k = d_model, d_ff, n_experts, top_k
         self.n_shared_experts, self.shared_d_ff = n_shared_experts, shared_d_ff
         self.dispatch = dispatch
@@ -323,9 +308,7 @@ class MoE(nn.Module):
 
     @dispatch.setter
     def dispatch(self, value: str) -> None:
-        if value not in DISPATCHES:
-            raise ValueError(f"dispatch must be one of {DISPATCHES}, got {value!r}")
-        self._dispatch = value
+        self._dispatch = one_of("dispatch", value, DISPATCHES)
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
@@ -335,8 +318,7 @@ class MoE(nn.Module):
             w.uniform_(-bound, bound)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[-1] != self.d_model:
-            raise ValueError(f"x must be (..., d_model={self.d_model}), got {tuple(x.shape)}")
+        check_shape("x", x, (..., self.d_model), f"(..., d_model={self.d_model})")
         flat = x.reshape(-1, self.d_model)
         routing = self.router(flat)
         self.last_routing = routing

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import datetime
 import json
-import math
 import os
 import platform
 from collections.abc import Callable, Sequence
@@ -32,6 +31,7 @@ import torch
 
 from dmcourse import measure
 from dmcourse._version import __version__
+from dmcourse.checks import check_int, positive_float
 from dmcourse.device import pick_device
 
 RECORD_SCHEMA = 1
@@ -172,12 +172,6 @@ def _require(record: object, what: str, keys: Sequence[str]) -> dict[str, Any]:
     return record
 
 
-def _positive(where: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{where} = {value!r} is not a positive number")
-    return float(value)
-
-
 def validate_record(record: object) -> dict[str, Any]:
     """Return ``record`` if it is a roofline record this module can read, else raise ValueError."""
     record = _require(record, "roofline", ("schema", "device", "device_type", "date", "versions", "command", "figures"))
@@ -189,7 +183,7 @@ def validate_record(record: object) -> dict[str, Any]:
         if not isinstance(values, dict) or not values:
             raise ValueError(f"roofline record figures.{group} must be a non-empty object")
         for key, value in values.items():
-            _positive(f"roofline record figures.{group}.{key}", value)
+            positive_float(f"roofline record figures.{group}.{key}", value)
     return record
 
 
@@ -201,14 +195,14 @@ def validate_moe_dispatch(record: object) -> dict[str, Any]:
         ("device", "device_type", "dtype", "date", "torch", "command", "settings", "prefill_s", "ceilings", "decode"),
     )
     for name, t in record["prefill_s"].items():
-        _positive(f"moe_dispatch record prefill_s[{name!r}]", t)
+        positive_float(f"moe_dispatch record prefill_s[{name!r}]", t)
     if not isinstance(record["decode"], list) or not record["decode"]:
         raise ValueError("moe_dispatch record decode must be a non-empty list of rows")
     for row in record["decode"]:
         for key in ("tokens", "experts_touched", "floor_s", "times_s"):
             if key not in row:
                 raise ValueError(f"moe_dispatch record decode row lacks {key!r}: {sorted(row)}")
-        _positive(f"moe_dispatch record decode[tokens={row['tokens']}].floor_s", row["floor_s"])
+        positive_float(f"moe_dispatch record decode[tokens={row['tokens']}].floor_s", row["floor_s"])
     return record
 
 
@@ -404,9 +398,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv_list = list(sys.argv[1:] if argv is None else argv)
     try:
         if args.threads is not None:
-            if isinstance(args.threads, bool) or args.threads < 1:
-                raise ValueError(f"--threads must be an int >= 1, got {args.threads!r}")
-            torch.set_num_threads(args.threads)
+            torch.set_num_threads(check_int("--threads", args.threads))
         device = pick_device(args.device)
         found = measure_ceilings(device, quick=args.quick, precisions=args.precisions, repeats=args.repeats)
     except (ValueError, RuntimeError) as err:

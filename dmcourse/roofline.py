@@ -25,8 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 # the model's bodies below check their arguments under these names
-from dmcourse.checks import check_int as _check_positive_int
-from dmcourse.checks import positive_float as _check_positive
+from dmcourse.checks import check_int, nonnegative_float, positive_float, probability
 
 # --------------------------------------------------------------------------------------------
 # The model
@@ -36,7 +35,7 @@ from dmcourse.checks import positive_float as _check_positive
 def gemm_flops(m: int, k: int, n: int) -> int:
     """FLOPs of ``(m, k) @ (k, n)``: ``2 * m * k * n`` (one multiply and one add per term)."""
     for name, value in (("m", m), ("k", k), ("n", n)):
-        _check_positive_int(name, value)
+        check_int(name, value)
     return 2 * m * k * n
 
 
@@ -44,8 +43,8 @@ def gemm_bytes(m: int, k: int, n: int, bytes_per_element: float) -> float:
     """Bytes a GEMM ``(m, k) @ (k, n) -> (m, n)`` must move at least: every operand once,
     ``bytes_per_element * (m*k + k*n + m*n)`` (A and B read, C written)."""
     for name, value in (("m", m), ("k", k), ("n", n)):
-        _check_positive_int(name, value)
-    bytes_per_element = _check_positive("bytes_per_element", bytes_per_element)
+        check_int(name, value)
+    bytes_per_element = positive_float("bytes_per_element", bytes_per_element)
     return bytes_per_element * (m * k + k * n + m * n)
 
 
@@ -57,29 +56,28 @@ def gemm_intensity(m: int, k: int, n: int, bytes_per_element: float) -> float:
 def ridge_point(peak_flops: float, bandwidth: float) -> float:
     """The intensity (FLOP/byte) where the two roofs meet: ``peak_flops / bandwidth``. Below it a
     kernel is memory-bound, above it compute-bound."""
-    return _check_positive("peak_flops", peak_flops) / _check_positive("bandwidth", bandwidth)
+    return positive_float("peak_flops", peak_flops) / positive_float("bandwidth", bandwidth)
 
 
 def attainable_flops(intensity: float, peak_flops: float, bandwidth: float) -> float:
     """The roofline: ``min(peak_flops, intensity * bandwidth)`` in FLOP/s, for ``intensity`` in
     FLOP/byte, ``peak_flops`` in FLOP/s and ``bandwidth`` in bytes/s."""
-    intensity = _check_positive("intensity", intensity)
-    return min(_check_positive("peak_flops", peak_flops), intensity * _check_positive("bandwidth", bandwidth))
+    intensity = positive_float("intensity", intensity)
+    return min(positive_float("peak_flops", peak_flops), intensity * positive_float("bandwidth", bandwidth))
 
 
 def is_memory_bound(intensity: float, peak_flops: float, bandwidth: float) -> bool:
     """True when ``intensity`` lies below the ridge point (the bandwidth roof is the lower one)."""
-    return _check_positive("intensity", intensity) < ridge_point(peak_flops, bandwidth)
+    return positive_float("intensity", intensity) < ridge_point(peak_flops, bandwidth)
 
 
 def roofline_time(flops: float, nbytes: float, peak_flops: float, bandwidth: float) -> float:
     """Least time (s) for work of ``flops`` FLOPs moving ``nbytes`` bytes:
     ``max(flops / peak_flops, nbytes / bandwidth)`` -- the same statement as the min rule,
     ``flops / attainable_flops(flops / nbytes, ...)``."""
-    if isinstance(flops, bool) or not isinstance(flops, (int, float)) or not math.isfinite(flops) or flops < 0:
-        raise ValueError(f"flops must be a finite number >= 0, got {flops!r}")
-    nbytes = _check_positive("nbytes", nbytes)
-    return max(flops / _check_positive("peak_flops", peak_flops), nbytes / _check_positive("bandwidth", bandwidth))
+    nonnegative_float("flops", flops)
+    nbytes = positive_float("nbytes", nbytes)
+    return max(flops / positive_float("peak_flops", peak_flops), nbytes / positive_float("bandwidth", bandwidth))
 
 
 def critical_batch_size(
@@ -97,12 +95,12 @@ def critical_batch_size(
     weights are counted (the large-layer limit): ``M = R s / 2``.
     """
     ridge = ridge_point(peak_flops, bandwidth)
-    s = _check_positive("bytes_per_element", bytes_per_element)
+    s = positive_float("bytes_per_element", bytes_per_element)
     if k is None and n is None:
         return ridge * s / 2
     if k is None or n is None:
         raise ValueError(f"give both k and n or neither, got k={k!r}, n={n!r}")
-    k, n = _check_positive_int("k", k), _check_positive_int("n", n)
+    k, n = check_int("k", k), check_int("n", n)
     denominator = 2 * k * n - ridge * s * (k + n)
     return math.inf if denominator <= 0 else ridge * s * k * n / denominator
 
@@ -115,11 +113,12 @@ def expected_experts_touched(n_experts: int, top_k: int, tokens: int) -> float:
     (One token leaves a given expert out with probability ``1 - k/E``; B independent tokens all
     leave it out with probability ``(1 - k/E) ** B``; sum over the E experts.)
     """
-    n_experts = _check_positive_int("n_experts", n_experts)
-    top_k = _check_positive_int("top_k", top_k)
-    if top_k > n_experts:
-        raise ValueError(f"top_k={top_k} exceeds n_experts={n_experts}")
-    tokens = _check_positive_int("tokens", tokens, 0)
+    check_int("top_k", top_k, maximum=check_int("n_experts", n_experts))
+    return _touched(n_experts, top_k, check_int("tokens", tokens, 0))
+
+
+def _touched(n_experts: int, top_k: int, tokens: int) -> float:
+    """:func:`expected_experts_touched` for checked arguments."""
     return n_experts * (1.0 - (1.0 - top_k / n_experts) ** tokens)
 
 
@@ -130,19 +129,15 @@ def batch_touching(n_experts: int, top_k: int, fraction: float) -> int:
 
     The ceiling is checked against :func:`expected_experts_touched` itself, so a rounding error in
     the logarithms cannot shift the answer by one."""
-    n_experts = _check_positive_int("n_experts", n_experts)
-    top_k = _check_positive_int("top_k", top_k)
-    if top_k > n_experts:
-        raise ValueError(f"top_k={top_k} exceeds n_experts={n_experts}")
-    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction < 1:
-        raise ValueError(f"fraction must be a number in (0, 1), got {fraction!r}")
+    check_int("top_k", top_k, maximum=check_int("n_experts", n_experts))
+    probability("fraction", fraction, allow_zero=False, allow_one=False)
     if top_k == n_experts:
         return 1
     batch = max(1, math.ceil(math.log(1 - fraction) / math.log(1 - top_k / n_experts)))
     target = fraction * n_experts
-    while batch > 1 and expected_experts_touched(n_experts, top_k, batch - 1) >= target:
+    while batch > 1 and _touched(n_experts, top_k, batch - 1) >= target:
         batch -= 1
-    while expected_experts_touched(n_experts, top_k, batch) < target:
+    while _touched(n_experts, top_k, batch) < target:
         batch += 1
     return batch
 
@@ -152,7 +147,7 @@ def smallest_batch(ok: Callable[[int], bool], lo: int, hi: int) -> int | None:
     on that range (monotone); ``None`` when ``ok(hi)`` is False. A bisection: about
     ``log2(hi - lo)`` calls of ``ok``. The one search the cost model uses (critical batches,
     dense-equivalent crossings)."""
-    lo, hi = _check_positive_int("lo", lo, 0), _check_positive_int("hi", hi, 0)
+    lo, hi = check_int("lo", lo, 0), check_int("hi", hi, 0)
     if hi < lo:
         raise ValueError(f"hi={hi} is below lo={lo}")
     if not ok(hi):
@@ -224,16 +219,16 @@ def decode_step(
     assumed uniform; a real router that favours some experts touches fewer) -- times
     ``bytes_per_param``, plus ``batch * kv_bytes_per_seq``. Activations are ignored (small at decode).
     """
-    batch = _check_positive_int("batch", batch)
-    dense_params = _check_positive_int("dense_params", dense_params, 0)
-    expert_params = _check_positive_int("expert_params", expert_params, 0)
+    batch = check_int("batch", batch)
+    dense_params = check_int("dense_params", dense_params, 0)
+    expert_params = check_int("expert_params", expert_params, 0)
     if dense_params + expert_params == 0:
         raise ValueError("dense_params + expert_params must be positive: a model needs parameters")
-    bytes_per_param = _check_positive("bytes_per_param", bytes_per_param)
-    for name, value in (("kv_bytes_per_seq", kv_bytes_per_seq), ("attention_flops_per_seq", attention_flops_per_seq)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-            raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-    touched = expected_experts_touched(n_experts, top_k, batch)
+    bytes_per_param = positive_float("bytes_per_param", bytes_per_param)
+    check_int("top_k", top_k, maximum=check_int("n_experts", n_experts))
+    nonnegative_float("kv_bytes_per_seq", kv_bytes_per_seq)
+    nonnegative_float("attention_flops_per_seq", attention_flops_per_seq)
+    touched = _touched(n_experts, top_k, batch)
     active = dense_params + expert_params * top_k / n_experts
     weight_bytes = bytes_per_param * (dense_params + expert_params * touched / n_experts)
     return DecodeStep(
@@ -258,7 +253,7 @@ def decode_critical_batch(
     if "batch" in model:
         raise ValueError("decode_critical_batch searches the batch: do not pass batch")
     ridge = ridge_point(peak_flops, bandwidth)
-    max_batch = _check_positive_int("max_batch", max_batch)
+    max_batch = check_int("max_batch", max_batch)
     found = smallest_batch(lambda b: decode_step(batch=b, **model).intensity >= ridge, 1, max_batch)
     return math.inf if found is None else float(found)
 
@@ -290,12 +285,12 @@ def moe_cost(
     (``2 * (T + R) * d_model`` elements). FLOPs: ``2 * R * 3 * d_model * d_ff`` plus the router.
     """
     for name, value in (("tokens", tokens), ("d_model", d_model), ("d_ff", d_ff)):
-        _check_positive_int(name, value)
+        check_int(name, value)
     if experts_touched is None:
         experts_touched = expected_experts_touched(n_experts, top_k, tokens)
     elif not 0 < experts_touched <= n_experts:
         raise ValueError(f"experts_touched must be in (0, n_experts={n_experts}], got {experts_touched!r}")
-    s = _check_positive("bytes_per_element", bytes_per_element)
+    s = positive_float("bytes_per_element", bytes_per_element)
     rows = tokens * top_k
     router = Cost(float(gemm_flops(tokens, d_model, n_experts)), gemm_bytes(tokens, d_model, n_experts, s))
     acts = swiglu_cost(rows, d_model, d_ff, s)

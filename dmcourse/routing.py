@@ -39,6 +39,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dmcourse.checks import check_int, check_shape, nonnegative_float, one_of
+
 ROUTERS: tuple[str, ...] = ("softmax", "softmax_topk", "sigmoid", "noisy")
 """Names accepted by :class:`Router` (and ``MoE(router=...)``):
 ``"softmax"`` -> :func:`topk_softmax`, ``"softmax_topk"`` -> :func:`softmax_topk` (no renormalisation),
@@ -54,9 +56,7 @@ def default_router(top_k: int) -> str:
     """The rule :class:`Router` and :class:`dmcourse.moe.MoE` use when none is named: ``"softmax_topk"``
     (Switch Transformer gating, the chosen expert's softmax probability) for ``top_k == 1``, so that
     the task loss trains the router; ``"softmax"`` (Mixtral's mask-before-softmax) for ``top_k >= 2``."""
-    if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1:
-        raise ValueError(f"top_k must be a positive int, got {top_k!r}")
-    return "softmax_topk" if top_k == 1 else "softmax"
+    return "softmax_topk" if check_int("top_k", top_k) == 1 else "softmax"
 
 
 def check_router_learns(method: str, top_k: int) -> None:
@@ -113,15 +113,10 @@ class Routing:
 
 
 def _check_logits_k(logits: torch.Tensor, k: int) -> int:
-    if not isinstance(logits, torch.Tensor) or logits.dim() != 2 or not logits.is_floating_point():
-        shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
-        raise ValueError(f"logits must be a floating (tokens, n_experts) tensor, got {shape}")
-    n_experts = logits.shape[1]
-    if n_experts < 1:
-        raise ValueError(f"logits must have at least one expert column, got shape {tuple(logits.shape)}")
-    if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= n_experts:
-        raise ValueError(f"k must be an int with 1 <= k <= n_experts={n_experts}, got {k!r}")
-    return n_experts
+    """The routing rules' boundary check: logits (T, E) floating with E >= 1, k in [1, E] -> E."""
+    check_shape("logits", logits, (None, None), "(tokens, n_experts)", dtype="floating")
+    check_int("k", k, maximum=check_int("logits.shape[1] (n_experts)", logits.shape[1]))
+    return logits.shape[1]
 
 
 def router_logits(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -188,12 +183,10 @@ def sigmoid_topk(
     scores = torch.sigmoid(logits.float())
     choice = scores
     if bias is not None:
-        if bias.shape != (n_experts,):
-            raise ValueError(f"bias must have shape (n_experts,)=({n_experts},), got {tuple(bias.shape)}")
+        check_shape("bias", bias, (n_experts,), f"(n_experts,)=({n_experts},)")
         choice = scores + bias.float()
-    for name, value in (("n_groups", n_groups), ("topk_groups", topk_groups)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    check_int("n_groups", n_groups)
+    check_int("topk_groups", topk_groups)
     if n_groups > 1:
         if n_experts % n_groups:
             raise ValueError(f"n_groups={n_groups} must divide n_experts={n_experts}")
@@ -244,8 +237,8 @@ def noisy_topk(
             raise ValueError(
                 f"noise_std of shape {tuple(noise_std.shape)} does not broadcast to logits {tuple(logits.shape)}"
             )
-    elif not isinstance(noise_std, (int, float)) or isinstance(noise_std, bool) or noise_std < 0:
-        raise ValueError(f"noise_std must be a float >= 0 or a tensor, got {noise_std!r}")
+    else:
+        nonnegative_float("noise_std", noise_std)
     # drawn where the generator lives (a CPU generator also works for CUDA logits), then moved
     noise_device = generator.device if generator is not None else logits.device
     noise = torch.randn(logits.shape, generator=generator, dtype=torch.float32, device=noise_device).to(logits.device)
@@ -286,15 +279,9 @@ class Router(nn.Module):
         device: torch.device | str | None = None,
     ) -> None:
         super().__init__()
-        for name, value in (("d_model", d_model), ("n_experts", n_experts)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
-        if not isinstance(top_k, int) or isinstance(top_k, bool) or not 1 <= top_k <= n_experts:
-            raise ValueError(f"top_k must be an int with 1 <= top_k <= n_experts={n_experts}, got {top_k!r}")
-        if method is None:
-            method = default_router(top_k)
-        if method not in ROUTERS:
-            raise ValueError(f"router method must be one of {ROUTERS}, got {method!r}")
+        check_int("d_model", d_model)
+        check_int("top_k", top_k, maximum=check_int("n_experts", n_experts))
+        method = one_of("router method", default_router(top_k) if method is None else method, ROUTERS)
         if not allow_constant_gate:
             check_router_learns(method, top_k)
         if method != "sigmoid" and (n_groups != 1 or topk_groups != 1 or scale != 1.0):
@@ -311,8 +298,7 @@ class Router(nn.Module):
             self.noise_weight = nn.Parameter(torch.zeros(n_experts, d_model, dtype=dtype, device=device))
 
     def forward(self, x: torch.Tensor, generator: torch.Generator | None = None) -> Routing:
-        if x.dim() != 2 or x.shape[1] != self.d_model:
-            raise ValueError(f"router input must be (tokens, d_model={self.d_model}), got {tuple(x.shape)}")
+        check_shape("router input", x, (None, self.d_model), f"(tokens, d_model={self.d_model})")
         logits = router_logits(x, self.weight)
         if self.method == "softmax":
             return topk_softmax(logits, self.top_k)

@@ -37,21 +37,9 @@ import torch
 
 from dmcourse import accounting, comm
 from dmcourse import roofline as rl
+from dmcourse.checks import check_int, nonnegative_float, positive_float, probability
 from dmcourse.configs import ModelConfig
 from dmcourse.timing import time_fn
-
-
-def _number(name: str, value: object, low: float = 0.0, high: float = math.inf) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
-        raise ValueError(f"{name} must be a number in [{low}, {high}], got {value!r}")
-    return float(value)
-
-
-def _int(name: str, value: object, low: int) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < low:
-        raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
-    return value
-
 
 # --------------------------------------------------------------------------------------------
 # Speculative decoding and multi-token prediction
@@ -63,8 +51,8 @@ def expected_accepted(alpha: float, draft: int) -> float:
     accepted with probability ``alpha``, independently, until the first rejection, plus the one
     token the target model always adds: ``sum_{i=0..g} alpha**i = (1 - alpha**(g+1)) / (1 - alpha)``
     (``g + 1`` at ``alpha = 1``; 1 at ``alpha = 0`` or ``g = 0``)."""
-    alpha = _number("alpha", alpha, 0.0, 1.0)
-    draft = _int("draft", draft, 0)
+    alpha = probability("alpha", alpha)
+    draft = check_int("draft", draft, 0)
     if alpha == 1.0:
         return float(draft + 1)
     return (1.0 - alpha ** (draft + 1)) / (1.0 - alpha)
@@ -77,9 +65,9 @@ def verify_step(*, batch: int, draft: int, kv_bytes_per_seq: float = 0.0, **mode
     ``model``: the other keyword arguments of ``decode_step`` (``dense_params``, ``bytes_per_param``,
     ``expert_params``, ``n_experts``, ``top_k``, ``attention_flops_per_seq``). ``draft=0`` is a
     plain decode step."""
-    batch, draft = _int("batch", batch, 1), _int("draft", draft, 0)
+    batch, draft = check_int("batch", batch, 1), check_int("draft", draft, 0)
     tokens = batch * (draft + 1)
-    kv = _number("kv_bytes_per_seq", kv_bytes_per_seq)
+    kv = nonnegative_float("kv_bytes_per_seq", kv_bytes_per_seq)
     return rl.decode_step(batch=tokens, kv_bytes_per_seq=kv * batch / tokens, **model)
 
 
@@ -99,8 +87,8 @@ def speculative_speedup(alpha: float, draft: int, verify_ratio: float, draft_cos
     measured); ``draft_cost``: time to propose one draft token / plain step time (0 for a free
     drafter; a small draft model or an MTP module costs a few %). With ``verify_ratio = 1`` this is
     Leviathan et al.'s (2023) speed-up ``(1 - alpha**(g+1)) / ((1 - alpha)(g c + 1))``."""
-    verify_ratio = _number("verify_ratio", verify_ratio, 1e-12)
-    draft_cost = _number("draft_cost", draft_cost)
+    verify_ratio = positive_float("verify_ratio", verify_ratio)
+    draft_cost = nonnegative_float("draft_cost", draft_cost)
     return expected_accepted(alpha, draft) / (verify_ratio + draft * draft_cost)
 
 
@@ -131,11 +119,11 @@ class QuantFormat:
     zero_bytes: float = 0.0
 
     def __post_init__(self) -> None:
-        _int("bits", self.bits, 1)
+        check_int("bits", self.bits, 1)
         if self.group_size is not None:
-            _int("group_size", self.group_size, 1)
-        _number("scale_bytes", self.scale_bytes)
-        _number("zero_bytes", self.zero_bytes)
+            check_int("group_size", self.group_size, 1)
+        nonnegative_float("scale_bytes", self.scale_bytes)
+        nonnegative_float("zero_bytes", self.zero_bytes)
 
     @property
     def bytes_per_param(self) -> float:
@@ -271,7 +259,7 @@ def offload_step(
     step touches is not resident and comes over a link of ``link_bytes_per_s``
     (:func:`dmcourse.comm.comm_time_s`). Touched expert bytes: the experts part of
     :func:`mixed_decode_cost` (``E_t(B)`` experts per layer). ``miss_rate = 0``: no transfer."""
-    miss_rate = _number("miss_rate", miss_rate, 0.0, 1.0)
+    miss_rate = probability("miss_rate", miss_rate)
     cost = mixed_decode_cost(config, batch, experts, other)
     e_counts, _ = split_counts(config)
     touched = rl.decode_step(batch=batch, bytes_per_param=quant_format(experts).bytes_per_param, **e_counts).nbytes
@@ -279,7 +267,7 @@ def offload_step(
     return OffloadStep(
         cost.time_s(peak_flops, bandwidth),
         fetched,
-        comm.comm_time_s(fetched, _number("link_bytes_per_s", link_bytes_per_s, 1e-12)),
+        comm.comm_time_s(fetched, positive_float("link_bytes_per_s", link_bytes_per_s)),
         overlap,
     )
 
@@ -302,10 +290,12 @@ def resident_experts(
     """How many routed experts per MoE layer fit in ``usable_bytes`` of device memory once every
     other weight (in ``other``) and ``reserved_bytes`` (KV cache, activations, workspace) are in:
     between 0 and ``n_experts``; -1 when not even the other weights fit."""
-    usable = _number("usable_bytes", usable_bytes)
+    usable = nonnegative_float("usable_bytes", usable_bytes)
     p = accounting.count_params(config)
     free = (
-        usable - _number("reserved_bytes", reserved_bytes) - (p.total - p.experts) * quant_format(other).bytes_per_param
+        usable
+        - nonnegative_float("reserved_bytes", reserved_bytes)
+        - (p.total - p.experts) * quant_format(other).bytes_per_param
     )
     if free < 0:
         return -1
@@ -320,7 +310,7 @@ def measure_h2d(nbytes: int, *, pinned: bool, device: torch.device | str = "cuda
         raise ValueError(
             f"measure_h2d measures a host-to-GPU link: device must be an available CUDA device, got {device}"
         )
-    nbytes = _int("nbytes", nbytes, 2**20)
+    nbytes = check_int("nbytes", nbytes, 2**20)
     host = torch.ones(nbytes, dtype=torch.uint8, pin_memory=pinned)
     dst = torch.empty(nbytes, dtype=torch.uint8, device=device)
     t = time_fn(lambda: dst.copy_(host, non_blocking=pinned), device=device, warmup=2, repeats=repeats)
@@ -345,7 +335,7 @@ def cache_hit_rate(counts: torch.Tensor, n_cached: int) -> float:
     """Share of token-to-expert assignments that land on the ``n_cached`` most popular experts:
     the hit rate of a cache that keeps those experts resident. counts: (E,) assignments per expert."""
     c = _counts(counts)
-    n_cached = _int("n_cached", n_cached, 0)
+    n_cached = check_int("n_cached", n_cached, 0)
     if n_cached > c.numel():
         raise ValueError(f"n_cached={n_cached} exceeds n_experts={c.numel()}")
     return float(c.sort(descending=True).values[:n_cached].sum() / c.sum())
@@ -356,8 +346,8 @@ def experts_touched_skewed(counts: torch.Tensor, top_k: int, tokens: int) -> flo
     a token with probability ``p_e = top_k * counts_e / sum(counts)``: ``sum_e 1 - (1 - p_e)**B``.
     Uniform counts give :func:`dmcourse.roofline.expected_experts_touched`; skew touches fewer."""
     c = _counts(counts)
-    top_k = _int("top_k", top_k, 1)
-    tokens = _int("tokens", tokens, 0)
+    top_k = check_int("top_k", top_k, 1)
+    tokens = check_int("tokens", tokens, 0)
     p = top_k * c / c.sum()
     if float(p.max()) > 1 + 1e-9:
         raise ValueError(
@@ -392,7 +382,7 @@ def replicated_max_load(counts: torch.Tensor, n_gpus: int, n_redundant: int = 0)
     least-loaded GPU that holds fewer than ``ceil(copies / n_gpus)``. Returns the best of these
     greedy layouts (a heuristic, not the optimum). counts: (E,) assignments per expert."""
     c = _counts(counts)
-    n_gpus, n_redundant = _int("n_gpus", n_gpus, 1), _int("n_redundant", n_redundant, 0)
+    n_gpus, n_redundant = check_int("n_gpus", n_gpus, 1), check_int("n_redundant", n_redundant, 0)
     best = min(_greedy_max_load(c, n_gpus, r) for r in range(n_redundant + 1))
     return best / (float(c.sum()) / n_gpus)
 

@@ -29,16 +29,11 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch import nn
 
+from dmcourse.checks import check_int, probability
 from dmcourse.ffn import SwiGLU
 from dmcourse.lm import LMConfig, TinyLM
 from dmcourse.moe import MoE
 from dmcourse.moe_train import moe_layers
-
-
-def _check_fraction(name: str, value: object, upper_inclusive: bool = True) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
-        raise ValueError(f"{name} must be a number in [0, 1], got {value!r}")
-    return float(value)
 
 
 @torch.no_grad()
@@ -68,7 +63,7 @@ def upcycle_ffn(
     noise = float(noise)
     if not noise >= 0:
         raise ValueError(f"noise must be >= 0, got {noise!r}")
-    reinit_fraction = _check_fraction("reinit_fraction", reinit_fraction)
+    reinit_fraction = probability("reinit_fraction", reinit_fraction)
     w = ffn.w_gate.weight
     moe = MoE(ffn.d_model, ffn.d_ff, n_experts, top_k, router=router, dtype=w.dtype, device=w.device)
     fresh = [moe.w_gate.detach().clone(), moe.w_up.detach().clone(), moe.w_down.detach().clone()]
@@ -130,8 +125,7 @@ def with_top_k(model: nn.Module, k: int) -> Iterator[None]:
     the router (see :func:`dmcourse.routing.check_router_learns`)."""
     layers = moe_modules(model)
     for m in layers:
-        if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= m.n_experts:
-            raise ValueError(f"k must be an int in [1, n_experts={m.n_experts}], got {k!r}")
+        check_int("k", k, maximum=m.n_experts)
     old = [(m.top_k, m.router.top_k) for m in layers]
     try:
         for m in layers:

@@ -17,6 +17,7 @@ from dmcourse.balance import (
     load_stats_from_counts,
     router_z_loss,
     sequence_wise_balance_loss,
+    unbiased_topk,
 )
 from dmcourse.capacity import capacity_mask, drop_rate, expert_capacity
 from dmcourse.routing import sigmoid_topk
@@ -345,6 +346,22 @@ def test_bias_balancer_moves_load_towards_the_mean_and_never_touches_the_weights
 def test_bad_arguments_raise(call, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         call()
+
+
+def test_bad_tensors_are_named() -> None:
+    """The checks at the boundary say which tensor is wrong and how (shape, dtype, or not a tensor)."""
+    with pytest.raises(ValueError, match=r"^indices of layer 0 must have shape \(tokens=4, k=1\), got \(3, 1\)"):
+        load_balancing_loss(torch.randn(4, 3), convention="hf", indices=torch.zeros(3, 1, dtype=torch.long))
+    with pytest.raises(ValueError, match="router_logits has no expert column"):
+        router_z_loss(torch.randn(4, 0))
+    with pytest.raises(ValueError, match=r"^indices must be an integer tensor of shape"):
+        expert_counts(torch.zeros(3, 1), 2)
+    with pytest.raises(ValueError, match=r"^keep must be a bool tensor"):
+        drop_rate(torch.ones(3, 1))
+    with pytest.raises(TypeError, match="bias must be a torch.Tensor, got list"):
+        bias_update([0.0, 0.0], torch.zeros(2), 0.1)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"^k must be an int in \[1, 4\], got 5"):
+        unbiased_topk(torch.rand(2, 4), 5)
 
 
 def test_convention_must_be_explicit() -> None:

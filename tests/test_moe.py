@@ -182,29 +182,55 @@ def test_grouped_fallback_is_documented_and_correct(monkeypatch) -> None:
 
 
 @pytest.mark.parametrize(
-    "call",
+    ("call", "match"),
     [
-        lambda: MoE(16, 24, 8, 0),
-        lambda: MoE(16, 24, 8, 9),
-        lambda: MoE(0, 24, 8, 2),
-        lambda: MoE(16, 24, 8, 2, dispatch="fast"),
-        lambda: MoE(16, 24, 8, 2, router="hash"),
-        lambda: MoE(16, 24, 8, 2, n_shared_experts=-1),
-        lambda: MoE(16, 24, 8, 2)(torch.randn(3, 15)),
-        lambda: setattr(MoE(16, 24, 8, 2), "dispatch", "gather"),
-        lambda: DISPATCH_FUNCTIONS["sorted"](
-            torch.randn(3, 8), topk_softmax(torch.randn(3, 4), 2), *_weights(5, 8, 12)
+        (lambda: MoE(16, 24, 8, 0), r"top_k must be an int in \[1, 8\], got 0"),
+        (lambda: MoE(16, 24, 8, 9), r"top_k must be an int in \[1, 8\], got 9"),
+        (lambda: MoE(0, 24, 8, 2), r"d_model must be a positive int"),
+        (lambda: MoE(16, 24, 8, 2, dispatch="fast"), r"dispatch must be one of"),
+        (lambda: MoE(16, 24, 8, 2, router="hash"), r"router must be one of"),
+        (lambda: MoE(16, 24, 8, 2, n_shared_experts=-1), r"n_shared_experts must be a non-negative int"),
+        (lambda: MoE(16, 24, 8, 2)(torch.randn(3, 15)), r"x must have shape \(\.\.\., d_model=16\)"),
+        (lambda: setattr(MoE(16, 24, 8, 2), "dispatch", "gather"), r"dispatch must be one of"),
+        (
+            lambda: DISPATCH_FUNCTIONS["sorted"](
+                torch.randn(3, 8), topk_softmax(torch.randn(3, 4), 2), *_weights(5, 8, 12)
+            ),
+            r"routing is over 4 experts, the weights hold 5",
         ),
-        lambda: DISPATCH_FUNCTIONS["loop"](torch.randn(3, 8), topk_softmax(torch.randn(4, 4), 2), *_weights(4, 8, 12)),
-        lambda: DISPATCH_FUNCTIONS["grouped"](
-            torch.randn(3, 9), topk_softmax(torch.randn(3, 4), 2), *_weights(4, 8, 12)
+        (
+            lambda: DISPATCH_FUNCTIONS["loop"](
+                torch.randn(3, 8), topk_softmax(torch.randn(4, 4), 2), *_weights(4, 8, 12)
+            ),
+            r"routing.indices must have shape \(tokens=3, k\)",
         ),
-        lambda: from_mixtral_block(nn.Linear(3, 3)),
+        (
+            lambda: DISPATCH_FUNCTIONS["grouped"](
+                torch.randn(3, 9), topk_softmax(torch.randn(3, 4), 2), *_weights(4, 8, 12)
+            ),
+            r"x must have shape \(tokens, d_model=8\)",
+        ),
+        (lambda: from_mixtral_block(nn.Linear(3, 3)), r"Mixtral sparse-MoE block"),
     ],
 )
-def test_bad_arguments_raise(call) -> None:
-    with pytest.raises(ValueError):
+def test_bad_arguments_raise(call, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
         call()
+
+
+def test_dispatch_names_the_bad_weight_or_routing() -> None:
+    x, routing = torch.randn(3, 8), topk_softmax(torch.randn(3, 4), 2)
+    w_gate, w_up, w_down = _weights(4, 8, 12)
+    for dispatch in DISPATCH_FUNCTIONS.values():
+        with pytest.raises(ValueError, match=r"^w_up must have shape \(n_experts, d_ff, d_model\)=\(4, 12, 8\)"):
+            dispatch(x, routing, w_gate, w_up[:, :11], w_down)
+        with pytest.raises(ValueError, match=r"^w_down must have shape \(n_experts, d_model, d_ff\)=\(4, 8, 12\)"):
+            dispatch(x, routing, w_gate, w_up, w_down.transpose(1, 2))
+        bad = Routing(routing.indices, routing.weights[:, :1], routing.logits, routing.scores)
+        with pytest.raises(ValueError, match=r"^routing.weights must have shape \(tokens=3, k=2\)"):
+            dispatch(x, bad, w_gate, w_up, w_down)
+        with pytest.raises(TypeError, match="x must be a torch.Tensor, got list"):
+            dispatch(x.tolist(), routing, w_gate, w_up, w_down)
 
 
 # ---- interop with transformers (test-only dependency) ----

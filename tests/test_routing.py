@@ -143,26 +143,29 @@ def test_router_sigmoid_bias_is_a_buffer_and_noise_only_in_training() -> None:
 
 
 @pytest.mark.parametrize(
-    "call",
+    ("call", "match"),
     [
-        lambda: topk_softmax(torch.randn(4, 8), 0),
-        lambda: topk_softmax(torch.randn(4, 8), 9),
-        lambda: topk_softmax(torch.randn(8), 2),
-        lambda: topk_softmax(torch.ones(4, 8, dtype=torch.int64), 2),
-        lambda: softmax_topk(torch.randn(4, 8), 2.0),
-        lambda: sigmoid_topk(torch.randn(4, 8), 2, bias=torch.zeros(7)),
-        lambda: sigmoid_topk(torch.randn(4, 8), 2, n_groups=3),
-        lambda: sigmoid_topk(torch.randn(4, 8), 4, n_groups=4, topk_groups=1),
-        lambda: noisy_topk(torch.randn(4, 8), 2, -1.0),
-        lambda: noisy_topk(torch.randn(4, 8), 2, torch.ones(3, 8)),
-        lambda: Router(16, 8, 2, "switch"),
-        lambda: Router(16, 8, 0),
-        lambda: Router(16, 8, 2, "softmax", n_groups=2),
-        lambda: Router(16, 8, 2)(torch.randn(3, 15)),
+        (lambda: topk_softmax(torch.randn(4, 8), 0), r"k must be an int in \[1, 8\], got 0"),
+        (lambda: topk_softmax(torch.randn(4, 8), 9), r"k must be an int in \[1, 8\], got 9"),
+        (lambda: topk_softmax(torch.randn(8), 2), r"logits must be a floating tensor"),
+        (lambda: topk_softmax(torch.ones(4, 8, dtype=torch.int64), 2), r"logits must be a floating tensor"),
+        (lambda: softmax_topk(torch.randn(4, 8), 2.0), r"k must be an int in \[1, 8\], got 2.0"),
+        (lambda: sigmoid_topk(torch.randn(4, 8), 2, bias=torch.zeros(7)), r"bias must have shape"),
+        (lambda: sigmoid_topk(torch.randn(4, 8), 2, n_groups=3), r"must divide"),
+        (lambda: sigmoid_topk(torch.randn(4, 8), 4, n_groups=4, topk_groups=1), r"topk_groups must be"),
+        (lambda: noisy_topk(torch.randn(4, 8), 2, -1.0), r"noise_std must be a finite number >= 0"),
+        (lambda: noisy_topk(torch.randn(4, 8), 2, torch.ones(3, 8)), r"does not broadcast"),
+        (lambda: Router(16, 8, 2, "switch"), r"router method must be one of"),
+        (lambda: Router(16, 8, 0), r"top_k must be an int in \[1, 8\], got 0"),
+        (lambda: Router(16, 8, 2, "softmax", n_groups=2), r"apply to the 'sigmoid' router only"),
+        (
+            lambda: Router(16, 8, 2)(torch.randn(3, 15)),
+            r"router input must have shape \(tokens, d_model=16\), got \(3, 15\)",
+        ),
     ],
 )
-def test_bad_arguments_raise(call) -> None:
-    with pytest.raises(ValueError):
+def test_bad_arguments_raise(call, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
         call()
 
 

@@ -301,3 +301,91 @@ def test_importing_the_package_or_the_instructor_cli_does_not_import_torch() -> 
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+# ----------------------------------------------------------------------------------------------
+# one place for the argument checks (issue 15)
+
+#: Modules that may test for ``bool`` by hand: module -> why it is not a number check.
+ALLOWED_BOOL_TESTS: dict[str, str] = {
+    "dmcourse.stream": "enable(on) takes exactly True, False or None: it asks for a bool, it does not refuse one",
+}
+
+_NUMBER_TYPES = {"bool", "int", "float"}
+
+
+def _isinstance_types(node: ast.AST) -> tuple[str, set[str]] | None:
+    """``(dump of x, type names)`` for ``isinstance(x, T)`` / ``isinstance(x, (T1, T2))``, else None."""
+    if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "isinstance"):
+        return None
+    if len(node.args) != 2:
+        return None
+    types = node.args[1]
+    elts = types.elts if isinstance(types, ast.Tuple) else [types]
+    return ast.dump(node.args[0]), {t.id for t in elts if isinstance(t, ast.Name)}
+
+
+def hand_rolled_checks(source: str) -> list[int]:
+    """Lines of ``source`` that check a number by hand instead of calling :mod:`dmcourse.checks`:
+    an ``isinstance(x, bool)``, or an ``isinstance(x, int/float)`` in the same boolean expression
+    as a comparison of ``x`` (``not isinstance(n, int) or n < 1``)."""
+    lines = set()
+    for node in ast.walk(ast.parse(source)):
+        found = _isinstance_types(node)
+        if found and "bool" in found[1]:
+            lines.add(node.lineno)
+        if isinstance(node, ast.BoolOp):
+            typed = {x for x, types in filter(None, map(_isinstance_types, ast.walk(node))) if types & _NUMBER_TYPES}
+            compared = {
+                ast.dump(side)
+                for cmp in ast.walk(node)
+                if isinstance(cmp, ast.Compare)
+                for side in (cmp.left, *cmp.comparators)
+            }
+            if typed & compared:
+                lines.add(node.lineno)
+    return sorted(lines)
+
+
+@pytest.mark.parametrize(
+    ("source", "flagged"),
+    [
+        ("if not isinstance(n, int) or isinstance(n, bool) or n < 1:\n    raise ValueError", [1]),
+        ("if not isinstance(n, int) or n < 1:\n    raise ValueError", [1]),
+        ("ok = isinstance(x, (int, float)) and not 0 < x <= 1", [1]),
+        ("a = 1\nb = isinstance(flag, bool)", [2]),
+        ("check_int('n', n)\nx = [n] * 2 if isinstance(n, int) else list(n)", []),
+        ("if isinstance(x, torch.Tensor) and x.dim() < 2:\n    pass", []),
+    ],
+)
+def test_the_scan_finds_hand_rolled_checks(source: str, flagged: list[int]) -> None:
+    assert hand_rolled_checks(source) == flagged
+
+
+def test_numbers_are_checked_in_one_place() -> None:
+    """Every module checks its int and float arguments through dmcourse.checks (check_int,
+    positive_float, ...), which alone says that a bool is not a number; grading/ (the instructor
+    extra) is not a teaching module."""
+    offenders = {
+        module: lines
+        for module, path in module_files().items()
+        if module not in ("dmcourse.checks", *ALLOWED_BOOL_TESTS) and not module.startswith("dmcourse.grading")
+        for lines in [hand_rolled_checks(path.read_text())]
+        if lines
+    }
+    assert not offenders, f"hand-rolled number checks (module: lines), call dmcourse.checks instead: {offenders}"
+    for module in ALLOWED_BOOL_TESTS:
+        assert module in module_files(), f"{module} is no module: remove it from ALLOWED_BOOL_TESTS"
+
+
+def test_counting_modules_do_not_import_torch() -> None:
+    """dmcourse.checks imports torch only inside check_shape, so the modules that count (chapters 2,
+    5, 6) load without it."""
+    import subprocess
+    import sys
+
+    counting = ("checks", "configs", "accounting", "hardware", "fit", "roofline", "economics", "dense_equivalent")
+    code = f"import sys; import {', '.join('dmcourse.' + m for m in counting)}; print('torch' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "False", "torch was imported by a counting module"
