@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from dmcourse.grading import names, nbfile, zipcollect
+from dmcourse.grading import names, nbfile
 from dmcourse.grading.recover import NOTES_FILE, keep_dir
 
 #: statuses that put a file into submitted/ (or found it there already)
@@ -35,6 +35,8 @@ IGNORED = ("duplicate", "online-text")
 FLAGGED = ("unknown-assignment", "unparsable-name", "invalid-notebook", "not-a-notebook", "exists-differs")
 #: what collect remembers of each collected file, in submitted/.recovered/<student>/<assignment>/
 RECORD_FILE = "collected.json"
+#: the file nbgrader's zip_collect writes next to a collected notebook: when it was handed in (UTC)
+TIMESTAMP_FILE = "timestamp.txt"
 _IGNORED_PARTS = ("__MACOSX", ".ipynb_checkpoints")
 
 #: the course's assignments and the notebook of each (defined in :mod:`names`, used from here)
@@ -216,8 +218,10 @@ def collect(
                 for old in (keep / NOTES_FILE, keep / dest.name):  # recover's notes on the copy being replaced
                     old.unlink(missing_ok=True)
                 # the time of a copy that is gone (deleted by hand, set aside) does not date this one
-                (dest.parent / zipcollect.TIMESTAMP_FILE).unlink(missing_ok=True)
+                (dest.parent / TIMESTAMP_FILE).unlink(missing_ok=True)
                 chosen.setdefault(item.assignment or "", []).append(item)
+        if chosen:  # importing nbgrader's apps takes seconds: only when there is something to place
+            from dmcourse.grading import zipcollect
         for assignment, group in chosen.items():
             files = {item.source: folder / item.source for item in group}
             said = zipcollect.place(root, assignment, files, pattern, assume)
@@ -234,7 +238,7 @@ def _record(dest: Path, item: Item, source: Path, said: dict | None) -> None:
             f"nbgrader's zip_collect did not put {item.source} at {item.dest} "
             f"(its file-name plugin answered {said}); nothing else was changed for this file"
         )
-    stamp = dest.parent / zipcollect.TIMESTAMP_FILE
+    stamp = dest.parent / TIMESTAMP_FILE
     record = {
         **asdict(item),
         "sha256": _sha(data),
@@ -250,7 +254,7 @@ def _others(dest: Path) -> list[str]:
     """Files in ``dest``'s folder other than ``dest`` and nbgrader's ``timestamp.txt``."""
     if not dest.parent.is_dir():
         return []
-    return sorted(p.name for p in dest.parent.iterdir() if p.name not in (dest.name, zipcollect.TIMESTAMP_FILE))
+    return sorted(p.name for p in dest.parent.iterdir() if p.name not in (dest.name, TIMESTAMP_FILE))
 
 
 def _set_aside(dest: Path) -> None:

@@ -33,8 +33,6 @@ from traitlets import Bool, Unicode
 
 from dmcourse.grading import course, names
 
-#: the file nbgrader writes next to a collected notebook: when it was handed in (UTC)
-TIMESTAMP_FILE = "timestamp.txt"
 _LOG = logging.getLogger("dmcourse.grading.zipcollect")
 _LOG.addHandler(logging.NullHandler())
 _LOG.propagate = False  # collect reports every file itself; nbgrader's lines would repeat it
