@@ -157,3 +157,25 @@ def test_submission_time_prefers_the_lms_time() -> None:
     assert (bb.time, canvas.time, canvas.late) == ("2025-05-06 07:08:09", "", True)
     assert zipcollect.submission_time(bb) == "2025-05-06 07:08:09"
     assert zipcollect.submission_time(canvas) == ""  # nbgrader's own zip_collect: no time we can trust
+
+
+def test_a_time_after_the_gradebooks_due_date_marks_the_file_late(
+    course_copy: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """The time nbgrader writes is compared with the due date nbgrader keeps (its gradebook)."""
+    from nbgrader import api
+
+    monkeypatch.setattr(api, "get_alembic_version", lambda: "test")  # a new gradebook asks alembic: seconds
+    cfg = course.load_config(course_copy)
+    with api.Gradebook(cfg.CourseDirectory.db_url, cfg.CourseDirectory.course_id) as gb:
+        gb.update_or_create_assignment(A, duedate=datetime.datetime(2026, 1, 10, 12, 0))  # naive UTC
+    utc = datetime.timezone.utc
+    dl = tmp_path / "dl"
+    _at(dl / f"ann_111_222_{A}.ipynb", _release(course_copy, A), datetime.datetime(2026, 1, 10, 11, 0, tzinfo=utc))
+    _at(dl / f"bob_333_444_{A}.ipynb", _release(course_copy, A), datetime.datetime(2026, 1, 10, 15, 0, tzinfo=utc))
+    _at(dl / f"cy_LATE_555_666_{A}.ipynb", _release(course_copy, A), datetime.datetime(2026, 1, 9, tzinfo=utc))
+    items = {i.student: i for i in collect.collect(course_copy, dl)}
+    assert {s: i.late for s, i in items.items()} == {"111": False, "333": True, "555": True}  # 555: Canvas said so
+    assert "3.0 h after the due date (2026-01-10 12:00 UTC" in items["333"].reason
+    assert collect.recorded(course_copy / (items["333"].dest or ""))["late"] is True
+    assert zipcollect.due_date(course_copy, B) is None  # not in the gradebook: nothing is late

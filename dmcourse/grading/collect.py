@@ -225,23 +225,40 @@ def collect(
         for assignment, group in chosen.items():
             files = {item.source: folder / item.source for item in group}
             said = zipcollect.place(root, assignment, files, pattern, assume)
+            due = zipcollect.due_date(root, assignment)
             for item in group:
-                _record(root / (item.dest or ""), item, folder / item.source, said.get(item.source))
+                _check_placed(root / (item.dest or ""), item, folder / item.source, said.get(item.source))
+            for item in group:
+                dest = root / (item.dest or "")
+                late = zipcollect.seconds_late(dest.parent, due) if due is not None else 0.0
+                if late > 0:
+                    item.late = True
+                    note = f"handed in {late / 3600:.1f} h after the due date ({due:%Y-%m-%d %H:%M} UTC, gradebook)"
+                    item.reason = f"{item.reason}; {note}" if item.reason else note
+                _record(dest, item)
     return items
 
 
-def _record(dest: Path, item: Item, source: Path, said: dict | None) -> None:
-    """Check that nbgrader put ``source`` at ``dest``, then write down what was collected."""
-    data = source.read_bytes()
-    if said is None or said["student_id"] != item.student or not dest.exists() or dest.read_bytes() != data:
+def _check_placed(dest: Path, item: Item, source: Path, said: dict | None) -> None:
+    """Raise ValueError unless nbgrader put ``source`` at ``dest`` for the student collect chose."""
+    if (
+        said is None
+        or said["student_id"] != item.student
+        or not dest.exists()
+        or dest.read_bytes() != source.read_bytes()
+    ):
         raise ValueError(
             f"nbgrader's zip_collect did not put {item.source} at {item.dest} "
-            f"(its file-name plugin answered {said}); nothing else was changed for this file"
+            f"(its file-name plugin answered {said}); no record was written for {item.assignment}"
         )
+
+
+def _record(dest: Path, item: Item) -> None:
+    """Write down what was collected at ``dest``: the item, sha256, when, nbgrader's time."""
     stamp = dest.parent / TIMESTAMP_FILE
     record = {
         **asdict(item),
-        "sha256": _sha(data),
+        "sha256": _sha(dest.read_bytes()),
         "collected_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "timestamp": stamp.read_text().strip() if stamp.exists() else "",
     }
