@@ -69,8 +69,9 @@ def test_collect_places_files_through_zipcollectapp_once_per_assignment(
         _at(dl / f"stud{s}_10{s}_90{s}_{A}.ipynb", _release(course_copy, A), noon)
         _at(dl / f"stud{s}_10{s}_91{s}_{B}.ipynb", _release(course_copy, B), noon)
     _at(dl / f"Warm up_zoe_attempt_2025-01-31-23-59-58_{A}.ipynb", _release(course_copy, A), noon)
+    _at(dl / "Zoë Ray_501_assignsubmission_file_" / f"{A}.ipynb", _release(course_copy, A), noon)  # Moodle folder
     items = collect.collect(course_copy, dl)
-    assert sorted(i.status for i in items) == ["collected"] * 7
+    assert sorted(i.status for i in items) == ["collected"] * 8
     assert [app.coursedir.assignment_id for app in apps] == [A, B]  # one app per assignment, not per file
     asked = {rel for app in apps for rel in app.collector_plugin_inst.answers}
     assert asked == {i.source for i in items}  # our plugin named every file nbgrader placed
@@ -179,3 +180,12 @@ def test_a_time_after_the_gradebooks_due_date_marks_the_file_late(
     assert "3.0 h after the due date (2026-01-10 12:00 UTC" in items["333"].reason
     assert collect.recorded(course_copy / (items["333"].dest or ""))["late"] is True
     assert zipcollect.due_date(course_copy, B) is None  # not in the gradebook: nothing is late
+
+
+def test_pattern_and_assume_reach_the_plugin(course_copy: Path, tmp_path: Path, apps: list) -> None:
+    """A name only --pattern/--assume can read is placed by nbgrader too (its plugin gets them)."""
+    _at(tmp_path / "dl" / "s1234567 homework.ipynb", _release(course_copy, A), datetime.datetime(2026, 1, 1))
+    (item,) = collect.collect(course_copy, tmp_path / "dl", [A], pattern=r"^(?P<student>s\d{7})", assume=A)
+    assert (item.status, item.student) == ("collected", "s1234567")
+    assert list(apps[0].collector_plugin_inst.answers) == ["s1234567 homework.ipynb"]
+    assert (course_copy / "submitted" / "s1234567" / A / f"{A}.ipynb").exists()
