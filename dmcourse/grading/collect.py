@@ -4,6 +4,11 @@ Every file under the folder ends up in the returned list with a status; nothing 
 silently. File names are read by :mod:`dmcourse.grading.names`. When one student handed in
 several copies of an assignment, the newest readable one is collected (highest LMS copy mark
 such as ``-2``/`` (2)``, then the newest modification time) and the others are reported.
+
+:func:`plan` decides, file by file; :func:`collect` then hands the chosen files to nbgrader's
+``ZipCollectApp`` (:func:`dmcourse.grading.zipcollect.place`, once per assignment), which copies
+them into ``submitted/`` and writes ``timestamp.txt``, and writes down what it collected
+(``collected.json``). Introduced in the appendix *For instructors*.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 import tempfile
 import time
 import zipfile
@@ -29,7 +35,13 @@ IGNORED = ("duplicate", "online-text")
 FLAGGED = ("unknown-assignment", "unparsable-name", "invalid-notebook", "not-a-notebook", "exists-differs")
 #: what collect remembers of each collected file, in submitted/.recovered/<student>/<assignment>/
 RECORD_FILE = "collected.json"
+#: the file nbgrader's zip_collect writes next to a collected notebook: when it was handed in (UTC)
+TIMESTAMP_FILE = "timestamp.txt"
 _IGNORED_PARTS = ("__MACOSX", ".ipynb_checkpoints")
+
+#: the course's assignments and the notebook of each (defined in :mod:`names`, used from here)
+known_assignments = names.known_assignments
+notebook_name = names.notebook_name
 
 
 @dataclass
@@ -44,22 +56,6 @@ class Item:
     reason: str = ""
     late: bool = False
     name: str = ""  # the student's name or login as the LMS wrote it
-
-
-def known_assignments(root: Path) -> list[str]:
-    """Assignments of the course: the folders of ``solutions/``."""
-    src = Path(root) / "solutions"
-    if not src.is_dir():
-        raise FileNotFoundError(f"{src} not found: {root} is not a course directory")
-    return sorted(p.name for p in src.iterdir() if p.is_dir() and not p.name.startswith("."))
-
-
-def notebook_name(root: Path, assignment: str) -> str:
-    """File name nbgrader expects for the (single) notebook of ``assignment``."""
-    found = sorted(p.name for p in (Path(root) / "solutions" / assignment).glob("*.ipynb"))
-    if len(found) != 1:
-        raise ValueError(f"solutions/{assignment} has {len(found)} notebooks; collect supports exactly one")
-    return found[0]
 
 
 def _files(download: Path) -> list[Path]:
@@ -93,7 +89,11 @@ def opened(download: Path) -> Iterator[Path]:
     if not zipfile.is_zipfile(download):
         raise ValueError(f"{download} is neither a folder nor a .zip file")
     with tempfile.TemporaryDirectory(prefix="dmcourse-download-") as tmp, zipfile.ZipFile(download) as z:
-        z.extractall(tmp)  # ZipFile.extractall drops absolute paths and '..' from member names
+        for member in z.infolist():
+            path = Path(z.extract(member, tmp))  # ZipFile.extract drops absolute paths and '..' from names
+            if path.is_file():  # keep the member's time, as unzip does: it orders copies and dates them
+                stamp = time.mktime((*member.date_time, 0, 0, -1))
+                os.utime(path, (stamp, stamp))
         yield Path(tmp)
 
 
@@ -165,6 +165,12 @@ def plan(
             else:
                 winner.status = "exists-differs"
                 winner.reason = f"{winner.dest} already holds a different file (--force replaces it)"
+        elif _others(dest):
+            winner.status = "exists-differs"
+            winner.reason = (
+                f"{Path(winner.dest).parent} holds other files ({', '.join(_others(dest))}) and nbgrader's "
+                "zip_collect only fills an empty folder (--force sets them aside)"
+            )
         items += [item for _, item in group]
     flagged_invalid = {(i.student, i.assignment) for i in items if i.status == "invalid-notebook"}
     for item in items:
@@ -184,40 +190,95 @@ def collect(
 ) -> list[Item]:
     """Copy each student's newest readable notebook to ``submitted/``; return what happened to every file.
 
-    ``download``: the unzipped LMS download folder or its ``.zip``. ``force`` replaces a file of
-    ``submitted/`` that differs from the download's (a new upload); the replaced file is kept in
-    ``submitted/.recovered/<student>/<assignment>/replaced/`` and the item's reason says so. A file
-    edited by hand after it was collected is never replaced by the copy it was collected from.
-    With ``dry_run`` nothing is written and the files that would be copied say ``would-collect``."""
+    ``download``: the unzipped LMS download folder or its ``.zip``. The files :func:`plan` chose
+    are copied by nbgrader's ``ZipCollectApp`` (one per assignment), which also writes
+    ``timestamp.txt`` (see :func:`dmcourse.grading.zipcollect.submission_time`). ``force``
+    replaces a file of ``submitted/`` that differs from the download's (a new upload); the
+    replaced file is kept in ``submitted/.recovered/<student>/<assignment>/replaced/`` and the
+    item's reason says so. A file edited by hand after it was collected is never replaced by the
+    copy it was collected from. With ``dry_run`` nothing is written and the files that would be
+    copied say ``would-collect``."""
+    root = Path(root).resolve()
     with opened(download) as folder:
         items = plan(root, folder, only, pattern, assume)
+        chosen: dict[str, list[Item]] = {}
         for item in items:
-            dest = Path(root) / (item.dest or "")  # every collected or differing file has a dest
+            dest = root / (item.dest or "")  # every collected or differing file has a dest
             if item.status == "exists-differs" and force:
                 item.status = "collected"
                 item.reason = "replaced a different earlier copy" + (
-                    "" if dry_run else f" (kept in {keep_dir(dest).relative_to(Path(root).resolve())}/replaced/)"
+                    "" if dry_run else f" (kept in {keep_dir(dest).relative_to(root)}/replaced/)"
                 )
                 if not dry_run:
                     _set_aside(dest)
             if item.status == "collected" and dry_run:
                 item.status = "would-collect"
             elif item.status == "collected":
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                data = (folder / item.source).read_bytes()
                 keep = keep_dir(dest)
                 for old in (keep / NOTES_FILE, keep / dest.name):  # recover's notes on the copy being replaced
                     old.unlink(missing_ok=True)
-                dest.write_bytes(data)
-                keep.mkdir(parents=True, exist_ok=True)
-                record = {**asdict(item), "sha256": _sha(data), "collected_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
-                (keep / RECORD_FILE).write_text(json.dumps(record, indent=1))
+                # the time of a copy that is gone (deleted by hand, set aside) does not date this one
+                (dest.parent / TIMESTAMP_FILE).unlink(missing_ok=True)
+                chosen.setdefault(item.assignment or "", []).append(item)
+        if chosen:  # importing nbgrader's apps takes seconds: only when there is something to place
+            from dmcourse.grading import zipcollect
+        for assignment, group in chosen.items():
+            files = {item.source: folder / item.source for item in group}
+            said = zipcollect.place(root, assignment, files, pattern, assume)
+            due = zipcollect.due_date(root, assignment)
+            for item in group:
+                _check_placed(root / (item.dest or ""), item, folder / item.source, said.get(item.source))
+            for item in group:
+                dest = root / (item.dest or "")
+                late = zipcollect.seconds_late(dest.parent, due) if due is not None else 0.0
+                if late > 0:
+                    item.late = True
+                    note = f"handed in {late / 3600:.1f} h after the due date ({due:%Y-%m-%d %H:%M} UTC, gradebook)"
+                    item.reason = f"{item.reason}; {note}" if item.reason else note
+                _record(dest, item)
     return items
 
 
+def _check_placed(dest: Path, item: Item, source: Path, said: dict | None) -> None:
+    """Raise ValueError unless nbgrader put ``source`` at ``dest`` for the student collect chose."""
+    if (
+        said is None
+        or said["student_id"] != item.student
+        or not dest.exists()
+        or dest.read_bytes() != source.read_bytes()
+    ):
+        raise ValueError(
+            f"nbgrader's zip_collect did not put {item.source} at {item.dest} "
+            f"(its file-name plugin answered {said}); no record was written for {item.assignment}"
+        )
+
+
+def _record(dest: Path, item: Item) -> None:
+    """Write down what was collected at ``dest``: the item, sha256, when, nbgrader's time."""
+    stamp = dest.parent / TIMESTAMP_FILE
+    record = {
+        **asdict(item),
+        "sha256": _sha(dest.read_bytes()),
+        "collected_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "timestamp": stamp.read_text().strip() if stamp.exists() else "",
+    }
+    keep = keep_dir(dest)
+    keep.mkdir(parents=True, exist_ok=True)
+    (keep / RECORD_FILE).write_text(json.dumps(record, indent=1))
+
+
+def _others(dest: Path) -> list[str]:
+    """Files in ``dest``'s folder other than ``dest`` and nbgrader's ``timestamp.txt``."""
+    if not dest.parent.is_dir():
+        return []
+    return sorted(p.name for p in dest.parent.iterdir() if p.name not in (dest.name, TIMESTAMP_FILE))
+
+
 def _set_aside(dest: Path) -> None:
-    """Move the file of ``submitted/`` that --force replaces into ``.recovered/.../replaced/``."""
-    if dest.exists():
+    """Move what is in the folder of the ``submitted/`` file that --force replaces (the file, its
+    ``timestamp.txt``, anything else) into ``.recovered/.../replaced/``, nothing deleted."""
+    if dest.parent.is_dir() and any(dest.parent.iterdir()):
         folder = keep_dir(dest) / "replaced"
         folder.mkdir(parents=True, exist_ok=True)
-        dest.replace(folder / f"{time.strftime('%Y%m%d-%H%M%S')}-{dest.name}")
+        for path in sorted(dest.parent.iterdir()):
+            path.replace(folder / f"{time.strftime('%Y%m%d-%H%M%S')}-{path.name}")

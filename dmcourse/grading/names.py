@@ -18,19 +18,24 @@ any        ``alice_12345_A.ipynb``, ``A - alice.ipynb``, ``A_alice.ipynb``, the 
 
 Anything else: pass ``pattern``, a regular expression with a named group ``student`` (and
 optionally ``assignment``) searched in the relative path without ``.ipynb``.
+
+The course's own names (its assignments, the notebook of each) are read here too. Introduced in
+the appendix *For instructors*.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 STUDENT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@+-]{0,63}$")
 _SEP = re.compile(r"[\s_\-]+")
 _CANVAS = re.compile(r"^(?P<name>[^/_]+)_(?P<late>LATE_)?(?P<student>\d+)_(?P<submission>\d+)_(?P<file>[^/]+)$")
 _MOODLE = re.compile(r"^(?P<name>[^/]*?)_(?P<student>\d+)_assignsubmission_(?P<plugin>file|onlinetext)_/?(?P<file>.*)$")
 _BLACKBOARD = re.compile(
-    r"^(?P<assign>[^/]+?)_(?P<student>[^/_]+)_attempt_\d{4}-\d{2}-\d{2}-\d{2}-\d{2}-\d{2}_?(?P<file>[^/]*)$"
+    r"^(?P<assign>[^/]+?)_(?P<student>[^/_]+)_attempt_"
+    r"(?P<time>\d{4}-\d{2}-\d{2})-(?P<h>\d{2})-(?P<m>\d{2})-(?P<s>\d{2})_?(?P<file>[^/]*)$"
 )
 _COPY_PREFIX = re.compile(r"^copy[\s_]+of[\s_]+", re.I)
 _COPY_SUFFIX = re.compile(r"(?:\s*\(\d+\)|-\d+)$")
@@ -41,7 +46,9 @@ class Parsed:
     """A file name read as (student, assignment); ``version`` is the LMS copy mark (``-2`` -> 2).
 
     ``late``: the LMS marked the file late (Canvas ``LATE_``); ``name``: the student's name or
-    login as the LMS wrote it (Canvas login, Moodle full name, else empty)."""
+    login as the LMS wrote it (Canvas login, Moodle full name, else empty); ``time``: when the
+    LMS says it was handed in, ``YYYY-MM-DD HH:MM:SS`` as written in the name (Blackboard's
+    attempt time, no time zone), else empty."""
 
     student: str
     assignment: str
@@ -49,6 +56,7 @@ class Parsed:
     rule: str
     late: bool = False
     name: str = ""
+    time: str = ""
 
 
 class UnparsableName(ValueError):
@@ -131,11 +139,9 @@ def parse(relpath: str, assignments: list[str], pattern: str | None = None, assu
                     "unknown-assignment",
                 )
             groups = m.groupdict()
-            return _checked(
-                Parsed(
-                    m["student"], hit[0], version, rule, late=bool(groups.get("late")), name=groups.get("name") or ""
-                )
-            )
+            when = f"{m['time']} {m['h']}:{m['m']}:{m['s']}" if groups.get("time") else ""
+            late, name = bool(groups.get("late")), groups.get("name") or ""
+            return _checked(Parsed(m["student"], hit[0], version, rule, late=late, name=name, time=when))
 
     base, version = _version(stem)
     hit = find_assignment(base, assignments) or _assumed(assume, len(_norm(base)))
@@ -147,6 +153,22 @@ def parse(relpath: str, assignments: list[str], pattern: str | None = None, assu
     rest = _COPY_PREFIX.sub("", norm[: hit[1]].replace("/", " ")) + " " + norm[hit[2] :].replace("/", " ")
     rest = re.sub(r"(?<![a-z0-9])copy_of(?![a-z0-9])", " ", rest)
     return _checked(Parsed(_student_from_words(rest), hit[0], version, "generic"))
+
+
+def known_assignments(root: Path) -> list[str]:
+    """Assignments of the course at ``root``: the folders of ``solutions/``."""
+    src = Path(root) / "solutions"
+    if not src.is_dir():
+        raise FileNotFoundError(f"{src} not found: {root} is not a course directory")
+    return sorted(p.name for p in src.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def notebook_name(root: Path, assignment: str) -> str:
+    """File name nbgrader expects for the (single) notebook of ``assignment``."""
+    found = sorted(p.name for p in (Path(root) / "solutions" / assignment).glob("*.ipynb"))
+    if len(found) != 1:
+        raise ValueError(f"solutions/{assignment} has {len(found)} notebooks; collect supports exactly one")
+    return found[0]
 
 
 def lms_prefix(relpath: str) -> tuple[str, str] | None:
