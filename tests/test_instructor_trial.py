@@ -33,6 +33,7 @@ TIMEOUT = 20  # seconds per cell: the cells take well under a second, so one inf
 HAND_FIX = "# os._exit(1)  commented out by the instructor"
 COLUMN = "MoE layer (4321)"  # Canvas's header of the assignment column (the guide's --column)
 OUT_OF = 100.0  # the guide's --out-of for Moodle
+FAILED_NOTE = r"kernel died.*manual grades only"  # a failed row's notes: why, and what its score counts
 
 
 @dataclass
@@ -134,7 +135,7 @@ def canvas_download(info: Info) -> list[tuple[Expect, bytes]]:
         (e("ngtuan", 1009, "ignored", note="duplicate"), _bytes(one)),
         (e("ngtuan", 1009, "graded", full, copy_mark="-1"), _bytes(good)),
         (e("núñezzoë", 1010, "graded", info.points_before(info.answers[1])), _bytes(one)),
-        (e("ohara", 1011, "failed", late=True, note="kernel"), _bytes(kill)),
+        (e("ohara", 1011, "failed", 0.0, late=True, note=FAILED_NOTE), _bytes(kill)),
         (
             e("usespkg", 1012, "graded", full - only_in_own_tests(info, "topk_route"), note="calls dmcourse"),
             _bytes(calls),
@@ -162,7 +163,7 @@ def moodle_download(info: Info) -> list[tuple[Expect, bytes]]:
             e("Bo Lee", 2003, "graded", full - only_in_own_tests(info, "aux_loss")),
             _bytes(synth.apply_mutant(info.solution, mutant)),
         ),
-        (e("Ana Silva", 2004, "failed", note="kernel"), _bytes(kill)),
+        (e("Ana Silva", 2004, "failed", 0.0, note=FAILED_NOTE), _bytes(kill)),
         (
             Expect("Eve Ray_2005_assignsubmission_onlinetext_onlinetext.html", "2005", "ignored", note="online"),
             b"<p>I attached my notebook to the email</p>",
@@ -242,6 +243,14 @@ def trial(tmp_path_factory) -> Trial:
     step("second download force", ["grade", MOODLE, "--from", str(dl / "moodle2.zip"), *run, "--force"], MOODLE)
     t.files["submitted 2004 after force"] = sub.read_text()
     t.files["replaced after force"] = "\n".join(p.read_text() for p in replaced.glob("*"))
+    # a late hand-in, renamed by the student (no LMS id in the name): collected, not graded yet
+    (dl / "late").mkdir()
+    (dl / "late" / f"{CANVAS} - Tom Wu.ipynb").write_bytes(_bytes(canvas_info.release))
+    step("late collect", ["collect", str(dl / "late"), *c])
+    step("late lms", ["lms-export", CANVAS, "--format", "canvas", "--to", "late-canvas.csv", *c])
+    t.files["late-canvas.csv"] = (root / "late-canvas.csv").read_text(encoding="utf-8")
+    step("late export", ["export", "--assignment", CANVAS, "--to", "late.csv", *c])
+    t.files["late.csv"] = (root / "late.csv").read_text(encoding="utf-8")
     # the error cases of issue 17.3, on the course as the trial left it
     step("unknown assignment", ["grade", "ex02_mo", "--from", str(dl / "canvas"), *c])
     step("unknown student", ["autograde", CANVAS, "--student", "9999", *c])
@@ -274,7 +283,7 @@ def _check_report(rows: list[dict], expected: list[Expect], assignment: str, max
         left.remove(r)
         got = (r["student"], r["status"], r["late"])
         want = (exp.student, exp.status, str(exp.late))
-        if exp.status in ("graded", "review"):
+        if exp.score is not None:  # failed: the manual grades only (none), and the notes say so
             got += (float(r["score"]), float(r["max_score"]))
             want += (exp.score, max_score)
         if got != want or not re.search(exp.note, r["notes"], re.I):
@@ -389,7 +398,7 @@ def _final(trial: Trial) -> dict[tuple[str, str], tuple[str, float | None, bool]
         for e in expected:
             if e.status == "ignored":
                 continue
-            status, score = e.status, e.score
+            status, score = e.status, e.score if e.status == "graded" else None
             if a == MOODLE and e.student == "2004":
                 status, score = "graded", moodle_max
             if a == MOODLE and e.student == "2003":
@@ -482,6 +491,17 @@ def test_lms_export_moodle_every_row_and_the_feedback_names(trial: Trial) -> Non
         assert r["Last modified (grade)"] and r["Last modified (submission)"], r
         assert f"{score:g}/{moodle_max:g}" in r["Feedback comments"], r
     assert set(trial.zips["moodle"]) == {f"{e.login}_{e.student}_assignfeedback_file_/{MOODLE}.html" for e in handed_in}
+
+
+@pytest.mark.slow
+def test_a_student_without_an_lms_id_is_not_graded_yet_and_skipped_by_lms_export(trial: Trial) -> None:
+    assert trial.runs["late collect"].code == 0 and "tom_wu" in trial.runs["late collect"].out
+    late = {r["student_id"]: r for r in csv.DictReader(io.StringIO(trial.files["late.csv"]))}
+    assert (late["tom_wu"]["status"], late["tom_wu"]["score"]) == ("not graded yet", "")
+    run = trial.runs["late lms"]
+    assert run.code == 1 and re.search(r"^skipped tom_wu: not an LMS user id", run.out, re.M), run
+    ids = [r[1] for r in csv.reader(io.StringIO(trial.files["late-canvas.csv"]))][1:]
+    assert sorted(ids) == sorted({e.student for e in trial.canvas})  # everyone else, and no tom_wu
 
 
 # ---------------------------------------------------------------- error cases
