@@ -57,6 +57,7 @@ class Run:
     code: int
     out: str
     err: str
+    seconds: float = 0.0
 
 
 @dataclass
@@ -173,12 +174,13 @@ def moodle_download(info: Info) -> list[tuple[Expect, bytes]]:
 
 def _cli(argv: list[str]) -> Run:
     out, err = io.StringIO(), io.StringIO()
+    start = time.perf_counter()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         try:
             code = cli.main(argv)
         except SystemExit as e:  # argparse and _course exit this way
             code = e.code if isinstance(e.code, int) else 2
-    return Run(argv, code, out.getvalue(), err.getvalue())
+    return Run(argv, code, out.getvalue(), err.getvalue(), time.perf_counter() - start)
 
 
 @pytest.fixture(scope="module")
@@ -260,6 +262,7 @@ def trial(tmp_path_factory) -> Trial:
     step("unknown export", ["export", "--assignment", "ex02_mo", *c])
     t.seconds = time.perf_counter() - start
     print(f"\ninstructor trial: {len(canvas) + len(moodle)} files, {len(t.runs)} commands in {t.seconds:.0f} s")
+    print("; ".join(f"{name} {r.seconds:.0f} s" for name, r in t.runs.items() if r.seconds >= 1))
     return t
 
 
