@@ -69,6 +69,20 @@ def _points(score: float | None, max_score: float | None, out_of: float | None) 
     return f"{score:g}"
 
 
+def _lms_name(root: Path, assignment: str, student: str, record: dict) -> str:
+    """The student's name or login as the LMS wrote it in the file name: from collect's record, else
+    from the file the grading report lists for them (a file that could not be collected)."""
+    if record.get("name"):
+        return str(record["name"])
+    for r in export.report_rows(root, assignment):
+        if r["student"] == student and r["file"] and not r["file"].startswith("submitted/"):
+            try:
+                return names.parse(r["file"], collect.known_assignments(root)).name
+            except names.UnparsableName:
+                continue
+    return ""
+
+
 def write(
     root: Path,
     assignment: str,
@@ -123,7 +137,7 @@ def write(
             for r, record in kept:
                 w.writerow(
                     [
-                        record.get("name", ""),
+                        _lms_name(root, assignment, r.student_id, record),
                         r.student_id,
                         "",
                         "",
@@ -136,7 +150,11 @@ def write(
             w.writerow([*MOODLE_FIELDS, LATE_COLUMN])
             for r, record in kept:
                 prefix = names.lms_prefix(record.get("source", "")) if record else None
-                full_name = prefix[1].removesuffix("_").rsplit("_", 1)[0] if prefix and prefix[0] == "moodle" else ""
+                full_name = (
+                    prefix[1].removesuffix("_").rsplit("_", 1)[0]
+                    if prefix and prefix[0] == "moodle"
+                    else _lms_name(root, assignment, r.student_id, record)
+                )
                 maximum = out_of if out_of is not None else r.max_score
                 comment = (
                     f"Autograded: {r.score:g}/{r.max_score:g} points; the feedback file shows each test."
