@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import csv
+import datetime
 import html
 import io
 import re
@@ -34,6 +35,52 @@ HAND_FIX = "# os._exit(1)  commented out by the instructor"
 COLUMN = "MoE layer (4321)"  # Canvas's header of the assignment column (the guide's --column)
 OUT_OF = 100.0  # the guide's --out-of for Moodle
 FAILED_NOTE = r"kernel died.*manual grades only"  # a failed row's notes: why, and what its score counts
+
+
+# ---------------------------------------------------------------- how each LMS reads our files
+
+
+def canvas_reupload_target(member: str) -> tuple[str, str] | None:
+    """(user id, attachment id) that Canvas reads from the name of a file in a *Re-Upload
+    Submissions* zip, or None where Canvas ignores the file. Canvas's rule
+    (instructure/canvas-lms, app/models/assignment.rb, ``infer_comment_context_from_filename``):
+    the base name split on ``_``, its first two all-digit parts; names starting ``._`` are ignored."""
+    base = member.rsplit("/", 1)[-1]
+    ids = [part for part in base.split("_") if part.isdigit()][:2]
+    return None if len(ids) < 2 or base.startswith("._") else (ids[0], ids[1])
+
+
+def moodle_feedback_target(member: str) -> tuple[str, str, str] | None:
+    """(participant id, plugin, file name) that Moodle reads from a file in an *Upload multiple
+    feedback files in a zip*, or None where Moodle skips it. Moodle's rule (moodle/moodle,
+    mod/assign/feedback/file/importziplib.php, ``is_valid_filename_for_import``, Moodle >= 4.1):
+    hidden names (``.``/``~``) skipped; the first path part that splits on ``_`` (at most 5 pieces)
+    into >= 4 pieces with a numeric second piece and a known plugin (3rd_4th) names the participant."""
+    base = member.rsplit("/", 1)[-1]
+    if base.startswith((".", "~")):
+        return None
+    parts = member.split("/")
+    while parts:
+        info = parts.pop(0).split("_", 4)
+        if len(info) < 4 or not info[1].isdigit():
+            continue
+        plugin = f"{info[2]}_{info[3]}"
+        if plugin not in ("assignfeedback_file", "assignsubmission_file", "assignsubmission_onlinetext"):
+            continue
+        return info[1], plugin, "/".join([info[4] if len(info) == 5 else "", *parts])
+    return None
+
+
+def moodle_worksheet_row(row: dict[str, str]) -> tuple[str, str, datetime.datetime | None]:
+    """(participant id, grade, grade time) as Moodle's worksheet import reads a row
+    (moodle/moodle, mod/assign/feedback/offline/importgradeslib.php: ``Identifier`` minus the
+    ``Participant `` prefix, ``Grade``, ``Last modified (grade)`` through ``strtotime``)."""
+    when = row["Last modified (grade)"]
+    return (
+        row["Identifier"].removeprefix("Participant "),
+        row["Grade"],
+        datetime.datetime.fromisoformat(when) if when else None,
+    )
 
 
 @dataclass
@@ -467,6 +514,12 @@ def test_lms_export_canvas_every_row_and_the_feedback_names(trial: Trial) -> Non
     names = {e.file.removesuffix(".ipynb").removesuffix("-1").removesuffix(CANVAS) + f"{CANVAS}_feedback.html"
              for e in trial.canvas if want[(CANVAS, e.student)][0] == "graded" and e.status != "ignored"}  # fmt: skip
     assert set(trial.zips["canvas"]) == names
+    # Canvas's re-upload rule finds each file's student and the attachment that student handed in
+    handed = {e.student: e.file for e in trial.canvas if e.status != "ignored"}
+    for member in trial.zips["canvas"]:
+        target = canvas_reupload_target(member)
+        assert target is not None and target[0] in handed, member
+        assert f"_{target[0]}_{target[1]}_" in handed[target[0]], (member, handed[target[0]])
 
 
 @pytest.mark.slow
@@ -494,6 +547,34 @@ def test_lms_export_moodle_every_row_and_the_feedback_names(trial: Trial) -> Non
         assert r["Last modified (grade)"] and r["Last modified (submission)"], r
         assert f"{score:g}/{moodle_max:g}" in r["Feedback comments"], r
     assert set(trial.zips["moodle"]) == {f"{e.login}_{e.student}_assignfeedback_file_/{MOODLE}.html" for e in handed_in}
+    # Moodle's readers: the worksheet row and the feedback file land on the right participant
+    for e in handed_in:
+        pid, grade, when = moodle_worksheet_row(got[f"Participant {e.student}"])
+        assert pid == e.student and (grade == "") == (when is None), (pid, grade, when)
+    for member in trial.zips["moodle"]:
+        target = moodle_feedback_target(member)
+        assert target is not None and target[1] == "assignfeedback_file", member
+        assert target[0] in {e.student for e in handed_in} and target[2] == f"/{MOODLE}.html", target
+
+
+def test_the_lms_rules_replayed_here_refuse_what_the_lms_ignores() -> None:
+    """The replicas of Canvas's and Moodle's name rules can fail: names without the ids are ignored."""
+    assert canvas_reupload_target("smithann_1001_5001_ex02_moe_feedback.html") == ("1001", "5001")
+    assert canvas_reupload_target("smithann_LATE_1001_5001_x.html") == ("1001", "5001")
+    assert canvas_reupload_target("ex02_moe_feedback.html") is None
+    assert canvas_reupload_target("._smithann_1001_5001_x.html") is None
+    assert moodle_feedback_target("Ann Smith_77_assignfeedback_file_/ex03.html") == (
+        "77",
+        "assignfeedback_file",
+        "/ex03.html",
+    )
+    assert moodle_feedback_target("Ann Smith_77_assignfeedback_file/ex03.html") == (
+        "77",
+        "assignfeedback_file",
+        "/ex03.html",
+    )
+    assert moodle_feedback_target("Ann_Smith_77_assignfeedback_file_/ex03.html") is None  # '_' in the name
+    assert moodle_feedback_target("Ann Smith_77_feedback_/ex03.html") is None
 
 
 @pytest.mark.slow

@@ -14,11 +14,20 @@ layouts:
   ``Feedback comments``. Moodle reads ``Identifier``, ``Grade``, ``Last modified (grade)`` and the
   feedback columns by their names and ignores the others (``LATE`` among them). ``N`` is the
   participant id of *this* assignment (the number in the download's file names); it differs
-  between assignments and from the Moodle user id.
+  between assignments and from the Moodle user id. Moodle strips ``Participant `` and looks the
+  number up, and skips a row whose ``Last modified (grade)`` is older than the grade it holds
+  (moodle/moodle ``mod/assign/feedback/offline/importgradeslib.php``). Columns Moodle ignores
+  carry what we know: ``Status`` our status, ``Last modified (submission)`` the hand-in time
+  (nbgrader's ``timestamp.txt``), ``Feedback comments`` the score it imports as a comment.
 
 Feedback: a zip with each student's HTML named as the LMS expects for bulk upload. Moodle's
-*Upload multiple feedback files in a zip*: ``<Full Name>_<participant id>_assignfeedback_file_/<file>``;
-Canvas's *Re-upload submissions*: the download's file-name prefix ``<login>_<user id>_<submission id>_``.
+*Upload multiple feedback files in a zip*: ``<Full Name>_<participant id>_assignfeedback_file_/<file>``
+(``importziplib.php``, ``is_valid_filename_for_import``: a path part that splits on ``_`` into
+name, numeric participant id, plugin type and name). Canvas's *Re-upload submissions*: the
+download's file-name prefix ``<login>_[LATE_]<user id>_<attachment id>_``: Canvas takes the first
+two all-digit ``_``-parts of a name as user id and attachment id and comments on the submission
+that holds that attachment (instructure/canvas-lms ``app/models/assignment.rb``,
+``infer_comment_context_from_filename``).
 """
 
 from __future__ import annotations
@@ -157,7 +166,8 @@ def write(
                 )
                 maximum = out_of if out_of is not None else r.max_score
                 comment = (
-                    f"Autograded: {r.score:g}/{r.max_score:g} points; the feedback file shows each test."
+                    f"Score: {r.score:g}/{r.max_score:g} points (autograded tests and any manual grades); "
+                    "the feedback file shows each test."
                     if r.score is not None
                     else ""
                 )
@@ -170,7 +180,7 @@ def write(
                         _points(r.score, r.max_score, out_of),
                         "" if maximum is None else f"{maximum:g}",
                         "Yes",
-                        record.get("collected_at", "").replace("T", " "),
+                        record.get("timestamp") or record.get("collected_at", "").replace("T", " "),
                         now if r.score is not None else "",
                         comment,
                         "LATE" if r.late else "",
