@@ -880,50 +880,6 @@ def test_invalid_json_is_reported_in_one_readable_line(tmp_path: Path) -> None:
     assert "at at" not in str(e.value) and "line 1" in str(e.value)
 
 
-def _tiny_assignment(root: Path, name: str, manual: bool = False) -> str:
-    """A tiny assignment (no torch: kernels start fast) with one autograded test (1 point) and,
-    with ``manual``, one manually graded answer (2 points); registered in the gradebook."""
-
-    def meta(**kw):
-        return {
-            "nbgrader": {"grade": False, "locked": False, "schema_version": 3, "solution": False, "task": False, **kw}
-        }
-
-    cells = [
-        nbformat.v4.new_code_cell(
-            "def double(x):\n    ### BEGIN SOLUTION\n    return 2 * x\n    ### END SOLUTION",
-            metadata=meta(grade_id="double", solution=True),
-            id="double",
-        ),
-        nbformat.v4.new_code_cell(
-            "assert double(2) == 4\n### BEGIN HIDDEN TESTS\nassert double(21) == 42\n### END HIDDEN TESTS",
-            id="test_double",
-            metadata=meta(grade_id="test_double", grade=True, locked=True, points=1),
-        ),
-    ]
-    if manual:
-        cells.append(
-            nbformat.v4.new_markdown_cell(
-                "Doubling is a linear map.",
-                id="why",
-                metadata=meta(grade_id="why", grade=True, solution=True, points=2),
-            )
-        )
-    nb = nbformat.v4.new_notebook(
-        cells=cells, metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}}
-    )
-    (root / "solutions" / name).mkdir(parents=True)
-    nbformat.write(nb, root / "solutions" / name / f"{name}.ipynb")
-    course.generate(root, name)
-    return name
-
-
-def _tiny(root: Path, a: str, body: str = "    return x + x", extra: str = "") -> bytes:
-    nb = nbformat.read(root / "exercises" / a / f"{a}.ipynb", as_version=4)
-    synth.cell(nb, "double").source = f"{extra}def double(x):\n{body}"
-    return _bytes(nb)
-
-
 def _grades(root: Path, path: str = "grades.csv") -> dict[tuple[str, str], dict]:
     with open(root / path, newline="") as f:
         return {(r["assignment"], r["student_id"]): r for r in csv.DictReader(f)}
