@@ -108,12 +108,25 @@ class _Job:
         psutil.wait_procs(left, timeout=5)
 
 
-def _start(root: Path, assignment: str, student: str, timeout: int, work: Path, serial: int, tries: int) -> _Job:
+def _spawn(root: Path, assignment: str, timeout: int, work: Path, serial: int) -> _Job:
+    """A grading process that imports what it needs, then waits for its student on stdin."""
     log, err = work / f"{serial}.json", work / f"{serial}.stderr"
-    cmd = [sys.executable, "-m", "dmcourse.grading.worker", str(root), assignment, student, str(log), str(timeout)]
+    cmd = [sys.executable, "-m", "dmcourse.grading.worker", str(root), assignment, "-", str(log), str(timeout)]
     with open(err, "wb") as f:
-        proc = subprocess.Popen(cmd, cwd=root, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=f)
-    return _Job(student, proc, log, err, tries)
+        proc = subprocess.Popen(cmd, cwd=root, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=f)
+    return _Job("", proc, log, err, 0)
+
+
+def _assign(job: _Job, student: str, tries: int) -> _Job:
+    """Give ``job`` its submission; its wall-clock limit starts now."""
+    job.student, job.tries, job.started = student, tries, time.monotonic()
+    assert job.proc.stdin is not None
+    try:
+        job.proc.stdin.write(student.encode() + b"\n")
+        job.proc.stdin.close()
+    except OSError:  # it died while importing: its exit code and stderr say why
+        pass
+    return job
 
 
 def _outcome(job: _Job, root: Path, assignment: str) -> str | None:
@@ -153,12 +166,18 @@ def autograde_all(
     running: list[_Job] = []
     work = Path(tempfile.mkdtemp(prefix="dmcourse-grading-"))
     serial = 0
+    warm: _Job | None = None  # the next process, importing while the others grade
     try:
         while pending or running:
             while pending and len(running) < jobs:
-                student, tries = pending.popleft()
+                if warm is None:
+                    serial += 1
+                    warm = _spawn(root, assignment, timeout, work, serial)
+                running.append(_assign(warm, *pending.popleft()))
+                warm = None
+            if pending and warm is None:
                 serial += 1
-                running.append(_start(root, assignment, student, timeout, work, serial, tries))
+                warm = _spawn(root, assignment, timeout, work, serial)
             time.sleep(POLL_S)
             now = time.monotonic()
             for job in list(running):
@@ -182,7 +201,7 @@ def autograde_all(
                 if why is not None:
                     echo(f"  {job.student}: {why}")
     finally:
-        for job in running:
+        for job in running + ([warm] if warm else []):
             kill_tree(job.proc, job.kids)
         shutil.rmtree(work, ignore_errors=True)
     for s, why in outcome.items():

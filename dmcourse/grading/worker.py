@@ -6,6 +6,10 @@ kills or hangs its grading costs only itself. It runs nbgrader's ``Autograde`` c
 
     python -m dmcourse.grading.worker ROOT ASSIGNMENT STUDENT LOG_FILE [TIMEOUT]
 
+With ``-`` as STUDENT the process imports what it needs, then reads the student's id from a line
+of its standard input (the batch starts the next process while the current ones grade); it
+exits without grading when its input ends empty.
+
 Every submission pays this process's start-up, so it imports only what autograding needs
 (:func:`lean_imports`; measured by ``benchmarks/autograde_throughput.py --breakdown``): never torch
 nor the course's teaching modules.
@@ -48,9 +52,10 @@ def lean_imports() -> None:
         pkg.__version__ = __version__  # type: ignore[attr-defined]
 
 
-def run(root: Path, assignment: str, student: str, timeout: int | None = None) -> dict:
+def run(root: Path, assignment: str, student: str | None, timeout: int | None = None) -> dict | None:
     """Autograde ``submitted/<student>/<assignment>`` of the course at ``root``; return nbgrader's
-    result dict (``success``; ``log`` and ``error`` as text), as ``NbGraderAPI.autograde`` does."""
+    result dict (``success``; ``log`` and ``error`` as text), as ``NbGraderAPI.autograde`` does.
+    ``student=None``: read it from standard input once imported; None if the input is empty."""
     from nbgrader.converters import Autograde
     from nbgrader.coursedir import CourseDirectory
     from nbgrader.utils import capture_log
@@ -61,6 +66,13 @@ def run(root: Path, assignment: str, student: str, timeout: int | None = None) -
     course.ensure_scripts_on_path()
     cfg = course.load_config(root)
     cfg.merge(grading_config(timeout))
+    if student is None:
+        from sqlalchemy.orm import configure_mappers
+
+        configure_mappers()  # the gradebook's ORM set-up, done while waiting rather than while grading
+        student = sys.stdin.buffer.readline().decode().strip()
+        if not student:
+            return None
     cfg.CourseDirectory.assignment_id = assignment
     cfg.CourseDirectory.student_id = student
     log = logging.getLogger("dmcourse.grading.worker")
@@ -77,7 +89,9 @@ def main(argv: list[str]) -> int:
         return 2
     root, assignment, student, log = argv[:4]
     timeout = int(argv[4]) if len(argv) == 5 else None
-    result = run(Path(root), assignment, student, timeout)
+    result = run(Path(root), assignment, None if student == "-" else student, timeout)
+    if result is None:
+        return 0
     Path(log).write_text(
         json.dumps(
             {"success": bool(result.get("success")), "log": result.get("log") or "", "error": result.get("error") or ""}
