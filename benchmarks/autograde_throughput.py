@@ -17,9 +17,11 @@ the whole ``pipeline.grade`` (recover, autograde, feedback, CSV export) step by 
 
 ``--breakdown`` times, each --repeats times in fresh processes (medians, interleaved): the imports
 a grading process pays (as nbgrader's API loads them; as the worker loads them), a kernel's start
-with an empty cell, the assignment's correct notebook run by nbclient alone (kernel start and all
-its cells), and one grading process for one submission from start to exit; the rest of that
-process (nbgrader's gradebook, copies, sanitizing, writing) is what remains.
+with an empty cell, the assignment's correct notebook run by nbclient alone (kernel start, all its
+cells, then the kernel asked to shut down or killed, as the worker does), and one grading process
+for one submission from start to exit; the rest of that process (nbgrader's gradebook, copies,
+sanitizing, writing) is what remains. The table of runs gives the CPU seconds too (grading
+processes and kernels): unlike wall time, they hardly change with the machine's load.
 """
 
 from __future__ import annotations
@@ -67,22 +69,34 @@ def make_course(assignment: str, n: int, tmp: Path) -> tuple[Path, list[str]]:
     return root, students
 
 
-def measure(assignment: str, n: int, jobs: int, runner: Runner = batch.autograde_all) -> tuple[float, int]:
-    """(seconds, submissions graded) for n correct submissions graded by ``runner`` with ``jobs``."""
+def children_cpu_s() -> float:
+    """CPU seconds (user + system) of the ended child processes so far, their kernels included;
+    NaN where the OS does not say (Windows)."""
+    try:
+        import resource
+    except ImportError:
+        return float("nan")
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def measure(assignment: str, n: int, jobs: int, runner: Runner = batch.autograde_all) -> tuple[float, int, float]:
+    """(seconds, submissions graded, CPU seconds of the grading processes and kernels) for n
+    correct submissions graded by ``runner`` with ``jobs``."""
     tmp = Path(tempfile.mkdtemp(prefix="dmcourse-bench-"))
     try:
         root, students = make_course(assignment, n, tmp)
         timeout = pipeline.effective_timeout(root, None)
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), children_cpu_s()
         outcome = runner(root, assignment, students, timeout, jobs=jobs)
-        seconds = time.perf_counter() - start
+        seconds, cpu = time.perf_counter() - start, children_cpu_s() - cpu
         full = sum(
             course.score(root, assignment, s).score == course.score(root, assignment, s).max_score for s in students
         )
         graded = sum(v is None for v in outcome.values())
         if full != graded:
             raise RuntimeError(f"{graded} graded but {full} with full marks: the runner changed a result")
-        return seconds, graded
+        return seconds, graded, cpu
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -126,14 +140,16 @@ def load_before(rev: str, tmp: Path) -> Runner:
     return importlib.import_module("before_batch").autograde_all
 
 
-def _seconds(args: list[str], cwd: Path = ROOT) -> float:
-    start = time.perf_counter()
+def _seconds(args: list[str], cwd: Path = ROOT) -> tuple[float, float]:
+    """(wall seconds, CPU seconds) of one command, its children included."""
+    start, cpu = time.perf_counter(), children_cpu_s()
     subprocess.run(args, check=True, cwd=cwd, stdout=subprocess.DEVNULL)
-    return time.perf_counter() - start
+    return time.perf_counter() - start, children_cpu_s() - cpu
 
 
-def breakdown(assignment: str, repeats: int) -> list[tuple[str, float]]:
-    """(what, median seconds) of the fixed costs around one submission (see the module doc)."""
+def breakdown(assignment: str, repeats: int) -> list[tuple[str, float, float]]:
+    """(what, median wall seconds, median CPU seconds) of the fixed costs around one submission
+    (see the module doc)."""
     tmp = Path(tempfile.mkdtemp(prefix="dmcourse-bench-"))
     try:
         root, (student,) = make_course(assignment, 1, tmp)
@@ -146,6 +162,14 @@ def breakdown(assignment: str, repeats: int) -> list[tuple[str, float]]:
             " nbclient.NotebookClient(nb, kernel_name='python3').execute()"
         )
         py = [sys.executable, "-c"]
+
+        def notebook(shutdown: str) -> str:
+            return (
+                f"import nbformat, nbclient; nbclient.NotebookClient(nbformat.read({str(good)!r}, 4),"
+                f" kernel_name='python3', resources={{'metadata': {{'path': {str(tmp)!r}}}}},"
+                f" shutdown_kernel={shutdown!r}).execute()"
+            )
+
         lean = "from dmcourse.grading import worker; worker.lean_imports(); from dmcourse.grading import course; import nbclient"
         parts = {
             "python alone": [*py, "pass"],
@@ -156,10 +180,13 @@ def breakdown(assignment: str, repeats: int) -> list[tuple[str, float]]:
             "imports as the worker loads them (lean_imports)": [*py, lean],
             "kernel start, empty cell": [*py, kernel.format("pass")],
             f"kernel start + first code cell of {assignment}": [*py, kernel.format(first)],
-            f"{assignment}, correct notebook: kernel start + all cells (nbclient alone)": [
+            f"{assignment}, correct notebook, nbclient alone: kernel start, all cells, graceful shutdown": [
                 *py,
-                f"import nbformat, nbclient; nbclient.NotebookClient(nbformat.read({str(good)!r}, 4),"
-                f" kernel_name='python3', resources={{'metadata': {{'path': {str(tmp)!r}}}}}).execute()",
+                notebook("graceful"),
+            ],
+            f"{assignment}, correct notebook, nbclient alone: kernel start, all cells, kernel killed": [
+                *py,
+                notebook("immediate"),
             ],
             "one worker process, one submission, start to exit": [
                 sys.executable,
@@ -172,18 +199,20 @@ def breakdown(assignment: str, repeats: int) -> list[tuple[str, float]]:
                 str(pipeline.effective_timeout(root, None)),
             ],
         }
-        times: dict[str, list[float]] = {k: [] for k in parts}
+        times: dict[str, list[tuple[float, float]]] = {k: [] for k in parts}
         for _ in range(repeats):  # interleaved, so that the machine's load hits every part alike
             for what, args in parts.items():
                 times[what].append(_seconds(args, cwd=root))
-        out = [(what, statistics.median(ts)) for what, ts in times.items()]
-        med = dict(out)
-        rest = (
-            med["one worker process, one submission, start to exit"]
-            - med["imports as the worker loads them (lean_imports)"]
-            - med[f"{assignment}, correct notebook: kernel start + all cells (nbclient alone)"]
-        )
-        out.append(("rest of the worker: nbgrader's gradebook, copies, sanitizing, writing (difference)", rest))
+        out = [
+            (what, statistics.median(w for w, _ in ts), statistics.median(c for _, c in ts))
+            for what, ts in times.items()
+        ]
+        med = {what: (wall, cpu) for what, wall, cpu in out}
+        whole = med["one worker process, one submission, start to exit"]
+        imports = med["imports as the worker loads them (lean_imports)"]
+        cells = med[f"{assignment}, correct notebook, nbclient alone: kernel start, all cells, kernel killed"]
+        rest = "rest of the worker: nbgrader's gradebook, copies, sanitizing, writing (difference)"
+        out.append((rest, whole[0] - imports[0] - cells[0], whole[1] - imports[1] - cells[1]))
         return out
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -211,10 +240,10 @@ def main() -> None:
     assignments = args.assignment or sorted(d.name for d in (ROOT / "solutions").iterdir() if d.is_dir())
     if args.breakdown:
         _header(f"fixed costs (medians of {args.repeats})", args)
-        print("| part | seconds |")
-        print("|---|---|")
-        for what, sec in breakdown(assignments[0], args.repeats):
-            print(f"| {what} | {sec:.2f} |", flush=True)
+        print("| part | wall seconds | CPU seconds |")
+        print("|---|---|---|")
+        for what, sec, cpu in breakdown(assignments[0], args.repeats):
+            print(f"| {what} | {sec:.2f} | {cpu:.2f} |", flush=True)
         return
     if args.grade:
         _header(f"`grade` step by step, {args.n} correct submissions (medians of {args.repeats})", args)
@@ -233,22 +262,28 @@ def main() -> None:
         if args.before:
             runners = {f"before ({args.before})": load_before(args.before, tmp), **runners}
         _header(f"autograde throughput, {args.n} correct submissions per run, runners interleaved", args)
-        print("| assignment | jobs | runner | seconds (each run) | median s | s/submission | submissions/min |")
-        print("|---|---|---|---|---|---|---|")
+        print(
+            "| assignment | jobs | runner | seconds (each run) | median s | s/submission | submissions/min"
+            " | CPU s/submission (median) |"
+        )
+        print("|---|---|---|---|---|---|---|---|")
         for a in assignments:
             for jobs in args.jobs:
                 secs: dict[str, list[float]] = {k: [] for k in runners}
+                cpus: dict[str, list[float]] = {k: [] for k in runners}
                 for _ in range(args.repeats):
                     for name, runner in runners.items():
-                        seconds, graded = measure(a, args.n, jobs, runner)
+                        seconds, graded, cpu = measure(a, args.n, jobs, runner)
                         if graded != args.n:
                             raise RuntimeError(f"{name}: only {graded} of {args.n} graded")
                         secs[name].append(seconds)
+                        cpus[name].append(cpu)
                 for name, ts in secs.items():
                     med = statistics.median(ts)
                     each = ", ".join(f"{t:.1f}" for t in ts)
                     print(
-                        f"| {a} | {jobs} | {name} | {each} | {med:.1f} | {med / args.n:.2f} | {60 * args.n / med:.1f} |",
+                        f"| {a} | {jobs} | {name} | {each} | {med:.1f} | {med / args.n:.2f} | {60 * args.n / med:.1f}"
+                        f" | {statistics.median(cpus[name]) / args.n:.2f} |",
                         flush=True,
                     )
                 if len(secs) == 2:

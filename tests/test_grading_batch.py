@@ -177,7 +177,7 @@ def test_a_locked_gradebook_is_waited_out_by_grading_again(tmp_path: Path) -> No
     root = copy_course(ROOT, tmp_path / "course")
     synth.tiny_assignment(root, A)
     _submit(root, "ann")
-    held = sqlite3.connect(root / "gradebook.db", isolation_level=None)
+    held = sqlite3.connect(root / "gradebook.db", isolation_level=None, check_same_thread=False)
     held.execute("BEGIN EXCLUSIVE")
     first_attempt_over = threading.Event()
 

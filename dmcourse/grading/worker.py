@@ -66,6 +66,9 @@ def run(root: Path, assignment: str, student: str | None, timeout: int | None = 
     course.ensure_scripts_on_path()
     cfg = course.load_config(root)
     cfg.merge(grading_config(timeout))
+    # Once the last cell has replied, every output is in the notebook: kill the kernel rather than
+    # ask it to shut down (a kernel that imported torch takes seconds to exit; see the benchmark).
+    cfg.Execute.shutdown_kernel = "immediate"
     if student is None:
         from sqlalchemy.orm import configure_mappers
 
