@@ -39,6 +39,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from unittest import mock
 
 import nbformat
 
@@ -101,14 +102,16 @@ def measure(assignment: str, n: int, jobs: int, runner: Runner = batch.autograde
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def measure_grade(assignment: str, n: int, jobs: int) -> list[tuple[str, float]]:
-    """(step, seconds) of ``pipeline.grade`` for n correct submissions, split at its progress lines."""
+def measure_grade(assignment: str, n: int, jobs: int, runner: Runner = batch.autograde_all) -> list[tuple[str, float]]:
+    """(step, seconds) of ``pipeline.grade`` (its batch runner: ``runner``) for n correct
+    submissions, split at its progress lines."""
     tmp = Path(tempfile.mkdtemp(prefix="dmcourse-bench-"))
     try:
         root, _ = make_course(assignment, n, tmp)
         marks: list[tuple[str, float]] = []
         start = time.perf_counter()
-        rows = pipeline.grade(root, assignment, jobs=jobs, echo=lambda s: marks.append((s, time.perf_counter())))
+        with mock.patch.object(batch, "autograde_all", runner):
+            rows = pipeline.grade(root, assignment, jobs=jobs, echo=lambda s: marks.append((s, time.perf_counter())))
         end = time.perf_counter()
         if sorted(r.status for r in rows) != ["graded"] * n:
             raise RuntimeError(f"not every submission was graded: {[(r.student, r.status) for r in rows]}")
@@ -143,7 +146,7 @@ def load_before(rev: str, tmp: Path) -> Runner:
 def _seconds(args: list[str], cwd: Path = ROOT) -> tuple[float, float]:
     """(wall seconds, CPU seconds) of one command, its children included."""
     start, cpu = time.perf_counter(), children_cpu_s()
-    subprocess.run(args, check=True, cwd=cwd, stdout=subprocess.DEVNULL)
+    subprocess.run(args, check=True, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return time.perf_counter() - start, children_cpu_s() - cpu
 
 
@@ -178,6 +181,10 @@ def breakdown(assignment: str, repeats: int) -> list[tuple[str, float, float]]:
                 "import nbgrader.apps, dmcourse.grading.safety",
             ],
             "imports as the worker loads them (lean_imports)": [*py, lean],
+            "import nbformat, nbclient (what the kernel rows below pay before their kernel)": [
+                *py,
+                "import nbformat, nbclient",
+            ],
             "kernel start, empty cell": [*py, kernel.format("pass")],
             f"kernel start + first code cell of {assignment}": [*py, kernel.format(first)],
             f"{assignment}, correct notebook, nbclient alone: kernel start, all cells, graceful shutdown": [
@@ -211,11 +218,30 @@ def breakdown(assignment: str, repeats: int) -> list[tuple[str, float, float]]:
         whole = med["one worker process, one submission, start to exit"]
         imports = med["imports as the worker loads them (lean_imports)"]
         cells = med[f"{assignment}, correct notebook, nbclient alone: kernel start, all cells, kernel killed"]
+        client = med["import nbformat, nbclient (what the kernel rows below pay before their kernel)"]
         rest = "rest of the worker: nbgrader's gradebook, copies, sanitizing, writing (difference)"
-        out.append((rest, whole[0] - imports[0] - cells[0], whole[1] - imports[1] - cells[1]))
+        wall, cpu = (whole[k] - imports[k] - (cells[k] - client[k]) for k in (0, 1))
+        out.append((rest, wall, cpu))
         return out
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def grade_table(assignments: list[str], args: argparse.Namespace, runners: dict[str, Runner]) -> None:
+    """Print the ``--grade`` table: each step of ``grade``, medians of interleaved runs per runner."""
+    _header(f"`grade` step by step, {args.n} correct submissions (medians of {args.repeats})", args)
+    print("| assignment | jobs | runner | step | seconds | s/submission |")
+    print("|---|---|---|---|---|---|")
+    for a in assignments:
+        for jobs in args.jobs:
+            runs: dict[str, list[list[tuple[str, float]]]] = {k: [] for k in runners}
+            for _ in range(args.repeats):
+                for name, runner in runners.items():
+                    runs[name].append(measure_grade(a, args.n, jobs, runner))
+            for name, rs in runs.items():
+                for k, (step, _) in enumerate(rs[0]):
+                    sec = statistics.median(r[k][1] for r in rs)
+                    print(f"| {a} | {jobs} | {name} | {step} | {sec:.1f} | {sec / args.n:.2f} |", flush=True)
 
 
 def _header(what: str, args: argparse.Namespace) -> None:
@@ -245,22 +271,14 @@ def main() -> None:
         for what, sec, cpu in breakdown(assignments[0], args.repeats):
             print(f"| {what} | {sec:.2f} | {cpu:.2f} |", flush=True)
         return
-    if args.grade:
-        _header(f"`grade` step by step, {args.n} correct submissions (medians of {args.repeats})", args)
-        print("| assignment | jobs | step | seconds | s/submission |")
-        print("|---|---|---|---|---|")
-        for a in assignments:
-            for jobs in args.jobs:
-                runs = [measure_grade(a, args.n, jobs) for _ in range(args.repeats)]
-                for k, (step, _) in enumerate(runs[0]):
-                    sec = statistics.median(r[k][1] for r in runs)
-                    print(f"| {a} | {jobs} | {step} | {sec:.1f} | {sec / args.n:.2f} |", flush=True)
-        return
     tmp = Path(tempfile.mkdtemp(prefix="dmcourse-bench-before-"))
     try:
         runners: dict[str, Runner] = {"now": batch.autograde_all}
         if args.before:
             runners = {f"before ({args.before})": load_before(args.before, tmp), **runners}
+        if args.grade:
+            grade_table(assignments, args, runners)
+            return
         _header(f"autograde throughput, {args.n} correct submissions per run, runners interleaved", args)
         print(
             "| assignment | jobs | runner | seconds (each run) | median s | s/submission | submissions/min"
@@ -287,10 +305,10 @@ def main() -> None:
                         flush=True,
                     )
                 if len(secs) == 2:
-                    (b, before), (_, now) = secs.items()
-                    print(
-                        f"| {a} | {jobs} | now / before | | {statistics.median(now) / statistics.median(before):.2f} | | |"
-                    )
+                    (before, now), (cpu_before, cpu_now) = secs.values(), cpus.values()
+                    wall = statistics.median(now) / statistics.median(before)
+                    cpu = statistics.median(cpu_now) / statistics.median(cpu_before)
+                    print(f"| {a} | {jobs} | now / before | | {wall:.2f} | | | {cpu:.2f} |")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -6,7 +6,8 @@ kernel that hangs past every timeout. So :func:`autograde_all` grades each submi
 of its own (``python -m dmcourse.grading.worker``), at most ``jobs`` at a time. A process that runs
 longer than ``limit_s`` is killed together with the kernel it started (psutil: the same on every
 OS), its submission is flagged, and the batch goes on. The processes share the SQLite gradebook;
-a submission whose process found it locked is graded once more.
+a submission whose process found it locked is graded once more. The next process is started while
+the others grade, so that its imports (about a second of CPU) overlap their kernels' work.
 """
 
 from __future__ import annotations
