@@ -54,6 +54,16 @@ def test_bad_jobs_and_limit_are_refused(tmp_path: Path) -> None:
         batch.autograde_all(tmp_path, A, ["bob"], 10, limit_s=-1)
 
 
+def test_a_grading_process_that_dies_says_why(tmp_path: Path) -> None:
+    """No log from the process (here: not a course directory): its exit code and exception instead."""
+    said: list[str] = []
+    outcome = batch.autograde_all(tmp_path, A, ["bob"], 10, limit_s=120, echo=said.append)
+    assert outcome["bob"] is not None and outcome["bob"].startswith(
+        "the grading process died (exit code 1) while grading it: FileNotFoundError:"
+    ), outcome
+    assert "is not a course directory" in outcome["bob"] and said == [f"  bob: {outcome['bob']}"]
+
+
 def _wait_for(condition, seconds: float = 30.0) -> None:
     end = time.monotonic() + seconds
     while not condition():

@@ -134,8 +134,9 @@ def _outcome(job: _Job, root: Path, assignment: str) -> str | None:
     """None if ``job`` graded its submission, else why not."""
     rc = job.proc.returncode
     if not job.log.exists():
-        err = job.stderr.read_text(errors="replace").strip().splitlines() if job.stderr.exists() else []
-        return f"the grading process died (exit code {rc}) while grading it" + (f": {err[-1]}" if err else "")
+        err = job.stderr.read_text(errors="replace").splitlines() if job.stderr.exists() else []
+        last = next((ln.strip() for ln in reversed(err) if _EXCEPTION.match(ln.strip())), "")
+        return f"the grading process died (exit code {rc}) while grading it" + (f": {last}" if last else "")
     result = json.loads(job.log.read_text())
     if not result["success"]:
         return reason_from_log(result["log"] + "\n" + result["error"])
