@@ -160,30 +160,31 @@ def breakdown(assignment: str, repeats: int) -> list[tuple[str, float, float]]:
         good = tmp / "good.ipynb"
         nbformat.write(synth.correct(solution, release), good)
         first = next(c.source for c in release.cells[1:] if c.cell_type == "code")  # cell 0: the setup cell
-        kernel = (
+        lean = "from dmcourse.grading import worker; worker.lean_imports(); "  # as the worker imports
+        kernel = lean + (
             "import nbformat, nbclient; nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell({!r})]);"
             " nbclient.NotebookClient(nb, kernel_name='python3').execute()"
         )
         py = [sys.executable, "-c"]
 
         def notebook(shutdown: str) -> str:
-            return (
+            return lean + (
                 f"import nbformat, nbclient; nbclient.NotebookClient(nbformat.read({str(good)!r}, 4),"
                 f" kernel_name='python3', resources={{'metadata': {{'path': {str(tmp)!r}}}}},"
                 f" shutdown_kernel={shutdown!r}).execute()"
             )
 
-        lean = "from dmcourse.grading import worker; worker.lean_imports(); from dmcourse.grading import course; import nbclient"
+        imports = lean + "from dmcourse.grading import course; import nbclient"
         parts = {
             "python alone": [*py, "pass"],
             "imports as NbGraderAPI loads them (nbgrader.apps, safety)": [
                 *py,
                 "import nbgrader.apps, dmcourse.grading.safety",
             ],
-            "imports as the worker loads them (lean_imports)": [*py, lean],
+            "imports as the worker loads them (lean_imports)": [*py, imports],
             "import nbformat, nbclient (what the kernel rows below pay before their kernel)": [
                 *py,
-                "import nbformat, nbclient",
+                lean + "import nbformat, nbclient",
             ],
             "kernel start, empty cell": [*py, kernel.format("pass")],
             f"kernel start + first code cell of {assignment}": [*py, kernel.format(first)],
@@ -241,7 +242,7 @@ def grade_table(assignments: list[str], args: argparse.Namespace, runners: dict[
             for name, rs in runs.items():
                 for k, (step, _) in enumerate(rs[0]):
                     sec = statistics.median(r[k][1] for r in rs)
-                    print(f"| {a} | {jobs} | {name} | {step} | {sec:.1f} | {sec / args.n:.2f} |", flush=True)
+                    print(f"| {a} | {jobs} | {name} | {step} | {sec:.2f} | {sec / args.n:.2f} |", flush=True)
 
 
 def _header(what: str, args: argparse.Namespace) -> None:
