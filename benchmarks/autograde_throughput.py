@@ -217,11 +217,11 @@ def breakdown(assignment: str, repeats: int) -> list[tuple[str, float, float]]:
         ]
         med = {what: (wall, cpu) for what, wall, cpu in out}
         whole = med["one worker process, one submission, start to exit"]
-        imports = med["imports as the worker loads them (lean_imports)"]
+        worker_imports = med["imports as the worker loads them (lean_imports)"]
         cells = med[f"{assignment}, correct notebook, nbclient alone: kernel start, all cells, kernel killed"]
         client = med["import nbformat, nbclient (what the kernel rows below pay before their kernel)"]
         rest = "rest of the worker: nbgrader's gradebook, copies, sanitizing, writing (difference)"
-        wall, cpu = (whole[k] - imports[k] - (cells[k] - client[k]) for k in (0, 1))
+        wall, cpu = (whole[k] - worker_imports[k] - (cells[k] - client[k]) for k in (0, 1))
         out.append((rest, wall, cpu))
         return out
     finally:
