@@ -94,3 +94,35 @@ def strip_metadata(nb: nbformat.NotebookNode, colab: bool = False) -> dict:
     if colab:
         data["metadata"]["colab"] = {"provenance": [], "name": "submission.ipynb"}
     return data
+
+
+def tiny_assignment(root: Path, name: str) -> str:
+    """Add a tiny assignment ``name`` to the course at ``root`` and generate its release (which
+    registers it in the gradebook): one answer cell ``double`` and one autograded test (1 point,
+    one hidden assert). Its kernels import nothing heavy, so grading it takes about a second."""
+    from dmcourse.grading import course
+
+    def meta(**kw):
+        return {
+            "nbgrader": {"grade": False, "locked": False, "schema_version": 3, "solution": False, "task": False, **kw}
+        }
+
+    cells = [
+        nbformat.v4.new_code_cell(
+            "def double(x):\n    ### BEGIN SOLUTION\n    return 2 * x\n    ### END SOLUTION",
+            metadata=meta(grade_id="double", solution=True),
+            id="double",
+        ),
+        nbformat.v4.new_code_cell(
+            "assert double(2) == 4\n### BEGIN HIDDEN TESTS\nassert double(21) == 42\n### END HIDDEN TESTS",
+            id="test_double",
+            metadata=meta(grade_id="test_double", grade=True, locked=True, points=1),
+        ),
+    ]
+    nb = nbformat.v4.new_notebook(
+        cells=cells, metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}}
+    )
+    (Path(root) / "solutions" / name).mkdir(parents=True)
+    nbformat.write(nb, Path(root) / "solutions" / name / f"{name}.ipynb")
+    course.generate(root, name)
+    return name

@@ -1,87 +1,148 @@
-"""Autograde many submissions so that no single one can stop the batch.
+"""Autograde many submissions so that no single one can stop the batch (the appendix for instructors).
 
 nbgrader already carries on after a submission that raises (a dead kernel, say). Two things it
 cannot survive run in the grading process itself: a notebook whose output exhausts memory, and a
-kernel that hangs past every timeout. So :func:`autograde_all` runs nbgrader in worker processes
-(:mod:`dmcourse.grading.worker`), watches their progress, kills a worker stuck on one submission
-for longer than ``limit_s``, flags that submission, and starts a new worker for the rest.
-``jobs > 1`` runs that many workers at once (they share the SQLite gradebook).
+kernel that hangs past every timeout. So :func:`autograde_all` grades each submission in a process
+of its own (``python -m dmcourse.grading.worker``), at most ``jobs`` at a time. A process that runs
+longer than ``limit_s`` is killed together with the kernel it started (psutil: the same on every
+OS), its submission is flagged, and the batch goes on. The processes share the SQLite gradebook;
+a submission whose process found it locked is graded once more. The next process is started while
+the others grade, so that its imports (about a second of CPU) overlap their kernels' work.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
-import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import nbformat
+import psutil
 
+POLL_S = 0.05  # how often the batch looks at its processes
+CHILDREN_EVERY_S = 1.0  # how often it notes the kernels each process started (to reap them if it dies)
 _ERROR_START = re.compile(r"There was an error processing assignment: (?P<path>\S+)")
+_EXCEPTION = re.compile(r"^[\w.]+(Error|Exception|Interrupt)\b")
 _EXPLAIN = {
     "DeadKernelError": "the kernel died while running the notebook (the code exits the process, "
     "e.g. os._exit, crashes, or runs out of memory)",
     "UnresponsiveKernelError": "the kernel stopped responding and could not be interrupted",
     "CellTimeoutError": "a cell ran past the timeout and the kernel could not be interrupted",
 }
+_LOCKED = ("database is locked", "There was an error accessing the nbgrader database")
 
 
 def default_limit(root: Path, assignment: str, timeout: int) -> float:
-    """Seconds one submission may take before its worker is killed: every code cell timing out, plus margin."""
+    """Seconds one submission may take before its process is killed: every code cell timing out, plus margin."""
     (release,) = sorted((Path(root) / "exercises" / assignment).glob("*.ipynb"))
     n_code = sum(c.cell_type == "code" for c in nbformat.read(release, as_version=4).cells)
     return (n_code + 2) * timeout + 120.0
 
 
-def _reasons_from_log(text: str) -> dict[str, str]:
-    """student -> why nbgrader failed them, read from nbgrader's log."""
-    found: dict[str, str] = {}
+def reason_from_log(text: str) -> str:
+    """Why nbgrader failed one submission, in words, read from its log (and traceback)."""
+    if any(s in text for s in _LOCKED):
+        return "nbgrader could not write the gradebook (SQLite: database is locked); grade it again"
+    if "the kernel became unresponsive" in text:
+        return _EXPLAIN["UnresponsiveKernelError"]
     lines = text.splitlines()
-    for k, line in enumerate(lines):
-        m = _ERROR_START.search(line)
-        if not m:
-            continue
-        student = Path(m["path"]).parent.name
-        block = []
-        for nxt in lines[k + 1 :]:
-            if _ERROR_START.search(nxt) or "There was an error processing assignment '" in nxt:
-                break
-            block.append(nxt.strip())
-        last = next((b for b in reversed(block) if re.match(r"^[\w.]+(Error|Exception|Interrupt)\b", b)), "")
-        name = last.split(":", 1)[0].rsplit(".", 1)[-1]
-        found[student] = _EXPLAIN.get(name, f"nbgrader failed: {last or 'see the log'}")
-    return found
+    start = next((k for k, line in enumerate(lines) if _ERROR_START.search(line)), None)
+    block = []
+    for line in lines[start + 1 :] if start is not None else lines:
+        if start is not None and "There was an error processing assignment '" in line:
+            break
+        block.append(line.strip())
+    last = next((b for b in reversed(block) if _EXCEPTION.match(b)), "")
+    name = last.split(":", 1)[0].rsplit(".", 1)[-1]
+    return _EXPLAIN.get(name, f"nbgrader failed: {last or 'see the log'}")
 
 
-def _kill(proc: subprocess.Popen) -> None:
-    """Stop a worker and the kernels it started: its whole process group on POSIX, else the worker."""
-    if hasattr(os, "killpg"):
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    else:  # Windows: no process groups; ipykernel's parent poller ends a kernel whose parent died
-        proc.kill()
+def kill_tree(proc: subprocess.Popen, known: Iterable[psutil.Process] = ()) -> None:
+    """Kill ``proc``, every process it started (its kernel) and the processes in ``known``, and wait for them."""
+    try:
+        kids = psutil.Process(proc.pid).children(recursive=True)
+    except psutil.Error:  # already gone
+        kids = []
+    proc.kill()
+    victims = list({*known, *kids})
+    for p in victims:
+        with contextlib.suppress(psutil.Error):
+            p.kill()
+    proc.wait()
+    psutil.wait_procs(victims, timeout=5)
 
 
-def _progress(path: Path) -> tuple[list[str], set[str], dict[str, float]]:
-    started, done, since = [], set(), {}
-    if path.exists():
-        for line in path.read_text().splitlines():
-            word, student, t = line.split()
-            if word == "start":
-                started.append(student)
-                since[student] = float(t)
-            else:
-                done.add(student)
-    return started, done, since
+@dataclass
+class _Job:
+    """One submission's grading process."""
+
+    student: str
+    proc: subprocess.Popen
+    log: Path
+    stderr: Path
+    tries: int
+    started: float = field(default_factory=time.monotonic)
+    kids: list[psutil.Process] = field(default_factory=list)
+    looked: float = 0.0
+
+    def note_children(self, now: float) -> None:
+        if now - self.looked >= CHILDREN_EVERY_S:
+            self.looked = now
+            with contextlib.suppress(psutil.Error):
+                self.kids = psutil.Process(self.proc.pid).children(recursive=True) or self.kids
+
+    def reap(self) -> None:
+        """Kill kernels left running by a process that ended without shutting them down."""
+        left = [p for p in self.kids if p.is_running()]
+        for p in left:
+            with contextlib.suppress(psutil.Error):
+                p.kill()
+        psutil.wait_procs(left, timeout=5)
+
+
+def _spawn(root: Path, assignment: str, timeout: int, work: Path, serial: int) -> _Job:
+    """A grading process that imports what it needs, then waits for its student on stdin."""
+    log, err = work / f"{serial}.json", work / f"{serial}.stderr"
+    cmd = [sys.executable, "-m", "dmcourse.grading.worker", str(root), assignment, "-", str(log), str(timeout)]
+    with open(err, "wb") as f:
+        proc = subprocess.Popen(cmd, cwd=root, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=f)
+    return _Job("", proc, log, err, 0)
+
+
+def _assign(job: _Job, student: str, tries: int) -> _Job:
+    """Give ``job`` its submission; its wall-clock limit starts now."""
+    job.student, job.tries, job.started = student, tries, time.monotonic()
+    assert job.proc.stdin is not None
+    try:
+        job.proc.stdin.write(student.encode() + b"\n")
+        job.proc.stdin.close()
+    except OSError:  # it died while importing: its exit code and stderr say why
+        pass
+    return job
+
+
+def _outcome(job: _Job, root: Path, assignment: str) -> str | None:
+    """None if ``job`` graded its submission, else why not."""
+    rc = job.proc.returncode
+    if not job.log.exists():
+        err = job.stderr.read_text(errors="replace").splitlines() if job.stderr.exists() else []
+        last = next((ln.strip() for ln in reversed(err) if _EXCEPTION.match(ln.strip())), "")
+        return f"the grading process died (exit code {rc}) while grading it" + (f": {last}" if last else "")
+    result = json.loads(job.log.read_text())
+    if not result["success"]:
+        return reason_from_log(result["log"] + "\n" + result["error"])
+    if not (root / "autograded" / job.student / assignment).is_dir():
+        return "not graded by nbgrader (see the log)"
+    return None
 
 
 def autograde_all(
@@ -93,82 +154,59 @@ def autograde_all(
     limit_s: float | None = None,
     echo: Callable[[str], None] = lambda s: None,
 ) -> dict[str, str | None]:
-    """Autograde ``students`` of ``assignment``; return student -> None (graded) or why it failed."""
-    if jobs < 1:
-        raise ValueError(f"jobs must be at least 1, got {jobs}")
+    """Autograde ``students`` of ``assignment``, ``jobs`` at a time, each in its own process
+    stopped after ``limit_s`` seconds (default :func:`default_limit`); ``timeout`` is nbgrader's
+    per-cell limit in seconds. Returns student -> None (graded) or why it failed."""
+    if not isinstance(jobs, int) or jobs < 1:
+        raise ValueError(f"jobs must be a positive int, got {jobs!r}")
     root = Path(root).resolve()
     limit = limit_s if limit_s is not None else default_limit(root, assignment, timeout)
-    failed: dict[str, str] = {}
-    graded: set[str] = set()
-    queue = [sorted(students)[k::jobs] for k in range(jobs)]
-    queue = [q for q in queue if q]
+    if limit <= 0:
+        raise ValueError(f"limit_s must be a positive number of seconds, got {limit_s!r}")
+    outcome: dict[str, str | None] = {}
+    pending: deque[tuple[str, int]] = deque((s, 0) for s in sorted(set(students)))
+    running: list[_Job] = []
     work = Path(tempfile.mkdtemp(prefix="dmcourse-grading-"))
-    running: list[dict] = []
     serial = 0
+    warm: _Job | None = None  # the next process, importing while the others grade
     try:
-        while queue or running:
-            while queue and len(running) < jobs:
-                shard = queue.pop(0)
+        while pending or running:
+            while pending and len(running) < jobs:
+                if warm is None:
+                    serial += 1
+                    warm = _spawn(root, assignment, timeout, work, serial)
+                running.append(_assign(warm, *pending.popleft()))
+                warm = None
+            if pending and warm is None:
                 serial += 1
-                w = {k: work / f"{serial}.{k}" for k in ("students", "progress", "log")}
-                w["students"].write_text("\n".join(shard))
-                cmd = [
-                    sys.executable,
-                    "-m",
-                    "dmcourse.grading.worker",
-                    str(root),
-                    assignment,
-                    str(w["students"]),
-                    str(w["progress"]),
-                    str(w["log"]),
-                    str(timeout),
-                ]
-                proc = subprocess.Popen(
-                    cmd,
-                    cwd=root,
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
-                    start_new_session=hasattr(os, "killpg"),
-                )
-                running.append({"proc": proc, "shard": shard, **w})
-            time.sleep(0.5)
-            for r in list(running):
-                started, done, since = _progress(r["progress"])
-                current = next((s for s in reversed(started) if s not in done), None)
-                rc = r["proc"].poll()
-                stuck = current is not None and rc is None and time.time() - since[current] > limit
-                if stuck:
-                    _kill(r["proc"])
-                    r["proc"].wait()
-                    rc = r["proc"].returncode
-                if rc is None:
+                warm = _spawn(root, assignment, timeout, work, serial)
+            time.sleep(POLL_S)
+            now = time.monotonic()
+            for job in list(running):
+                if job.proc.poll() is None:
+                    if now - job.started <= limit:
+                        job.note_children(now)
+                        continue
+                    kill_tree(job.proc, job.kids)
+                    running.remove(job)
+                    outcome[job.student] = f"grading took longer than {limit:.0f} s and was stopped"
+                    echo(f"  {job.student}: {outcome[job.student]}")
                     continue
-                running.remove(r)
-                log = json.loads(r["log"].read_text()) if r["log"].exists() else None
-                reasons = _reasons_from_log(log["log"] + "\n" + log["error"]) if log else {}
-                graded |= done
-                for s in started:
-                    if s not in done:
-                        failed[s] = reasons.get(
-                            s,
-                            (
-                                f"grading took longer than {limit:.0f} s and was stopped"
-                                if stuck
-                                else f"the grading process died (exit code {rc}) while grading it"
-                            ),
-                        )
-                        echo(f"  {s}: {failed[s]}")
-                rest = [s for s in r["shard"] if s not in started]
-                if log is None and rest:
-                    queue.append(rest)  # the worker died: the others get a fresh one
-                elif rest:
-                    for s in rest:
-                        failed[s] = "not graded by nbgrader (see the log)"
-                echo(f"  worker {len(done)} graded, {len([s for s in started if s not in done])} failed")
+                running.remove(job)
+                job.reap()
+                why = _outcome(job, root, assignment)
+                if why is not None and why.startswith("nbgrader could not write the gradebook") and job.tries == 0:
+                    echo(f"  {job.student}: the gradebook was busy, grading it again")
+                    pending.append((job.student, 1))
+                    continue
+                outcome[job.student] = why
+                if why is not None:
+                    echo(f"  {job.student}: {why}")
     finally:
-        for r in running:
-            _kill(r["proc"])
+        for job in running + ([warm] if warm else []):
+            kill_tree(job.proc, job.kids)
         shutil.rmtree(work, ignore_errors=True)
-    for s in failed:
-        shutil.rmtree(root / "autograded" / s / assignment, ignore_errors=True)
-    return {s: (None if s in graded and s not in failed else failed.get(s, "not graded")) for s in students}
+    for s, why in outcome.items():
+        if why is not None:
+            shutil.rmtree(root / "autograded" / s / assignment, ignore_errors=True)
+    return {s: outcome.get(s, "not graded") for s in students}
