@@ -96,10 +96,11 @@ def strip_metadata(nb: nbformat.NotebookNode, colab: bool = False) -> dict:
     return data
 
 
-def tiny_assignment(root: Path, name: str) -> str:
+def tiny_assignment(root: Path, name: str, manual: bool = False) -> str:
     """Add a tiny assignment ``name`` to the course at ``root`` and generate its release (which
     registers it in the gradebook): one answer cell ``double`` and one autograded test (1 point,
-    one hidden assert). Its kernels import nothing heavy, so grading it takes about a second."""
+    one hidden assert); with ``manual``, also a Markdown answer graded by hand (``why``, 2 points).
+    Its kernels import nothing heavy, so grading it takes about a second."""
     from dmcourse.grading import course
 
     def meta(**kw):
@@ -119,6 +120,14 @@ def tiny_assignment(root: Path, name: str) -> str:
             metadata=meta(grade_id="test_double", grade=True, locked=True, points=1),
         ),
     ]
+    if manual:
+        cells.append(
+            nbformat.v4.new_markdown_cell(
+                "Doubling is a linear map.",
+                id="why",
+                metadata=meta(grade_id="why", grade=True, solution=True, points=2),
+            )
+        )
     nb = nbformat.v4.new_notebook(
         cells=cells, metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}}
     )

@@ -748,46 +748,11 @@ def test_each_exercise_tells_colab_students_how_to_check_and_hand_in(assignment:
         assert re.search(pattern, text, re.I), f"exercises/{assignment} does not tell students {what}"
 
 
-def _manual_assignment(root: Path) -> str:
-    """A tiny assignment with one autograded test (1 point) and one manually graded answer (2 points)."""
-    name = "zz_manual"
-
-    def meta(**kw):
-        return {
-            "nbgrader": {"grade": False, "locked": False, "schema_version": 3, "solution": False, "task": False, **kw}
-        }
-
-    nb = nbformat.v4.new_notebook(
-        cells=[
-            nbformat.v4.new_code_cell(
-                "def double(x):\n    ### BEGIN SOLUTION\n    return 2 * x\n    ### END SOLUTION",
-                metadata=meta(grade_id="double", solution=True),
-                id="double",
-            ),
-            nbformat.v4.new_code_cell(
-                "assert double(2) == 4",
-                id="test_double",
-                metadata=meta(grade_id="test_double", grade=True, locked=True, points=1),
-            ),
-            nbformat.v4.new_markdown_cell(
-                "Doubling is a linear map.",
-                id="why",
-                metadata=meta(grade_id="why", grade=True, solution=True, points=2),
-            ),
-        ],
-        metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}},
-    )
-    (root / "solutions" / name).mkdir(parents=True)
-    nbformat.write(nb, root / "solutions" / name / f"{name}.ipynb")
-    course.generate(root, name)
-    return name
-
-
 @pytest.mark.slow
 def test_answers_for_a_person_are_flagged_and_manual_scores_reach_the_csv(course_copy: Path) -> None:
     from nbgrader.api import Gradebook
 
-    a = _manual_assignment(course_copy)
+    a = synth.tiny_assignment(course_copy, "zz_manual", manual=True)
     release = nbformat.read(course_copy / "exercises" / a / f"{a}.ipynb", as_version=4)
     synth.cell(release, "double").source = "def double(x):\n    return x + x"
     synth.cell(release, "why").source = "Because double(a + b) = double(a) + double(b)."
