@@ -179,7 +179,7 @@ def test_a_time_after_the_gradebooks_due_date_marks_the_file_late(
     assert {s: i.late for s, i in items.items()} == {"111": False, "333": True, "555": True}  # 555: Canvas said so
     assert "3.0 h after the due date (2026-01-10 12:00 UTC" in items["333"].reason
     assert collect.recorded(course_copy / (items["333"].dest or ""))["late"] is True
-    assert zipcollect.due_date(course_copy, B) is None  # not in the gradebook: nothing is late
+    assert course.due_date(course_copy, B) is None  # not in the gradebook: nothing is late
 
 
 def test_pattern_and_assume_reach_the_plugin(course_copy: Path, tmp_path: Path, apps: list) -> None:

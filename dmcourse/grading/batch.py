@@ -13,6 +13,7 @@ the others grade, so that its imports (about a second of CPU) overlap their kern
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import re
 import shutil
@@ -28,6 +29,8 @@ from pathlib import Path
 import nbformat
 import psutil
 
+from dmcourse.checks import check_int, positive_float
+
 POLL_S = 0.05  # how often the batch looks at its processes
 CHILDREN_EVERY_S = 1.0  # how often it notes the kernels each process started (to reap them if it dies)
 _ERROR_START = re.compile(r"There was an error processing assignment: (?P<path>\S+)")
@@ -39,6 +42,7 @@ _EXPLAIN = {
     "CellTimeoutError": "a cell ran past the timeout and the kernel could not be interrupted",
 }
 _LOCKED = ("database is locked", "There was an error accessing the nbgrader database")
+LOCKED_REASON = "nbgrader could not write the gradebook (SQLite: database is locked); grade it again"
 
 
 def default_limit(root: Path, assignment: str, timeout: int) -> float:
@@ -51,7 +55,7 @@ def default_limit(root: Path, assignment: str, timeout: int) -> float:
 def reason_from_log(text: str) -> str:
     """Why nbgrader failed one submission, in words, read from its log (and traceback)."""
     if any(s in text for s in _LOCKED):
-        return "nbgrader could not write the gradebook (SQLite: database is locked); grade it again"
+        return LOCKED_REASON
     if "the kernel became unresponsive" in text:
         return _EXPLAIN["UnresponsiveKernelError"]
     lines = text.splitlines()
@@ -157,29 +161,22 @@ def autograde_all(
     """Autograde ``students`` of ``assignment``, ``jobs`` at a time, each in its own process
     stopped after ``limit_s`` seconds (default :func:`default_limit`); ``timeout`` is nbgrader's
     per-cell limit in seconds. Returns student -> None (graded) or why it failed."""
-    if not isinstance(jobs, int) or jobs < 1:
-        raise ValueError(f"jobs must be a positive int, got {jobs!r}")
+    check_int("jobs", jobs)
     root = Path(root).resolve()
-    limit = limit_s if limit_s is not None else default_limit(root, assignment, timeout)
-    if limit <= 0:
-        raise ValueError(f"limit_s must be a positive number of seconds, got {limit_s!r}")
+    limit = positive_float("limit_s", limit_s) if limit_s is not None else default_limit(root, assignment, timeout)
     outcome: dict[str, str | None] = {}
     pending: deque[tuple[str, int]] = deque((s, 0) for s in sorted(set(students)))
     running: list[_Job] = []
     work = Path(tempfile.mkdtemp(prefix="dmcourse-grading-"))
-    serial = 0
+    serial = itertools.count(1)
     warm: _Job | None = None  # the next process, importing while the others grade
     try:
         while pending or running:
             while pending and len(running) < jobs:
-                if warm is None:
-                    serial += 1
-                    warm = _spawn(root, assignment, timeout, work, serial)
-                running.append(_assign(warm, *pending.popleft()))
-                warm = None
+                job, warm = warm or _spawn(root, assignment, timeout, work, next(serial)), None
+                running.append(_assign(job, *pending.popleft()))
             if pending and warm is None:
-                serial += 1
-                warm = _spawn(root, assignment, timeout, work, serial)
+                warm = _spawn(root, assignment, timeout, work, next(serial))
             time.sleep(POLL_S)
             now = time.monotonic()
             for job in list(running):
@@ -195,7 +192,7 @@ def autograde_all(
                 running.remove(job)
                 job.reap()
                 why = _outcome(job, root, assignment)
-                if why is not None and why.startswith("nbgrader could not write the gradebook") and job.tries == 0:
+                if why == LOCKED_REASON and job.tries == 0:
                     echo(f"  {job.student}: the gradebook was busy, grading it again")
                     pending.append((job.student, 1))
                     continue

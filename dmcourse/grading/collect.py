@@ -221,11 +221,11 @@ def collect(
                 (dest.parent / TIMESTAMP_FILE).unlink(missing_ok=True)
                 chosen.setdefault(item.assignment or "", []).append(item)
         if chosen:  # importing nbgrader's apps takes seconds: only when there is something to place
-            from dmcourse.grading import zipcollect
+            from dmcourse.grading import course, zipcollect
         for assignment, group in chosen.items():
             files = {item.source: folder / item.source for item in group}
             said = zipcollect.place(root, assignment, files, pattern, assume)
-            due = zipcollect.due_date(root, assignment)
+            due = course.due_date(root, assignment)
             for item in group:
                 _check_placed(root / (item.dest or ""), item, folder / item.source, said.get(item.source))
             for item in group:

@@ -105,17 +105,30 @@ def needs_manual_grade(root: Path, assignment: str, student: str) -> bool:
         return any(g.needs_manual_grade and g.manual_score is None for nb in sub.notebooks for g in nb.grades)
 
 
-def is_registered(root: Path, assignment: str) -> bool:
-    """Whether the gradebook knows ``assignment`` (its cells, points and checksums)."""
+def _assignment_field(root: Path, assignment: str, read):
+    """``read(assignment row)`` from the gradebook, inside its session; None without a gradebook
+    (opening one would create it) or without ``assignment`` in it."""
     from nbgrader.api import MissingEntry
 
     if not (Path(root) / "gradebook.db").exists():
-        return False
+        return None
     with gradebook(root) as gb:
         try:
-            return bool(gb.find_assignment(assignment).notebooks)
+            return read(gb.find_assignment(assignment))
         except MissingEntry:
-            return False
+            return None
+
+
+def is_registered(root: Path, assignment: str) -> bool:
+    """Whether the gradebook knows ``assignment`` (its cells, points and checksums)."""
+    return bool(_assignment_field(root, assignment, lambda a: a.notebooks))
+
+
+def due_date(root: Path, assignment: str):
+    """The due date of ``assignment`` (a naive UTC ``datetime``, as nbgrader keeps it); None without
+    a gradebook, without the assignment in it or without a due date (set one with ``nbgrader db
+    assignment add ASSIGNMENT --duedate=...``)."""
+    return _assignment_field(root, assignment, lambda a: a.duedate)
 
 
 def register(root: Path, assignment: str) -> None:

@@ -26,7 +26,6 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from nbgrader.api import Gradebook, MissingEntry
 from nbgrader.apps.zipcollectapp import ZipCollectApp
 from nbgrader.coursedir import CourseDirectory
 from nbgrader.plugins import FileNameCollectorPlugin
@@ -133,21 +132,6 @@ def place(
         finally:
             _LOG.removeHandler(errors)
         return dict(app.collector_plugin_inst.answers)
-
-
-def due_date(root: Path, assignment: str) -> datetime.datetime | None:
-    """The due date of ``assignment`` in the course's gradebook (naive UTC, as nbgrader keeps it);
-    None without a gradebook, without the assignment in it or without a due date (set one with
-    ``nbgrader db assignment add ASSIGNMENT --duedate=...``)."""
-    cfg = course.load_config(Path(root).resolve())
-    url = cfg.CourseDirectory.db_url
-    if not Path(url.removeprefix("sqlite:///")).exists():
-        return None  # opening a Gradebook would create one
-    with Gradebook(url, cfg.CourseDirectory.course_id) as gb:
-        try:
-            return gb.find_assignment(assignment).duedate
-        except MissingEntry:
-            return None
 
 
 def seconds_late(folder: Path, due: datetime.datetime) -> float:
