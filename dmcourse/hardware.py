@@ -84,10 +84,14 @@ def parse_gpus(doc: Mapping[str, Any]) -> dict[str, GPUSpec]:
     return out
 
 
+def _data(file: str) -> Any:
+    """The JSON document ``dmcourse/data/<file>`` (shipped in the wheel: Colab reads it too)."""
+    return json.loads((resources.files("dmcourse") / "data" / file).read_text())
+
+
 @lru_cache(maxsize=1)
 def _load() -> dict[str, GPUSpec]:
-    text = (resources.files("dmcourse") / "data" / "gpus.json").read_text()
-    return parse_gpus(json.loads(text))
+    return parse_gpus(_data("gpus.json"))
 
 
 def gpus() -> dict[str, GPUSpec]:
@@ -146,8 +150,7 @@ def parse_links(doc: Mapping[str, Any]) -> dict[str, LinkSpec]:
 
 @lru_cache(maxsize=1)
 def _load_links() -> dict[str, LinkSpec]:
-    text = (resources.files("dmcourse") / "data" / "links.json").read_text()
-    return parse_links(json.loads(text))
+    return parse_links(_data("links.json"))
 
 
 def links() -> dict[str, LinkSpec]:
