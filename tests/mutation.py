@@ -216,3 +216,9 @@ def format_table(results: list[Result]) -> str:
         lines.append(f"| {a} | {sum(r.caught for r in rs)} | {len(rs)} |")
     lines.append(f"| all | {sum(r.caught for r in results)} | {len(results)} |")
     return "\n".join(lines)
+
+
+def mutants_of(assignment: str) -> list[dict]:
+    """The mutants of ``assignment`` (``tests/mutants/<assignment>.py``); [] when it has none."""
+    path = Path(__file__).resolve().parent / "mutants" / f"{assignment}.py"
+    return load_mutants(path) if path.exists() else []

@@ -7,7 +7,11 @@ A *student's correct notebook* is the release with every answer cell holding the
 from __future__ import annotations
 
 import copy
+import html
+import json
 import re
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import nbformat
@@ -135,3 +139,106 @@ def tiny_assignment(root: Path, name: str, manual: bool = False) -> str:
     nbformat.write(nb, Path(root) / "solutions" / name / f"{name}.ipynb")
     course.generate(root, name)
     return name
+
+
+# ---------------------------------------------------------------- grading tests' building blocks
+
+
+@dataclass
+class Info:
+    """An assignment's solution, release and points, to build submissions and expected scores."""
+
+    name: str
+    solution: nbformat.NotebookNode
+    release: nbformat.NotebookNode
+
+    @property
+    def answers(self) -> list[str]:
+        return answer_cells(self.release)
+
+    @property
+    def max(self) -> float:
+        return sum(p for _, p, _ in test_points(self.release))
+
+    def index(self, grade_id: str) -> int:
+        return next(
+            i
+            for i, c in enumerate(self.release.cells)
+            if (c.metadata.get("nbgrader") or {}).get("grade_id") == grade_id
+        )
+
+    def points_before(self, grade_id: str) -> float:
+        """Points of the tests above an answer cell: what is left when it and all later answers are blank."""
+        return sum(p for _, p, i in test_points(self.release) if i < self.index(grade_id))
+
+    def points_between(self, grade_id: str) -> float:
+        """Points of the tests between an answer cell and the next one (the tests of that answer)."""
+        later = [self.index(a) for a in self.answers if self.index(a) > self.index(grade_id)]
+        end = min(later, default=len(self.release.cells))
+        return sum(p for _, p, i in test_points(self.release) if self.index(grade_id) < i < end)
+
+    def correct(self, answered: list[str] | None = None) -> nbformat.NotebookNode:
+        return correct(self.solution, self.release, answered)
+
+    def partial(self) -> tuple[nbformat.NotebookNode, float]:
+        """First half of the answers written, the rest left as released; and the score it deserves."""
+        k = max(1, len(self.answers) // 2)
+        if k >= len(self.answers):
+            return self.correct(), self.max
+        return self.correct(self.answers[:k]), self.points_before(self.answers[k])
+
+
+def to_bytes(nb) -> bytes:
+    """A notebook (or a JSON-able dict, e.g. one with broken metadata) as the bytes of a file."""
+    return (nbformat.writes(nb) if isinstance(nb, nbformat.NotebookNode) else json.dumps(nb, indent=1)).encode()
+
+
+def edit(nb: nbformat.NotebookNode, grade_id: str, fn: Callable[[str], str]) -> nbformat.NotebookNode:
+    """A copy of ``nb`` whose cell ``grade_id`` holds ``fn(its source)``."""
+    nb = copy.deepcopy(nb)
+    target = cell(nb, grade_id)
+    target.source = fn(target.source)
+    return nb
+
+
+def test_cells(nb: nbformat.NotebookNode) -> list:
+    """The autograded test cells of ``nb``."""
+    return [
+        c
+        for c in nb.cells
+        if (c.metadata.get("nbgrader") or {}).get("grade") and not c.metadata.nbgrader.get("solution")
+    ]
+
+
+def hidden_lines(root: Path) -> dict[str, list[str]]:
+    """Hidden-test lines per assignment, read here independently of dmcourse.grading.leaks
+    (lines that the release shows anyway, in another cell, are no secret)."""
+    out = {}
+    for a in sorted(p.name for p in (root / "solutions").iterdir() if p.is_dir()):
+        lines = []
+        for src in (root / "solutions" / a).glob("*.ipynb"):
+            released = re.sub(
+                r"\s+",
+                " ",
+                "\n".join(c.source for c in nbformat.read(root / "exercises" / a / src.name, as_version=4).cells),
+            )
+            for cell in nbformat.read(src, as_version=4).cells:
+                for block in re.findall(r"BEGIN HIDDEN TESTS[^\n]*\n(.*?)\n[^\n]*END HIDDEN TESTS", cell.source, re.S):
+                    lines += [
+                        ln.strip()
+                        for ln in block.splitlines()
+                        if len(ln.strip()) >= 12 and re.sub(r"\s+", " ", ln.strip()) not in released
+                    ]
+        out[a] = lines
+    return out
+
+
+def leaks_in(path: Path, lines: list[str]) -> list[str]:
+    """The ``lines`` (hidden-test lines) that a feedback or notebook file at ``path`` shows."""
+    text = path.read_text(errors="replace")
+    if path.suffix == ".html":
+        text = html.unescape(re.sub(r"<[^>]+>", "", text))
+    elif path.suffix == ".ipynb":
+        text = "\n".join(c.source for c in nbformat.reads(text, as_version=4).cells) + text
+    flat = re.sub(r"\s+", " ", text)
+    return [ln for ln in lines if re.sub(r"\s+", " ", ln) in flat]

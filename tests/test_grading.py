@@ -14,7 +14,6 @@ import html
 import json
 import re
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +21,7 @@ import nbformat
 import pytest
 import synth
 from conftest import ROOT
-from mutation import load_mutants
+from mutation import mutants_of
 
 from dmcourse.grading import cli, collect, course, export, names, pipeline, recover
 from dmcourse.grading.safety import HIDDEN_PLACEHOLDER, HideHiddenTests, LimitOutputSize
@@ -32,50 +31,6 @@ FULL_TIMEOUT = 10  # seconds per cell for it: its cells take milliseconds, so an
 
 
 # ---------------------------------------------------------------- what each submission deserves
-
-
-@dataclass
-class Info:
-    """An assignment's solution, release and points, to build submissions and expected scores."""
-
-    name: str
-    solution: nbformat.NotebookNode
-    release: nbformat.NotebookNode
-
-    @property
-    def answers(self) -> list[str]:
-        return synth.answer_cells(self.release)
-
-    @property
-    def max(self) -> float:
-        return sum(p for _, p, _ in synth.test_points(self.release))
-
-    def index(self, grade_id: str) -> int:
-        return next(
-            i
-            for i, c in enumerate(self.release.cells)
-            if (c.metadata.get("nbgrader") or {}).get("grade_id") == grade_id
-        )
-
-    def points_before(self, grade_id: str) -> float:
-        """Points of the tests above an answer cell: what is left when it and all later answers are blank."""
-        return sum(p for _, p, i in synth.test_points(self.release) if i < self.index(grade_id))
-
-    def points_between(self, grade_id: str) -> float:
-        """Points of the tests between an answer cell and the next one (the tests of that answer)."""
-        later = [self.index(a) for a in self.answers if self.index(a) > self.index(grade_id)]
-        end = min(later, default=len(self.release.cells))
-        return sum(p for _, p, i in synth.test_points(self.release) if self.index(grade_id) < i < end)
-
-    def correct(self, answered: list[str] | None = None) -> nbformat.NotebookNode:
-        return synth.correct(self.solution, self.release, answered)
-
-    def partial(self) -> tuple[nbformat.NotebookNode, float]:
-        """First half of the answers written, the rest left as released; and the score it deserves."""
-        k = max(1, len(self.answers) // 2)
-        if k >= len(self.answers):
-            return self.correct(), self.max
-        return self.correct(self.answers[:k]), self.points_before(self.answers[k])
 
 
 @dataclass
@@ -93,26 +48,7 @@ class Case:
     mutant: dict | None = None  # the mutant this submission carries
 
 
-def _bytes(nb) -> bytes:
-    return (nbformat.writes(nb) if isinstance(nb, nbformat.NotebookNode) else json.dumps(nb, indent=1)).encode()
-
-
-def _edit(nb: nbformat.NotebookNode, grade_id: str, fn: Callable[[str], str]) -> nbformat.NotebookNode:
-    nb = copy.deepcopy(nb)
-    cell = synth.cell(nb, grade_id)
-    cell.source = fn(cell.source)
-    return nb
-
-
-def _tests(nb: nbformat.NotebookNode) -> list:
-    return [
-        c
-        for c in nb.cells
-        if (c.metadata.get("nbgrader") or {}).get("grade") and not c.metadata.nbgrader.get("solution")
-    ]
-
-
-def full_cases(info: Info) -> list[Case]:
+def full_cases(info: synth.Info) -> list[Case]:
     """Every kind of submission, for one assignment (ex00: its answers are named in a few cases)."""
     a, A = info.name, info.answers
     good = info.correct()
@@ -126,7 +62,7 @@ def full_cases(info: Info) -> list[Case]:
             "moodle": f"{kind.title()} Student_{sid}_assignsubmission_file_/{a}.ipynb",
             "folder": f"{kind}_{sid}/{a}.ipynb",
         }[style]
-        cases.append(Case(file, _bytes(nb), status, sid, a, score, **kw))
+        cases.append(Case(file, synth.to_bytes(nb), status, sid, a, score, **kw))
 
     add(1, "correct", good, "graded", info.max, "canvas")
     add(2, "colab", synth.strip_metadata(good, colab=True), "graded", info.max, "moodle")
@@ -134,12 +70,12 @@ def full_cases(info: Info) -> list[Case]:
     for k in range(1, len(A)):
         add(3 + k, f"partial{k}", info.correct(A[:k]), "graded", info.points_before(A[k]))
     last = A[-1]
-    loop_inside = _edit(good, last, lambda s: _loop_in_body(s))
+    loop_inside = synth.edit(good, last, lambda s: _loop_in_body(s))
     add(10, "loopinside", loop_inside, "graded", info.max - info.points_between(last), note="hit the timeout")
     add(
         11,
         "looptop",
-        _edit(good, last, lambda s: s + "\nwhile True:\n    pass"),
+        synth.edit(good, last, lambda s: s + "\nwhile True:\n    pass"),
         "graded",
         info.max,
         note="hit the timeout",
@@ -147,20 +83,20 @@ def full_cases(info: Info) -> list[Case]:
     add(
         12,
         "crash",
-        _edit(good, A[min(2, len(A) - 1)], lambda s: "import os\nos._exit(1)\n" + s),
+        synth.edit(good, A[min(2, len(A) - 1)], lambda s: "import os\nos._exit(1)\n" + s),
         "failed",
         note="kernel died",
     )
     edited = copy.deepcopy(good)
-    for c in _tests(edited):
+    for c in synth.test_cells(edited):
         c.source = "pass  # tests removed by the student"
     add(13, "testsedited", edited, "graded", info.max)
     cheat = copy.deepcopy(info.release)
-    for c in _tests(cheat):
+    for c in synth.test_cells(cheat):
         c.source = "pass"
     add(14, "cheat", cheat, "graded", 0.0)
     deleted = copy.deepcopy(good)
-    deleted.cells = [c for c in deleted.cells if c not in _tests(deleted)]
+    deleted.cells = [c for c in deleted.cells if c not in synth.test_cells(deleted)]
     add(15, "testsdeleted", deleted, "graded", info.max, note="rebuilt")
     add(16, "stripped", synth.strip_metadata(good), "graded", info.max, "canvas", note="rebuilt")
     part, part_score = info.partial()
@@ -183,9 +119,9 @@ def full_cases(info: Info) -> list[Case]:
         ]
     )
     add(19, "unrelated", jumbled, "review", 0.0, note="right notebook")
-    big = _edit(good, A[0], lambda s: s + '\nprint("x" * 5_000_000)\nfor _i in range(20_000):\n    print(_i)')
+    big = synth.edit(good, A[0], lambda s: s + '\nprint("x" * 5_000_000)\nfor _i in range(20_000):\n    print(_i)')
     add(20, "bigoutput", big, "graded", info.max, note="truncated")
-    uses = _edit(
+    uses = synth.edit(
         good,
         "choose_dtype",
         lambda s: (
@@ -209,35 +145,37 @@ def full_cases(info: Info) -> list[Case]:
     kernel = copy.deepcopy(good)
     kernel.metadata["kernelspec"] = {"name": "conda-env-py", "display_name": "Python [conda]", "language": "python"}
     add(24, "otherkernel", kernel, "graded", info.max)
-    broken = _edit(good, "choose_dtype", lambda s: s.replace("return torch.float32", "return torch.float32 if"))
+    broken = synth.edit(good, "choose_dtype", lambda s: s.replace("return torch.float32", "return torch.float32 if"))
     add(25, "syntaxerror", broken, "graded", info.max - info.points_between("choose_dtype"))
     imports = copy.deepcopy(good)
     first_code = next(c for c in imports.cells[1:] if c.cell_type == "code" and "nbgrader" not in c.metadata)
     first_code.source += "\nimport math"
     imports.cells.insert(imports.cells.index(first_code) + 1, nbformat.v4.new_code_cell("x_own = math.pi"))
     add(26, "owncells", imports, "graded", info.max)
-    mutants = _mutants(a)
+    mutants = mutants_of(a)
     for k, m in enumerate(mutants[:3]):
         add(27 + k, f"mutant{k}", synth.apply_mutant(info.solution, m), "graded", below=info.max, mutant=m)
 
     # the download folder's other troubles
     sid = "30190"
-    cases.append(Case(f"dup_{sid}_{900190}_{a}.ipynb", _bytes(info.release), "ignored", sid, a))
-    cases.append(Case(f"dup_{sid}_{900190}_{a}-1.ipynb", _bytes(good), "graded", sid, a, info.max))
+    cases.append(Case(f"dup_{sid}_{900190}_{a}.ipynb", synth.to_bytes(info.release), "ignored", sid, a))
+    cases.append(Case(f"dup_{sid}_{900190}_{a}-1.ipynb", synth.to_bytes(good), "graded", sid, a, info.max))
     sid = "30191"
-    cases.append(Case(f"dupbad_{sid}_{900191}_{a}.ipynb", _bytes(good), "graded", sid, a, info.max))
+    cases.append(Case(f"dupbad_{sid}_{900191}_{a}.ipynb", synth.to_bytes(good), "graded", sid, a, info.max))
     cases.append(
         Case(f"dupbad_{sid}_{900191}_{a}-1.ipynb", b'{"cells": [', "not collected", sid, a, note="invalid JSON")
     )
     cases.append(
-        Case(f"truncated_30192_{a}.ipynb", _bytes(good)[:1500], "not collected", "30192", a, note="invalid JSON")
+        Case(
+            f"truncated_30192_{a}.ipynb", synth.to_bytes(good)[:1500], "not collected", "30192", a, note="invalid JSON"
+        )
     )
     cases.append(Case(f"empty_30193_{a}.ipynb", b"", "not collected", "30193", a, note="empty file"))
     cases.append(
         Case(f"notebookless_30194_{a}.ipynb", b'{"hello": "world"}', "not collected", "30194", a, note="not a notebook")
     )
-    cases.append(Case(f"{a}.ipynb", _bytes(good), "not collected", note="no student id"))
-    cases.append(Case("ex99_unknown - zed.ipynb", _bytes(good), "not collected", note="unknown assignment"))
+    cases.append(Case(f"{a}.ipynb", synth.to_bytes(good), "not collected", note="no student id"))
+    cases.append(Case("ex99_unknown - zed.ipynb", synth.to_bytes(good), "not collected", note="unknown assignment"))
     cases.append(Case(f"script_30195_{a}.py", b"print(1)\n", "not collected", note="not an .ipynb"))
     return cases
 
@@ -253,23 +191,25 @@ def _loop_in_body(source: str) -> str:
     return "\n".join(out)
 
 
-def core_cases(info: Info, base: int) -> list[Case]:
+def core_cases(info: synth.Info, base: int) -> list[Case]:
     """Four submissions for an assignment that is not FULL: the common cases and recovery."""
     a, good = info.name, info.correct()
     part, part_score = info.partial()
     out = [
         Case(
             f"colab_{base + 1}_{a}.ipynb",
-            _bytes(synth.strip_metadata(good, colab=True)),
+            synth.to_bytes(synth.strip_metadata(good, colab=True)),
             "graded",
             str(base + 1),
             a,
             info.max,
         ),
-        Case(f"{a} - untouched{base + 2}.ipynb", _bytes(info.release), "graded", f"untouched{base + 2}", a, 0.0),
+        Case(
+            f"{a} - untouched{base + 2}.ipynb", synth.to_bytes(info.release), "graded", f"untouched{base + 2}", a, 0.0
+        ),
         Case(
             f"stripped_{base + 3}_{a}.ipynb",
-            _bytes(synth.strip_metadata(part)),
+            synth.to_bytes(synth.strip_metadata(part)),
             "graded",
             str(base + 3),
             a,
@@ -277,14 +217,14 @@ def core_cases(info: Info, base: int) -> list[Case]:
             note="rebuilt",
         ),
     ]
-    mutants = _mutants(a)
+    mutants = mutants_of(a)
     if mutants:
         nb = synth.apply_mutant(info.solution, mutants[0])
-        nb.cells = [c for c in nb.cells if c not in _tests(nb)]
+        nb.cells = [c for c in nb.cells if c not in synth.test_cells(nb)]
         out.append(
             Case(
                 f"mutant_{base + 4}_{a}.ipynb",
-                _bytes(nb),
+                synth.to_bytes(nb),
                 "graded",
                 str(base + 4),
                 a,
@@ -294,11 +234,6 @@ def core_cases(info: Info, base: int) -> list[Case]:
             )
         )
     return out
-
-
-def _mutants(assignment: str) -> list[dict]:
-    path = ROOT / "tests" / "mutants" / f"{assignment}.py"
-    return load_mutants(path) if path.exists() else []
 
 
 # ---------------------------------------------------------------- the batch
@@ -323,7 +258,7 @@ def batch(tmp_path_factory) -> Batch:
     download = tmp_path_factory.mktemp("download")
     cases: list[Case] = []
     for k, a in enumerate(found):
-        info = Info(a, *synth.load(root, a))
+        info = synth.Info(a, *synth.load(root, a))
         cases += full_cases(info) if a == FULL else core_cases(info, 40000 + 100 * k)
     for c in cases:
         (download / c.file).parent.mkdir(parents=True, exist_ok=True)
@@ -420,7 +355,7 @@ def test_grades_are_exported_to_csv(batch: Batch) -> None:
 @pytest.mark.slow
 def test_feedback_for_each_graded_submission_without_hidden_tests(batch: Batch) -> None:
     graded = [c for c in batch.cases if c.status in ("graded", "review") and c.score is not None]
-    hidden = _hidden_lines(batch.root)
+    hidden = synth.hidden_lines(batch.root)
     assert all(hidden.values())
     for case in graded:
         files = list((batch.root / "feedback" / case.student / case.assignment).glob("*.html"))
@@ -428,13 +363,13 @@ def test_feedback_for_each_graded_submission_without_hidden_tests(batch: Batch) 
         assert (batch.root / "autograded" / case.student / case.assignment).is_dir()
         # the control: the autograded notebook (instructor-only) does hold the hidden tests
     control = next((batch.root / "autograded").glob(f"*/{FULL}/*.ipynb"))
-    assert _leaks(control, hidden[FULL]), "leak check is blind: autograded notebooks hold the hidden tests"
+    assert synth.leaks_in(control, hidden[FULL]), "leak check is blind: autograded notebooks hold the hidden tests"
     student_visible = [p for p in (batch.root / "feedback").rglob("*") if p.is_file()]
     student_visible += [p for p in (batch.root / "exercises").rglob("*") if p.is_file()]
     assert student_visible
     for path in student_visible:
         assignment = next(a for a in batch.assignments if a in path.parts)
-        assert not _leaks(path, hidden[assignment]), f"hidden test code in {path}"
+        assert not synth.leaks_in(path, hidden[assignment]), f"hidden test code in {path}"
     assert any(HIDDEN_PLACEHOLDER in html.unescape(p.read_text()) for p in student_visible if p.suffix == ".html")
 
 
@@ -451,7 +386,7 @@ def test_plain_nbgrader_feedback_would_leak_hidden_tests(batch: Batch, tmp_path:
     result = course.api(batch.root, cfg).generate_feedback(FULL, student)
     assert result["success"], result.get("error")
     (raw,) = (tmp_path / "raw" / student / FULL).glob("*.html")
-    assert _leaks(raw, _hidden_lines(batch.root)[FULL])
+    assert synth.leaks_in(raw, synth.hidden_lines(batch.root)[FULL])
 
 
 @pytest.mark.slow
@@ -469,39 +404,6 @@ def test_report_lists_every_flag(batch: Batch) -> None:
         if case.assignment == FULL and case.status in ("failed", "review", "not collected"):
             assert (case.student or case.file) in report, case.file
     print(f"batch of {len(batch.cases)} files graded in {batch.seconds:.0f} s")
-
-
-def _hidden_lines(root: Path) -> dict[str, list[str]]:
-    """Hidden-test lines per assignment, read here independently of dmcourse.grading.leaks
-    (lines that the release shows anyway, in another cell, are no secret)."""
-    out = {}
-    for a in sorted(p.name for p in (root / "solutions").iterdir() if p.is_dir()):
-        lines = []
-        for src in (root / "solutions" / a).glob("*.ipynb"):
-            released = re.sub(
-                r"\s+",
-                " ",
-                "\n".join(c.source for c in nbformat.read(root / "exercises" / a / src.name, as_version=4).cells),
-            )
-            for cell in nbformat.read(src, as_version=4).cells:
-                for block in re.findall(r"BEGIN HIDDEN TESTS[^\n]*\n(.*?)\n[^\n]*END HIDDEN TESTS", cell.source, re.S):
-                    lines += [
-                        ln.strip()
-                        for ln in block.splitlines()
-                        if len(ln.strip()) >= 12 and re.sub(r"\s+", " ", ln.strip()) not in released
-                    ]
-        out[a] = lines
-    return out
-
-
-def _leaks(path: Path, lines: list[str]) -> list[str]:
-    text = path.read_text(errors="replace")
-    if path.suffix == ".html":
-        text = html.unescape(re.sub(r"<[^>]+>", "", text))
-    elif path.suffix == ".ipynb":
-        text = "\n".join(c.source for c in nbformat.reads(text, as_version=4).cells) + text
-    flat = re.sub(r"\s+", " ", text)
-    return [ln for ln in lines if re.sub(r"\s+", " ", ln) in flat]
 
 
 # ---------------------------------------------------------------- the pieces, fast
@@ -555,13 +457,13 @@ def test_a_custom_pattern_or_an_assumed_assignment_reads_other_names() -> None:
 
 
 def test_collect_reports_every_file_and_writes_nothing_on_dry_run(course_copy: Path, tmp_path: Path) -> None:
-    info = Info(FULL, *synth.load(course_copy, FULL))
+    info = synth.Info(FULL, *synth.load(course_copy, FULL))
     dl = tmp_path / "dl"
     dl.mkdir()
-    (dl / f"ann_111_{FULL}.ipynb").write_bytes(_bytes(info.release))
-    (dl / f"ann_111_222_{FULL}-1.ipynb").write_bytes(_bytes(info.correct()))
+    (dl / f"ann_111_{FULL}.ipynb").write_bytes(synth.to_bytes(info.release))
+    (dl / f"ann_111_222_{FULL}-1.ipynb").write_bytes(synth.to_bytes(info.correct()))
     (dl / f"bad_333_{FULL}.ipynb").write_text("{")
-    (dl / "zed - ex42_other.ipynb").write_bytes(_bytes(info.release))
+    (dl / "zed - ex42_other.ipynb").write_bytes(synth.to_bytes(info.release))
     (dl / "notes.txt").write_text("hi")
     items = collect.collect(course_copy, dl, dry_run=True)
     assert not (course_copy / "submitted").exists()
@@ -577,7 +479,7 @@ def test_collect_reports_every_file_and_writes_nothing_on_dry_run(course_copy: P
     dest = course_copy / "submitted" / "111" / FULL / f"{FULL}.ipynb"
     assert dest.read_bytes() == (dl / f"ann_111_222_{FULL}-1.ipynb").read_bytes()
     assert {i.status for i in collect.collect(course_copy, dl) if i.student == "111"} == {"unchanged", "duplicate"}
-    (dl / f"ann_111_222_{FULL}-1.ipynb").write_bytes(_bytes(info.correct(info.answers[:1])))
+    (dl / f"ann_111_222_{FULL}-1.ipynb").write_bytes(synth.to_bytes(info.correct(info.answers[:1])))
     again = {i.source: i.status for i in collect.collect(course_copy, dl)}
     assert again[f"ann_111_222_{FULL}-1.ipynb"] == "exists-differs"
     forced = {i.source: i.status for i in collect.collect(course_copy, dl, force=True)}
@@ -585,7 +487,7 @@ def test_collect_reports_every_file_and_writes_nothing_on_dry_run(course_copy: P
 
 
 def test_recover_rebuilds_a_stripped_notebook_exactly(course_copy: Path) -> None:
-    info = Info(FULL, *synth.load(course_copy, FULL))
+    info = synth.Info(FULL, *synth.load(course_copy, FULL))
     good = info.correct()
     stripped = nbformat.from_dict(synth.strip_metadata(good))
     assert recover.check(stripped, info.release)
@@ -597,7 +499,7 @@ def test_recover_rebuilds_a_stripped_notebook_exactly(course_copy: Path) -> None
 
 
 def test_recover_keeps_the_students_own_cells_and_flags_renamed_answers(course_copy: Path) -> None:
-    info = Info(FULL, *synth.load(course_copy, FULL))
+    info = synth.Info(FULL, *synth.load(course_copy, FULL))
     nb = info.correct()
     nb.cells.insert(4, nbformat.v4.new_code_cell("HELPER = 2"))
     result = recover.rebuild(nbformat.from_dict(synth.strip_metadata(nb)), info.release)
@@ -614,11 +516,11 @@ def test_recover_keeps_the_students_own_cells_and_flags_renamed_answers(course_c
 def test_recover_of_a_pasted_notebook_asks_for_review(course_copy: Path) -> None:
     """Issue 17.4: answers pasted into a new notebook, two in one cell, a renamed function and a
     scratch print: recovery must not report `rebuilt` (a sure thing) but `manual-review`."""
-    info = Info(FULL, *synth.load(course_copy, FULL))
+    info = synth.Info(FULL, *synth.load(course_copy, FULL))
     good = info.correct()
     a0, a1, a2, a3 = info.answers
     text = {g: synth.cell(good, g).source for g in info.answers}
-    tests = [c.source for c in _tests(good)]
+    tests = [c.source for c in synth.test_cells(good)]
     pasted = nbformat.v4.new_notebook(
         cells=[
             nbformat.v4.new_code_cell(s)
@@ -649,17 +551,17 @@ def test_recover_of_a_pasted_notebook_asks_for_review(course_copy: Path) -> None
 
 
 def test_recover_flags_what_it_cannot_place(course_copy: Path) -> None:
-    info = Info(FULL, *synth.load(course_copy, FULL))
+    info = synth.Info(FULL, *synth.load(course_copy, FULL))
     alien = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("print('hello')")])
     result = recover.rebuild(alien, info.release)
     assert result.status == "manual-review" and "right notebook" in result.notes[0]
 
 
 def test_recover_file_keeps_the_original_out_of_nbgraders_way(course_copy: Path) -> None:
-    info = Info(FULL, *synth.load(course_copy, FULL))
+    info = synth.Info(FULL, *synth.load(course_copy, FULL))
     path = course_copy / "submitted" / "s1" / FULL / f"{FULL}.ipynb"
     path.parent.mkdir(parents=True)
-    original = _bytes(synth.strip_metadata(info.correct()))
+    original = synth.to_bytes(synth.strip_metadata(info.correct()))
     path.write_bytes(original)
     assert recover.recover(course_copy, FULL, dry_run=True)["s1"].status == "rebuilt"
     assert path.read_bytes() == original
@@ -722,10 +624,10 @@ def test_cli_help_and_errors(capsys, tmp_path: Path) -> None:
 
 
 def test_grade_dry_run_writes_nothing(course_copy: Path, tmp_path: Path, capsys) -> None:
-    info = Info(FULL, *synth.load(course_copy, FULL))
+    info = synth.Info(FULL, *synth.load(course_copy, FULL))
     dl = tmp_path / "dl"
     dl.mkdir()
-    (dl / f"ann_111_{FULL}.ipynb").write_bytes(_bytes(info.correct()))
+    (dl / f"ann_111_{FULL}.ipynb").write_bytes(synth.to_bytes(info.correct()))
     before = sorted(p.relative_to(course_copy) for p in course_copy.rglob("*"))
     assert cli.main(["grade", FULL, "--from", str(dl), "--course", str(course_copy), "--dry-run"]) == 0
     out = capsys.readouterr().out
@@ -779,11 +681,11 @@ def test_guide_command_works_without_an_activated_environment(course_copy: Path,
     import subprocess
     import sys
 
-    info = Info(FULL, *synth.load(course_copy, FULL))
+    info = synth.Info(FULL, *synth.load(course_copy, FULL))
     dl = tmp_path / "dl"
     dl.mkdir()
-    (dl / f"ann_{FULL}.ipynb").write_bytes(_bytes(info.correct()))
-    (dl / f"bob_{FULL}.ipynb").write_bytes(_bytes(info.release))
+    (dl / f"ann_{FULL}.ipynb").write_bytes(synth.to_bytes(info.correct()))
+    (dl / f"bob_{FULL}.ipynb").write_bytes(synth.to_bytes(info.release))
     scripts = str(Path(sys.executable).parent)
     path = os.pathsep.join(p for p in os.environ.get("PATH", "").split(os.pathsep) if p and p != scripts)
     env = {**os.environ, "PATH": path}
@@ -887,9 +789,9 @@ def test_every_command_fails_in_one_line_on_bad_input(course_copy: Path, tmp_pat
 def test_a_zip_download_is_read_like_its_folder(course_copy: Path, tmp_path: Path, capsys) -> None:
     import zipfile
 
-    info = Info(FULL, *synth.load(course_copy, FULL))
+    info = synth.Info(FULL, *synth.load(course_copy, FULL))
     with zipfile.ZipFile(tmp_path / "submissions.zip", "w") as z:
-        z.writestr(f"smithann_LATE_111_222_{FULL}.ipynb", _bytes(info.correct()))
+        z.writestr(f"smithann_LATE_111_222_{FULL}.ipynb", synth.to_bytes(info.correct()))
         z.writestr("Bob Lee_31_assignsubmission_onlinetext_onlinetext.html", "<p>hi</p>")
     items = collect.collect(course_copy, tmp_path / "submissions.zip", dry_run=True)
     assert [(i.status, i.student, i.late) for i in items] == [
@@ -934,11 +836,11 @@ def test_the_guide_runs_as_written(course_copy: Path, tmp_path: Path) -> None:
     import sys
     import zipfile
 
-    info = Info(FULL, *synth.load(course_copy, FULL))
+    info = synth.Info(FULL, *synth.load(course_copy, FULL))
     (tmp_path / "home" / "Downloads").mkdir(parents=True)
     with zipfile.ZipFile(tmp_path / "home" / "Downloads" / "submissions.zip", "w") as z:
-        z.writestr(f"smithann_12345_900_{FULL}.ipynb", _bytes(info.correct()))
-        z.writestr(f"leebo_LATE_23456_901_{FULL}.ipynb", _bytes(synth.strip_metadata(info.correct())))
+        z.writestr(f"smithann_12345_900_{FULL}.ipynb", synth.to_bytes(info.correct()))
+        z.writestr(f"leebo_LATE_23456_901_{FULL}.ipynb", synth.to_bytes(synth.strip_metadata(info.correct())))
     env = {
         **os.environ,
         "HOME": str(tmp_path / "home"),
@@ -971,12 +873,12 @@ def test_nbgrader_zip_collect_reads_lms_names_with_our_plugin(course_copy: Path)
     import subprocess
     import sys
 
-    info = Info(FULL, *synth.load(course_copy, FULL))
+    info = synth.Info(FULL, *synth.load(course_copy, FULL))
     archive = course_copy / "downloaded" / FULL / "archive"
     (archive / "Zoë Ray_501_assignsubmission_file_").mkdir(parents=True)
-    (archive / "Zoë Ray_501_assignsubmission_file_" / f"{FULL}.ipynb").write_bytes(_bytes(info.correct()))
-    (archive / f"smithann_LATE_111_900_{FULL}.ipynb").write_bytes(_bytes(info.release))
-    (archive / "notes.ipynb").write_bytes(_bytes(info.release))  # no student, no assignment: skipped
+    (archive / "Zoë Ray_501_assignsubmission_file_" / f"{FULL}.ipynb").write_bytes(synth.to_bytes(info.correct()))
+    (archive / f"smithann_LATE_111_900_{FULL}.ipynb").write_bytes(synth.to_bytes(info.release))
+    (archive / "notes.ipynb").write_bytes(synth.to_bytes(info.release))  # no student, no assignment: skipped
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     r = subprocess.run(
         [

@@ -25,7 +25,8 @@ from pathlib import Path
 import pytest
 import synth
 from conftest import ROOT
-from test_grading import Info, _bytes, _edit, _hidden_lines, _leaks, _mutants, _tests
+from mutation import mutants_of
+from synth import Info
 
 from dmcourse.grading import cli, course, lms
 
@@ -128,7 +129,7 @@ def only_in_own_tests(info: Info, answer: str) -> float:
     later = [info.index(a) for a in info.answers if info.index(a) > info.index(answer)]
     end = min(later, default=len(info.release.cells))
     own = {gid for gid, _, i in synth.test_points(info.release) if info.index(answer) < i < end}
-    for c in _tests(info.solution):
+    for c in synth.test_cells(info.solution):
         gid = c.metadata.nbgrader["grade_id"]
         assert gid in own or not any(re.search(rf"\b{d}\(", c.source) for d in defined), (
             f"{gid} calls {defined}: the expected score of a wrong {answer} is not just its own tests' points"
@@ -139,13 +140,13 @@ def only_in_own_tests(info: Info, answer: str) -> float:
 def canvas_download(info: Info) -> list[tuple[Expect, bytes]]:
     """The 12 students of the Canvas download (``login_[LATE_]userid_submissionid_file``)."""
     a, good, full = info.name, info.correct(), info.max
-    m_route, m_forward = (next(m for m in _mutants(a) if m["cell"] == c) for c in ("topk_route", "moe_forward"))
+    m_route, m_forward = (next(m for m in mutants_of(a) if m["cell"] == c) for c in ("topk_route", "moe_forward"))
     one = info.correct(info.answers[:1])
     deleted = copy.deepcopy(good)
     deleted.cells = [
         c for c in deleted.cells if (c.metadata.get("nbgrader") or {}).get("grade_id") != "test_moe_forward"
     ]
-    calls = _edit(
+    calls = synth.edit(
         good,
         "topk_route",
         lambda s: "import dmcourse.routing\n\n\n"
@@ -153,8 +154,8 @@ def canvas_download(info: Info) -> list[tuple[Expect, bytes]]:
                     "    return r.indices, r.weights\n    probs = torch.softmax(logits, dim=-1)"),
     )  # fmt: skip
     assert "topk_softmax" in synth.cell(calls, "topk_route").source
-    loop = _edit(good, "moe_params", lambda s: s.replace('    d = cfg["d_model"]', '    while True:\n        pass\n    d = cfg["d_model"]'))  # fmt: skip
-    kill = _edit(good, "moe_forward", lambda s: "import os\nos._exit(1)\n" + s)
+    loop = synth.edit(good, "moe_params", lambda s: s.replace('    d = cfg["d_model"]', '    while True:\n        pass\n    d = cfg["d_model"]'))  # fmt: skip
+    kill = synth.edit(good, "moe_forward", lambda s: "import os\nos._exit(1)\n" + s)
 
     def f(login: str, uid: int, late: bool = False, copy_mark: str = "") -> str:
         return f"{login}_{'LATE_' if late else ''}{uid}_{uid + 4000}_{a}{copy_mark}.ipynb"
@@ -163,30 +164,30 @@ def canvas_download(info: Info) -> list[tuple[Expect, bytes]]:
         return Expect(f(login, uid, late, copy_mark), str(uid), status, score, late, note, login)
 
     return [
-        (e("smithann", 1001, "graded", full), _bytes(good)),
+        (e("smithann", 1001, "graded", full), synth.to_bytes(good)),
         (
             e("leebo", 1002, "graded", full - only_in_own_tests(info, "topk_route")),
-            _bytes(synth.apply_mutant(info.solution, m_route)),
+            synth.to_bytes(synth.apply_mutant(info.solution, m_route)),
         ),
         (
             e("garcíamaría", 1003, "graded", full - only_in_own_tests(info, "moe_forward")),
-            _bytes(synth.apply_mutant(info.solution, m_forward)),
+            synth.to_bytes(synth.apply_mutant(info.solution, m_forward)),
         ),
-        (e("kimcho", 1004, "graded", 0.0, late=True), _bytes(info.release)),
-        (e("dubois", 1005, "graded", full, note="rebuilt"), _bytes(deleted)),
-        (e("colabuser", 1006, "graded", full), _bytes(synth.strip_metadata(good, colab=True))),
+        (e("kimcho", 1004, "graded", 0.0, late=True), synth.to_bytes(info.release)),
+        (e("dubois", 1005, "graded", full, note="rebuilt"), synth.to_bytes(deleted)),
+        (e("colabuser", 1006, "graded", full), synth.to_bytes(synth.strip_metadata(good, colab=True))),
         (
             e("loops", 1007, "graded", full - only_in_own_tests(info, "moe_params"), note="hit the timeout"),
-            _bytes(loop),
+            synth.to_bytes(loop),
         ),
-        (e("patelraj", 1008, "not collected", note="invalid JSON"), _bytes(good)[:1500]),
-        (e("ngtuan", 1009, "ignored", note="duplicate"), _bytes(one)),
-        (e("ngtuan", 1009, "graded", full, copy_mark="-1"), _bytes(good)),
-        (e("núñezzoë", 1010, "graded", info.points_before(info.answers[1])), _bytes(one)),
-        (e("ohara", 1011, "failed", 0.0, late=True, note=FAILED_NOTE), _bytes(kill)),
+        (e("patelraj", 1008, "not collected", note="invalid JSON"), synth.to_bytes(good)[:1500]),
+        (e("ngtuan", 1009, "ignored", note="duplicate"), synth.to_bytes(one)),
+        (e("ngtuan", 1009, "graded", full, copy_mark="-1"), synth.to_bytes(good)),
+        (e("núñezzoë", 1010, "graded", info.points_before(info.answers[1])), synth.to_bytes(one)),
+        (e("ohara", 1011, "failed", 0.0, late=True, note=FAILED_NOTE), synth.to_bytes(kill)),
         (
             e("usespkg", 1012, "graded", full - only_in_own_tests(info, "topk_route"), note="calls dmcourse"),
-            _bytes(calls),
+            synth.to_bytes(calls),
         ),
     ]
 
@@ -194,24 +195,24 @@ def canvas_download(info: Info) -> list[tuple[Expect, bytes]]:
 def moodle_download(info: Info) -> list[tuple[Expect, bytes]]:
     """The Moodle download (``Full Name_participantid_assignsubmission_file_/file``, an online text)."""
     a, good, full = info.name, info.correct(), info.max
-    mutant = next(m for m in _mutants(a) if m["cell"] == "aux_loss")
+    mutant = next(m for m in mutants_of(a) if m["cell"] == "aux_loss")
     part = info.correct(info.answers[:3])
-    kill = _edit(good, "z_loss", lambda s: "import os\nos._exit(1)\n" + s)
+    kill = synth.edit(good, "z_loss", lambda s: "import os\nos._exit(1)\n" + s)
 
     def e(name, pid, status, score=None, note="") -> Expect:
         return Expect(f"{name}_{pid}_assignsubmission_file_/{a}.ipynb", str(pid), status, score, False, note, name)
 
     return [
-        (e("Zoë Ångström", 2001, "graded", full), _bytes(good)),
+        (e("Zoë Ångström", 2001, "graded", full), synth.to_bytes(good)),
         (
             e("José Núñez", 2002, "graded", info.points_before(info.answers[3]), "rebuilt"),
-            _bytes(synth.strip_metadata(part)),
+            synth.to_bytes(synth.strip_metadata(part)),
         ),
         (
             e("Bo Lee", 2003, "graded", full - only_in_own_tests(info, "aux_loss")),
-            _bytes(synth.apply_mutant(info.solution, mutant)),
+            synth.to_bytes(synth.apply_mutant(info.solution, mutant)),
         ),
-        (e("Ana Silva", 2004, "failed", 0.0, note=FAILED_NOTE), _bytes(kill)),
+        (e("Ana Silva", 2004, "failed", 0.0, note=FAILED_NOTE), synth.to_bytes(kill)),
         (
             Expect("Eve Ray_2005_assignsubmission_onlinetext_onlinetext.html", "2005", "ignored", note="online"),
             b"<p>I attached my notebook to the email</p>",
@@ -285,7 +286,7 @@ def trial(tmp_path_factory) -> Trial:
         with zipfile.ZipFile(root / "autograded" / f"lms-{a}-{fmt}.zip") as z:
             t.zips[fmt] = {n: z.read(n).decode("utf-8", "replace") for n in z.namelist()}
     # a second download in which 2004 uploaded again: it differs from the hand-fixed file
-    t.new_upload = _bytes(moodle_info.correct())
+    t.new_upload = synth.to_bytes(moodle_info.correct())
     with zipfile.ZipFile(dl / "moodle2.zip", "w") as z:
         z.writestr(t.moodle[3].file, t.new_upload)
     step("second download", ["grade", MOODLE, "--from", str(dl / "moodle2.zip"), *run], MOODLE)
@@ -294,7 +295,7 @@ def trial(tmp_path_factory) -> Trial:
     t.files["replaced after force"] = "\n".join(p.read_text() for p in replaced.glob("*"))
     # a late hand-in, renamed by the student (no LMS id in the name): collected, not graded yet
     (dl / "late").mkdir()
-    (dl / "late" / f"{CANVAS} - Tom Wu.ipynb").write_bytes(_bytes(canvas_info.release))
+    (dl / "late" / f"{CANVAS} - Tom Wu.ipynb").write_bytes(synth.to_bytes(canvas_info.release))
     step("late collect", ["collect", str(dl / "late"), *c])
     step("late lms", ["lms-export", CANVAS, "--format", "canvas", "--to", "late-canvas.csv", *c])
     t.files["late-canvas.csv"] = (root / "late-canvas.csv").read_text(encoding="utf-8")
@@ -414,18 +415,18 @@ def test_a_new_upload_over_a_hand_fix_needs_you_and_force_keeps_the_fix_aside(tr
 
 @pytest.mark.slow
 def test_feedback_for_each_graded_student_and_never_a_hidden_test(trial: Trial) -> None:
-    hidden = _hidden_lines(trial.root)
+    hidden = synth.hidden_lines(trial.root)
     for a, expected in ((CANVAS, trial.canvas), (MOODLE, trial.moodle)):
         assert hidden[a], a
         control = next((trial.root / "autograded").glob(f"*/{a}/*.ipynb"))
-        assert _leaks(control, hidden[a]), "the leak check is blind: autograded notebooks hold the hidden tests"
+        assert synth.leaks_in(control, hidden[a]), "the leak check is blind: autograded notebooks hold the hidden tests"
         graded = {e.student for e in expected if e.status == "graded"}
         if a == MOODLE:
             graded.add("2004")  # hand-fixed
         have = {p.parent.parent.name for p in (trial.root / "feedback").glob(f"*/{a}/*.html")}
         assert have == graded, (a, have ^ graded)
         for path in (trial.root / "feedback").glob(f"*/{a}/*"):
-            assert not _leaks(path, hidden[a]), f"hidden test code in {path}"
+            assert not synth.leaks_in(path, hidden[a]), f"hidden test code in {path}"
         for name in ("canvas", "moodle", "moodle again", "moodle force"):
             assert not [ln for ln in hidden[a] if ln in trial.runs[name].out], name
     for fmt, a in (("canvas", CANVAS), ("moodle", MOODLE)):
